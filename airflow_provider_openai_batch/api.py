@@ -1,0 +1,521 @@
+"""The one definition of the OpenAI Batch and Files API that every transport shares.
+
+This module knows URLs, request validation, response parsing, error mapping and the retry policy, and
+performs no I/O. :class:`~airflow_provider_openai_batch.hooks.batch.OpenAIBatchHook` sends these
+:class:`ApiCall` objects with ``requests``; the trigger's async client sends the same objects with an
+async transport. Neither re-implements anything here.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import tenacity
+
+from airflow_provider_openai_batch.exceptions import (
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+)
+from airflow_provider_openai_batch.models import (
+    ApiModel,
+    Batch,
+    BatchPage,
+    FileDeleted,
+    FileObject,
+    FilePage,
+    HttpInfo,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=ApiModel)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 5
+
+#: Endpoints a batch may target (the input file's ``url`` must equal the batch's endpoint).
+ENDPOINTS: tuple[str, ...] = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
+COMPLETION_WINDOWS: tuple[str, ...] = ("24h",)
+METADATA_MAX_PAIRS = 16
+METADATA_MAX_KEY = 64
+METADATA_MAX_VALUE = 512
+LIST_LIMIT_RANGE = (1, 100)
+OUTPUT_EXPIRES_RANGE = (3600, 2_592_000)
+#: Metadata key under which an idempotency key is stored on the batch, so a retry can find it again.
+IDEMPOTENCY_METADATA_KEY = "airflow_idempotency_key"
+
+RETRYABLE_STATUS: frozenset[int] = frozenset({429, 500, 502, 503, 504})
+#: Never sleep longer than this for one retry, whatever ``Retry-After`` says.
+MAX_RETRY_WAIT = 60.0
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def validate_id(value: Any, field_name: str) -> str:
+    """Check an object id and return it percent-encoded, safe to put in a URL path.
+
+    :raises ValueError: naming ``field_name`` when the id is empty, not a string, or could change the path.
+    """
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field_name} must be a non-empty string such as 'batch_abc123', got {value!r}")
+    if "/" in value or "\\" in value or ".." in value or any(ch.isspace() for ch in value):
+        raise ValueError(
+            f"{field_name} {value!r} is not a valid id: ids may not contain '/', '\\', '..' or whitespace"
+        )
+    if not value.isprintable():
+        raise ValueError(f"{field_name} {value!r} contains control characters; pass the id as the API returned it")
+    return quote(value, safe="")
+
+
+def validate_endpoint(endpoint: Any) -> str:
+    if endpoint not in ENDPOINTS:
+        raise ValueError(f"endpoint must be one of {', '.join(ENDPOINTS)}; got {endpoint!r}")
+    return str(endpoint)
+
+
+def validate_completion_window(window: Any) -> str:
+    if window not in COMPLETION_WINDOWS:
+        raise ValueError(f"completion_window must be '24h' (the only window the Batch API offers); got {window!r}")
+    return str(window)
+
+
+def validate_metadata(metadata: Any, *, reserved: int = 0) -> dict[str, str]:
+    """Check metadata against the API's limits (16 pairs, keys <= 64 chars, values <= 512 chars, all strings).
+
+    :param reserved: pairs this provider adds itself (e.g. the idempotency key), counted against the 16.
+    """
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ValueError(f"metadata must be a dict of strings to strings; got {type(metadata).__name__}")
+    limit = METADATA_MAX_PAIRS - reserved
+    if len(metadata) > limit:
+        extra = f" ({reserved} used by the provider's idempotency key)" if reserved else ""
+        raise ValueError(
+            f"metadata has {len(metadata)} pairs; at most {limit} are allowed{extra}: remove some keys"
+        )
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(
+                f"metadata[{key!r}] must map a string to a string; got {type(value).__name__}: "
+                "convert values with str() first"
+            )
+        if not key or len(key) > METADATA_MAX_KEY:
+            raise ValueError(f"metadata key {key[:70]!r} must be 1..{METADATA_MAX_KEY} characters long")
+        if len(value) > METADATA_MAX_VALUE:
+            raise ValueError(
+                f"metadata[{key!r}] is {len(value)} characters; values may have at most {METADATA_MAX_VALUE}"
+            )
+    return dict(metadata)
+
+
+def validate_limit(limit: Any) -> int:
+    low, high = LIST_LIMIT_RANGE
+    if isinstance(limit, bool) or not isinstance(limit, int) or not low <= limit <= high:
+        raise ValueError(f"limit must be an integer from {low} to {high}; got {limit!r}")
+    return limit
+
+
+def validate_output_expires_after(value: Any) -> dict[str, Any] | None:
+    """Accept ``None``, a number of seconds, or ``{"anchor": "created_at", "seconds": N}``."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = {"anchor": "created_at", "seconds": value}
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            "output_expires_after must be seconds (int) or {'anchor': 'created_at', 'seconds': N}; "
+            f"got {type(value).__name__}"
+        )
+    anchor = value.get("anchor", "created_at")
+    if anchor != "created_at":
+        raise ValueError(f"output_expires_after.anchor must be 'created_at'; got {anchor!r}")
+    seconds = value.get("seconds")
+    low, high = OUTPUT_EXPIRES_RANGE
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not low <= seconds <= high:
+        raise ValueError(
+            f"output_expires_after.seconds must be an integer from {low} (1 hour) to {high} (30 days); "
+            f"got {seconds!r}"
+        )
+    return {"anchor": "created_at", "seconds": seconds}
+
+
+def validate_purpose(purpose: Any) -> str:
+    if not isinstance(purpose, str) or not purpose:
+        raise ValueError(f"purpose must be a non-empty string such as 'batch'; got {purpose!r}")
+    return purpose
+
+
+# ------------------------------------------------------------------------------------------------- calls
+
+
+@dataclass(frozen=True)
+class ApiCall(Generic[T]):
+    """One API request, described without any transport.
+
+    :param method: HTTP method.
+    :param path: Path relative to the base URL, ids already validated and percent-encoded.
+    :param model: The model the JSON answer parses into (``None`` for raw content such as a file download).
+    :param params: Query parameters.
+    :param json: JSON body.
+    :param idempotent: Whether repeating the request is harmless. A non-idempotent call (create) is retried
+        only when the failure proves the server did not act on it (a 429, a refused connection).
+    """
+
+    method: str
+    path: str
+    model: type[T] | None
+    params: dict[str, Any] | None = None
+    json: dict[str, Any] | None = None
+    idempotent: bool = True
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def url(self, base_url: str) -> str:
+        return base_url.rstrip("/") + self.path
+
+    def parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> T:
+        """Turn a response into the call's model, or raise the mapped :class:`APIError`."""
+        http = http_info(status_code, headers)
+        if status_code >= 400:
+            raise error_from_response(status_code, headers, body)
+        if self.model is None:
+            raise TypeError(f"{self.method} {self.path} has no JSON model; read its content as a stream")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise APIError(
+                f"Expected JSON from {self.method} {self.path} but got: {_summarize_body(body, headers)}",
+                status_code=status_code,
+                request_id=http.request_id,
+            ) from None
+        model = self.model.model_validate(payload)
+        model.with_http(http)
+        return model
+
+
+def create_batch(
+    input_file_id: str,
+    endpoint: str,
+    completion_window: str = "24h",
+    metadata: Mapping[str, str] | None = None,
+    output_expires_after: int | Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> ApiCall[Batch]:
+    """``POST /batches``. With ``idempotency_key`` the key is stored in the batch metadata."""
+    validate_id(input_file_id, "input_file_id")
+    body: dict[str, Any] = {
+        "input_file_id": input_file_id,
+        "endpoint": validate_endpoint(endpoint),
+        "completion_window": validate_completion_window(completion_window),
+    }
+    meta = validate_metadata(metadata, reserved=1 if idempotency_key else 0)
+    if idempotency_key is not None:
+        if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= METADATA_MAX_VALUE:
+            raise ValueError(
+                f"idempotency_key must be a string of 1..{METADATA_MAX_VALUE} characters; got {idempotency_key!r}"
+            )
+        meta[IDEMPOTENCY_METADATA_KEY] = idempotency_key
+    if meta:
+        body["metadata"] = meta
+    expires = validate_output_expires_after(output_expires_after)
+    if expires is not None:
+        body["output_expires_after"] = expires
+    return ApiCall("POST", "/batches", Batch, json=body, idempotent=False)
+
+
+def retrieve_batch(batch_id: str) -> ApiCall[Batch]:
+    """``GET /batches/{batch_id}``."""
+    return ApiCall("GET", f"/batches/{validate_id(batch_id, 'batch_id')}", Batch)
+
+
+def list_batches(after: str | None = None, limit: int = 20) -> ApiCall[BatchPage]:
+    """``GET /batches``: one page, newest first."""
+    params: dict[str, Any] = {"limit": validate_limit(limit)}
+    if after is not None:
+        validate_id(after, "after")
+        params["after"] = after
+    return ApiCall("GET", "/batches", BatchPage, params=params)
+
+
+def cancel_batch(batch_id: str) -> ApiCall[Batch]:
+    """``POST /batches/{batch_id}/cancel``. Repeating it is harmless, so it is retried like a GET."""
+    return ApiCall("POST", f"/batches/{validate_id(batch_id, 'batch_id')}/cancel", Batch)
+
+
+def upload_file(purpose: str = "batch") -> ApiCall[FileObject]:
+    """``POST /files`` (multipart); the transport attaches the file itself.
+
+    Retried like an idempotent call: the worst case of a repeat is a duplicate file, never a billed batch.
+    """
+    validate_purpose(purpose)
+    return ApiCall("POST", "/files", FileObject)
+
+
+def retrieve_file(file_id: str) -> ApiCall[FileObject]:
+    """``GET /files/{file_id}``."""
+    return ApiCall("GET", f"/files/{validate_id(file_id, 'file_id')}", FileObject)
+
+
+def list_files(purpose: str | None = None, after: str | None = None, limit: int = 100) -> ApiCall[FilePage]:
+    """``GET /files``."""
+    params: dict[str, Any] = {"limit": limit}
+    if purpose is not None:
+        params["purpose"] = validate_purpose(purpose)
+    if after is not None:
+        validate_id(after, "after")
+        params["after"] = after
+    return ApiCall("GET", "/files", FilePage, params=params)
+
+
+def delete_file(file_id: str) -> ApiCall[FileDeleted]:
+    """``DELETE /files/{file_id}``."""
+    return ApiCall("DELETE", f"/files/{validate_id(file_id, 'file_id')}", FileDeleted)
+
+
+def file_content(file_id: str) -> ApiCall[Any]:
+    """``GET /files/{file_id}/content``: raw bytes, read as a stream by the transport."""
+    return ApiCall("GET", f"/files/{validate_id(file_id, 'file_id')}/content", None)
+
+
+# -------------------------------------------------------------------------------------------- responses
+
+
+def http_info(status_code: int, headers: Mapping[str, str]) -> HttpInfo:
+    plain = {str(k): str(v) for k, v in headers.items()}
+    request_id = next((v for k, v in plain.items() if k.lower() == "x-request-id"), None)
+    return HttpInfo(status_code=status_code, headers=plain, request_id=request_id)
+
+
+_TAG = re.compile(r"<[^>]+>")
+
+
+def _summarize_body(body: bytes, headers: Mapping[str, str]) -> str:
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "unknown type")
+    text = _TAG.sub(" ", body[:2000].decode("utf-8", "replace"))
+    text = " ".join(text.split())[:200]
+    return f"a non-JSON body ({content_type}): {text!r}" if text else f"an empty body ({content_type})"
+
+
+def _error_class(status_code: int) -> type[APIError]:
+    if status_code in (401, 403):
+        return AuthenticationError
+    if status_code == 404:
+        return NotFoundError
+    if status_code == 409:
+        return ConflictError
+    if status_code in (400, 422):
+        return InvalidRequestError
+    if status_code == 429:
+        return RateLimitError
+    if status_code >= 500:
+        return ServerError
+    return APIError
+
+
+def error_from_response(status_code: int, headers: Mapping[str, str], body: bytes) -> APIError:
+    """Map an HTTP error answer to the exception hierarchy, whatever its body looks like."""
+    info = http_info(status_code, headers)
+    cls = _error_class(status_code)
+    retry_after = parse_retry_after(info.headers)
+    payload: Any = None
+    try:
+        payload = json.loads(body) if body else None
+    except ValueError:
+        payload = None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or f"HTTP {status_code} with no error message")
+        return cls(
+            message,
+            status_code=status_code,
+            type=_opt_str(error.get("type")),
+            code=_opt_str(error.get("code")),
+            param=_opt_str(error.get("param")),
+            request_id=info.request_id,
+            retry_after=retry_after,
+            body=payload,
+        )
+    return cls(
+        f"HTTP {status_code} with {_summarize_body(body, info.headers)}",
+        status_code=status_code,
+        request_id=info.request_id,
+        retry_after=retry_after,
+        body=payload,
+    )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` as seconds or an HTTP date."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if "retry-after-ms" in lowered:
+        try:
+            return max(0.0, float(lowered["retry-after-ms"]) / 1000)
+        except ValueError:
+            pass
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+# ------------------------------------------------------------------------------------------------ retries
+
+
+def is_retryable(exc: BaseException, *, idempotent: bool = True) -> bool:
+    """Whether a failed attempt may be repeated.
+
+    429, 500, 502, 503, 504, connection errors and timeouts are transient; any other 4xx never is. A
+    non-idempotent call is only repeated when the server cannot have acted on it.
+    """
+    if isinstance(exc, APIError):
+        transient = exc.status_code in RETRYABLE_STATUS
+    elif isinstance(exc, APIConnectionError):
+        transient = True
+    else:
+        return False
+    return transient and (idempotent or not getattr(exc, "maybe_processed", True))
+
+
+class wait_retry_after_or_backoff(tenacity.wait.wait_base):
+    """Honour the server's ``Retry-After``; otherwise exponential backoff with full jitter."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 30.0) -> None:
+        self._backoff = tenacity.wait_random_exponential(multiplier=initial, max=maximum)
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return float(min(retry_after, MAX_RETRY_WAIT))
+        return float(self._backoff(retry_state))
+
+
+def _log_retry(retry_state: tenacity.RetryCallState) -> None:
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
+    log.warning("OpenAI API call failed (attempt %d): %s; retrying in %.1fs", retry_state.attempt_number, exc, delay)
+
+
+def retry_policy(
+    max_retries: int,
+    *,
+    idempotent: bool = True,
+    wait: tenacity.wait.wait_base | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``tenacity.Retrying`` and ``tenacity.AsyncRetrying`` alike."""
+    return {
+        "stop": tenacity.stop_after_attempt(max(0, max_retries) + 1),
+        "wait": wait or wait_retry_after_or_backoff(),
+        "retry": tenacity.retry_if_exception(lambda e: is_retryable(e, idempotent=idempotent)),
+        "before_sleep": _log_retry,
+        "reraise": True,
+    }
+
+
+# ------------------------------------------------------------------------------------------- connection
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What a transport needs from the Airflow connection. ``repr`` hides the key.
+
+    :param api_key: Bearer token (the connection's password).
+    :param base_url: API root including ``/v1`` (the connection's host); any OpenAI-compatible URL works.
+    :param organization: Sent as ``OpenAI-Organization`` when set.
+    :param project: Sent as ``OpenAI-Project`` when set.
+    :param timeout: Seconds to wait for connect and for each read.
+    :param max_retries: Retries after the first attempt for transient failures.
+    """
+
+    api_key: str = field(repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    organization: str | None = None
+    project: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    max_retries: int = DEFAULT_MAX_RETRIES
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
+        if self.organization:
+            headers["OpenAI-Organization"] = self.organization
+        if self.project:
+            headers["OpenAI-Project"] = self.project
+        return headers
+
+
+def settings_from_connection(
+    conn_id: str,
+    *,
+    host: str | None,
+    password: str | None,
+    extra: Mapping[str, Any] | None,
+) -> ClientSettings:
+    """Build :class:`ClientSettings` from an Airflow connection's fields (sync or async look-up alike)."""
+    extra = dict(extra or {})
+    if not password:
+        raise ValueError(
+            f"Connection {conn_id!r} has no API key: put the key in the connection's password field "
+            "('API key' in the UI), e.g. AIRFLOW_CONN_" + conn_id.upper() + "='openai-batch://:<key>@'"
+        )
+    base_url = (host or extra.get("base_url") or DEFAULT_BASE_URL).strip()
+    if not re.match(r"^https?://", base_url):
+        base_url = "https://" + base_url
+    return ClientSettings(
+        api_key=password,
+        base_url=base_url.rstrip("/"),
+        organization=extra.get("organization") or None,
+        project=extra.get("project") or None,
+        timeout=_positive(extra.get("timeout"), DEFAULT_TIMEOUT, "timeout", conn_id),
+        max_retries=int(_positive(extra.get("max_retries"), DEFAULT_MAX_RETRIES, "max_retries", conn_id, zero=True)),
+    )
+
+
+def _positive(value: Any, default: float, name: str, conn_id: str, zero: bool = False) -> float:
+    if value in (None, ""):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if number < 0 or (number == 0 and not zero):
+        raise ValueError(f"Connection {conn_id!r}: extra field {name!r} must be a positive number; got {value!r}")
+    return number
+
+
