@@ -84,9 +84,7 @@ def validate_id(value: Any, field_name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{field_name} must be a non-empty string such as 'batch_abc123', got {value!r}")
     if "/" in value or "\\" in value or ".." in value or any(ch.isspace() for ch in value):
-        raise ValueError(
-            f"{field_name} {value!r} is not a valid id: ids may not contain '/', '\\', '..' or whitespace"
-        )
+        raise ValueError(f"{field_name} {value!r} is not a valid id: ids may not contain '/', '\\', '..' or whitespace")
     if not value.isprintable():
         raise ValueError(f"{field_name} {value!r} contains control characters; pass the id as the API returned it")
     return quote(value, safe="")
@@ -116,9 +114,7 @@ def validate_metadata(metadata: Any, *, reserved: int = 0) -> dict[str, str]:
     limit = METADATA_MAX_PAIRS - reserved
     if len(metadata) > limit:
         extra = f" ({reserved} used by the provider's idempotency key)" if reserved else ""
-        raise ValueError(
-            f"metadata has {len(metadata)} pairs; at most {limit} are allowed{extra}: remove some keys"
-        )
+        raise ValueError(f"metadata has {len(metadata)} pairs; at most {limit} are allowed{extra}: remove some keys")
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValueError(
@@ -159,8 +155,7 @@ def validate_output_expires_after(value: Any) -> dict[str, Any] | None:
     low, high = OUTPUT_EXPIRES_RANGE
     if isinstance(seconds, bool) or not isinstance(seconds, int) or not low <= seconds <= high:
         raise ValueError(
-            f"output_expires_after.seconds must be an integer from {low} (1 hour) to {high} (30 days); "
-            f"got {seconds!r}"
+            f"output_expires_after.seconds must be an integer from {low} (1 hour) to {high} (30 days); got {seconds!r}"
         )
     return {"anchor": "created_at", "seconds": seconds}
 
@@ -361,7 +356,7 @@ def error_from_response(status_code: int, headers: Mapping[str, str], body: byte
             body=payload,
         )
     return cls(
-        f"HTTP {status_code} with {_summarize_body(body, info.headers)}",
+        f"The server answered with {_summarize_body(body, info.headers)}",
         status_code=status_code,
         request_id=info.request_id,
         retry_after=retry_after,
@@ -517,5 +512,3 @@ def _positive(value: Any, default: float, name: str, conn_id: str, zero: bool = 
     if number < 0 or (number == 0 and not zero):
         raise ValueError(f"Connection {conn_id!r}: extra field {name!r} must be a positive number; got {value!r}")
     return number
-
-
