@@ -1,0 +1,1 @@
+"""A local OpenAI Batch and Files API emulator (see ``docs/emulator.md``)."""

@@ -1,0 +1,77 @@
+"""``python -m airflow_provider_openai_batch.emulator`` / ``openai-batch-emulator``: serve the emulator."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvicorn
+
+from airflow_provider_openai_batch.emulator.app import create_app
+from airflow_provider_openai_batch.emulator.server import uvicorn_config
+from airflow_provider_openai_batch.emulator.store import EmulatorConfig
+
+FAULT_KINDS = ("429", "500", "502", "503", "drop", "slow")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="openai-batch-emulator",
+        description="A local OpenAI Batch and Files API for demos and tests: base URL http://HOST:PORT/v1.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8089)
+    parser.add_argument("--api-key", default=None, help="accept only this Bearer key (default: any key)")
+    parser.add_argument(
+        "--phase-seconds",
+        type=float,
+        default=1.0,
+        help="duration of validating, in_progress, finalizing and cancelling (default 1.0)",
+    )
+    parser.add_argument(
+        "--completion-window-seconds",
+        type=float,
+        default=86_400.0,
+        help="the emulated 24h window; shorter than 3 phases makes batches expire",
+    )
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every /v1 answer")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="fraction of /v1 requests that get a fault")
+    parser.add_argument(
+        "--fault-kinds", default="429,500,502,503,drop", help=f"comma-separated subset of {','.join(FAULT_KINDS)}"
+    )
+    parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds sent with a 429")
+    parser.add_argument("--slow-seconds", type=float, default=30.0, help="delay of a 'slow' fault")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the fault draw, for reproducible runs")
+    parser.add_argument("--data-dir", default=None, help="persist state here so a restart loses nothing")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    kinds = [k for k in args.fault_kinds.split(",") if k]
+    unknown = set(kinds) - set(FAULT_KINDS)
+    if unknown:
+        parser.error(f"--fault-kinds: unknown kinds {sorted(unknown)}; choose from {', '.join(FAULT_KINDS)}")
+    if not 0 <= args.fault_rate <= 1:
+        parser.error("--fault-rate must be between 0 and 1")
+    args.fault_kinds = kinds
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = EmulatorConfig(
+        phase_seconds=args.phase_seconds,
+        completion_window_seconds=args.completion_window_seconds,
+        latency_ms=args.latency_ms,
+        fault_rate=args.fault_rate,
+        fault_kinds=args.fault_kinds,
+        retry_after=args.retry_after,
+        slow_seconds=args.slow_seconds,
+        api_key=args.api_key,
+    )
+    app = create_app(config, data_dir=args.data_dir, seed=args.seed)
+    print(f"OpenAI Batch API emulator on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn_config(app, args.host, args.port, args.log_level)).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The Batch API's rules for a JSONL input file, as a pure function.
+
+Shared by the emulator (which fails a batch at ``validating`` with these problems) and by
+``CreateBatchOperator``'s pre-flight check (which refuses to spend money on a file the API would reject).
+No web framework is imported here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+MAX_LINES = 50_000
+MAX_BYTES = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason an input file is unusable.
+
+    :param line: 1-based line number, or ``None`` for a problem with the whole file.
+    :param code: Machine-readable code (mirrors the API's codes where known).
+    :param message: What is wrong and how to fix it.
+    :param param: The offending field, if any.
+    """
+
+    line: int | None
+    code: str
+    message: str
+    param: str | None = None
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}" if self.line is not None else self.message
+
+
+def validate_batch_input_lines(
+    lines: Iterable[bytes | str], endpoint: str, *, max_problems: int = 100
+) -> list[Problem]:
+    """Check every line of a batch input file; return the problems found (empty when the file is fine).
+
+    :param lines: The file's lines (bytes or str), blank lines included so numbering matches the file.
+    :param endpoint: The batch's endpoint; every line's ``url`` must equal it.
+    :param max_problems: Stop collecting after this many, so a hopeless file costs little.
+    """
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    count = 0
+    size = 0
+    for number, raw in enumerate(lines, start=1):
+        if len(problems) >= max_problems:
+            break
+        size += len(raw)
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        if not text.strip():
+            continue
+        count += 1
+        if count > MAX_LINES:
+            problems.append(
+                Problem(None, "too_many_requests", f"the file has more than {MAX_LINES} requests; split it")
+            )
+            break
+        try:
+            item = json.loads(text)
+        except ValueError as err:
+            problems.append(Problem(number, "invalid_json_line", f"not valid JSON ({err.msg})"))
+            continue
+        if not isinstance(item, dict):
+            problems.append(Problem(number, "invalid_request", "each line must be a JSON object"))
+            continue
+        custom_id = item.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            problems.append(Problem(number, "missing_required_parameter", "custom_id is missing", "custom_id"))
+        elif custom_id in seen:
+            problems.append(
+                Problem(
+                    number,
+                    "duplicate_custom_id",
+                    f"custom_id {custom_id!r} is also used on line {seen[custom_id]}; custom_ids must be unique",
+                    "custom_id",
+                )
+            )
+        else:
+            seen[custom_id] = number
+        if item.get("method") != "POST":
+            problems.append(
+                Problem(number, "invalid_method", f"method must be 'POST', got {item.get('method')!r}", "method")
+            )
+        if item.get("url") != endpoint:
+            problems.append(
+                Problem(
+                    number,
+                    "mismatched_url",
+                    f"url {item.get('url')!r} does not match the batch endpoint {endpoint!r}",
+                    "url",
+                )
+            )
+        if not isinstance(item.get("body"), dict):
+            problems.append(Problem(number, "invalid_body", "body must be a JSON object", "body"))
+    if size > MAX_BYTES:
+        problems.append(Problem(None, "file_too_large", f"the file is {size} bytes; at most {MAX_BYTES} are allowed"))
+    if count == 0 and not problems:
+        problems.append(Problem(None, "empty_file", "the file contains no requests"))
+    return problems

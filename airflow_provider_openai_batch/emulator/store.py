@@ -1,0 +1,575 @@
+"""The emulator's state: files and batches, with the batch lifecycle computed lazily from timestamps.
+
+Nothing runs in the background: a batch's status is derived from its timestamps when it is read, so
+holding 10,000 idle batches costs only their dicts. With ``data_dir`` every change is written to disk
+(metadata as JSON, file contents as files) so a restarted emulator loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_openai_batch.emulator.jsonl_rules import validate_batch_input_lines
+
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+@dataclass
+class EmulatorConfig:
+    """Run-time settings, changeable through ``PATCH /_emulator/config``.
+
+    :param phase_seconds: How long each of validating, in_progress, finalizing and cancelling lasts.
+    :param completion_window_seconds: The (shortened) 24h window; an unfinished batch then expires.
+    :param latency_ms: Added to every ``/v1`` answer.
+    :param fault_rate: Fraction of ``/v1`` requests answered with a transient fault.
+    :param fault_kinds: Faults to draw from: ``429``, ``500``, ``502``, ``503``, ``drop``, ``slow``.
+    :param retry_after: ``Retry-After`` seconds sent with a 429.
+    :param slow_seconds: How long a ``slow`` fault waits before answering.
+    :param fault_after_processing: Process the request first, then fault the answer (an ambiguous failure).
+    :param api_key: When set, the only key accepted.
+    """
+
+    phase_seconds: float = 1.0
+    completion_window_seconds: float = 86_400.0
+    latency_ms: float = 0.0
+    fault_rate: float = 0.0
+    fault_kinds: list[str] = field(default_factory=lambda: ["429", "500", "502", "503", "drop"])
+    retry_after: float = 1.0
+    slow_seconds: float = 30.0
+    fault_after_processing: bool = False
+    api_key: str | None = field(default=None, repr=False)
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["api_key"] = "set" if self.api_key else None
+        return data
+
+
+class ApiFailure(Exception):
+    """An error answer in the OpenAI shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+class Store:
+    """Files and batches, thread-safe, optionally persisted under ``data_dir``."""
+
+    def __init__(self, config: EmulatorConfig, data_dir: str | os.PathLike[str] | None = None) -> None:
+        self.config = config
+        self.files: dict[str, dict[str, Any]] = {}
+        self.contents: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._private: dict[str, dict[str, Any]] = {}  # per batch: float timestamps, planned results
+        self.lock = threading.RLock()
+        self.stats: dict[str, Any] = {"requests": {}, "faults": {}, "batches_created": 0, "files_created": 0}
+        self.data_dir = Path(data_dir) if data_dir else None
+        if self.data_dir:
+            (self.data_dir / "contents").mkdir(parents=True, exist_ok=True)
+            self._load()
+
+    # ------------------------------------------------------------------------------------ persistence
+
+    def _load(self) -> None:
+        assert self.data_dir is not None
+        state_file = self.data_dir / "state.json"
+        if state_file.exists():
+            state = json.loads(state_file.read_text())
+            self.files, self.batches, self._private = state["files"], state["batches"], state["private"]
+            self.stats["batches_created"] = state.get("batches_created", len(self.batches))
+            for file_id in self.files:
+                path = self.data_dir / "contents" / file_id
+                if path.exists():
+                    self.contents[file_id] = path.read_bytes()
+
+    def _save(self) -> None:
+        if not self.data_dir:
+            return
+        state = {
+            "files": self.files,
+            "batches": self.batches,
+            "private": self._private,
+            "batches_created": self.stats["batches_created"],
+        }
+        tmp = self.data_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.data_dir / "state.json")
+
+    def _save_content(self, file_id: str, data: bytes) -> None:
+        if self.data_dir:
+            (self.data_dir / "contents" / file_id).write_bytes(data)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.files.clear()
+            self.contents.clear()
+            self.batches.clear()
+            self._private.clear()
+            self.stats.update({"requests": {}, "faults": {}, "batches_created": 0, "files_created": 0})
+            if self.data_dir:
+                for path in (self.data_dir / "contents").iterdir():
+                    path.unlink()
+            self._save()
+
+    # ------------------------------------------------------------------------------------------ files
+
+    def add_file(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
+        with self.lock:
+            file_id = _new_id("file-")
+            obj = {
+                "id": file_id,
+                "object": "file",
+                "bytes": len(data),
+                "created_at": int(time.time()),
+                "expires_at": None,
+                "filename": filename,
+                "purpose": purpose,
+                "status": "processed",
+                "status_details": None,
+            }
+            self.files[file_id] = obj
+            self.contents[file_id] = data
+            self.stats["files_created"] += 1
+            self._save_content(file_id, data)
+            self._save()
+            return obj
+
+    def get_file(self, file_id: str) -> dict[str, Any]:
+        obj = self.files.get(file_id)
+        if obj is None:
+            raise ApiFailure(404, f"No such File object: {file_id}", code=None, param="id")
+        return obj
+
+    def delete_file(self, file_id: str) -> dict[str, Any]:
+        with self.lock:
+            self.get_file(file_id)
+            del self.files[file_id]
+            self.contents.pop(file_id, None)
+            if self.data_dir:
+                (self.data_dir / "contents" / file_id).unlink(missing_ok=True)
+            self._save()
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    # ---------------------------------------------------------------------------------------- batches
+
+    def create_batch(
+        self, input_file_id: str, endpoint: str, completion_window: str, metadata: dict[str, str] | None
+    ) -> dict[str, Any]:
+        with self.lock:
+            if input_file_id not in self.files:
+                raise ApiFailure(
+                    400,
+                    f"Invalid 'input_file_id': file {input_file_id!r} not found.",
+                    param="input_file_id",
+                    code="invalid_value",
+                )
+            now = time.time()
+            batch_id = _new_id("batch_")
+            batch = {
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": endpoint,
+                "model": None,
+                "errors": None,
+                "input_file_id": input_file_id,
+                "completion_window": completion_window,
+                "status": "validating",
+                "output_file_id": None,
+                "error_file_id": None,
+                "created_at": int(now),
+                "in_progress_at": None,
+                "expires_at": int(now + 86_400),
+                "finalizing_at": None,
+                "completed_at": None,
+                "failed_at": None,
+                "expired_at": None,
+                "cancelling_at": None,
+                "cancelled_at": None,
+                "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                "usage": None,
+                "metadata": metadata,
+            }
+            self.batches[batch_id] = batch
+            self._private[batch_id] = {"t0": now, "cancel_at": None, "done_fraction": 0.0}
+            self.stats["batches_created"] += 1
+            self._save()
+            return batch
+
+    def get_batch(self, batch_id: str) -> dict[str, Any]:
+        with self.lock:
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                raise ApiFailure(404, f"No batch found with id '{batch_id}'.", code="not_found", param="batch_id")
+            self._advance(batch)
+            return batch
+
+    def list_batches(self, after: str | None, limit: int) -> dict[str, Any]:
+        with self.lock:
+            ordered = sorted(self.batches.values(), key=lambda b: (self._private[b["id"]]["t0"], b["id"]), reverse=True)
+            start = 0
+            if after is not None:
+                ids = [b["id"] for b in ordered]
+                start = ids.index(after) + 1 if after in ids else len(ids)
+            page = ordered[start : start + limit]
+            for batch in page:
+                self._advance(batch)
+            return {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": start + limit < len(ordered),
+            }
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        with self.lock:
+            batch = self.get_batch(batch_id)
+            if batch["status"] in TERMINAL:
+                raise ApiFailure(
+                    409, f"Cannot cancel a batch with status '{batch['status']}'.", code="batch_not_cancellable"
+                )
+            if batch["status"] != "cancelling":
+                now = time.time()
+                private = self._private[batch_id]
+                private["cancel_at"] = now
+                private["done_fraction"] = self._progress(batch, now)
+                batch["status"] = "cancelling"
+                batch["cancelling_at"] = int(now)
+                self._save()
+            return batch
+
+    def force_status(self, batch_id: str, status: str) -> dict[str, Any]:
+        """Admin: put a batch into ``status`` now, with the timestamps and files that status implies."""
+        with self.lock:
+            batch = self.get_batch(batch_id)
+            now = time.time()
+            private = self._private[batch_id]
+            private["forced"] = status
+            if status in ("completed", "cancelled", "expired"):
+                fraction = 1.0 if status == "completed" else max(0.5, self._progress(batch, now))
+                self._finish(batch, status, now, fraction)
+            elif status == "failed":
+                batch.update(
+                    status="failed",
+                    failed_at=int(now),
+                    errors={
+                        "object": "list",
+                        "data": [
+                            {
+                                "code": "forced_failure",
+                                "message": "Failed by the emulator's admin API.",
+                                "param": None,
+                                "line": None,
+                            }
+                        ],
+                    },
+                )
+            else:
+                batch["status"] = status
+                stamp = {
+                    "in_progress": "in_progress_at",
+                    "finalizing": "finalizing_at",
+                    "cancelling": "cancelling_at",
+                }.get(status)
+                if stamp:
+                    batch[stamp] = int(now)
+            self._save()
+            return batch
+
+    # -------------------------------------------------------------------------------------- lifecycle
+
+    def _requests(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        data = self.contents.get(batch["input_file_id"], b"")
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+    def _progress(self, batch: dict[str, Any], now: float) -> float:
+        private = self._private[batch["id"]]
+        start = private["t0"] + self.config.phase_seconds
+        if now <= start:
+            return 0.0
+        return min(1.0, (now - start) / max(self.config.phase_seconds, 1e-6))
+
+    def _advance(self, batch: dict[str, Any]) -> None:
+        if batch["status"] in TERMINAL:
+            return
+        private = self._private[batch["id"]]
+        if "forced" in private:
+            return
+        now = time.time()
+        phase = self.config.phase_seconds
+        t0 = private["t0"]
+        if private["cancel_at"] is not None:
+            if now >= private["cancel_at"] + phase:
+                self._finish(batch, "cancelled", private["cancel_at"] + phase, private["done_fraction"])
+            return
+        window = self.config.completion_window_seconds
+        if window < 3 * phase and now >= t0 + window:
+            self._finish(batch, "expired", t0 + window, self._progress(batch, t0 + window))
+            return
+        if now >= t0 + phase and batch["in_progress_at"] is None and batch["status"] == "validating":
+            problems = self._validate(batch)
+            if problems:
+                batch.update(
+                    status="failed",
+                    failed_at=int(t0 + phase),
+                    errors={
+                        "object": "list",
+                        "data": [
+                            {"code": p.code, "message": p.message, "param": p.param, "line": p.line} for p in problems
+                        ],
+                    },
+                )
+                self._save()
+                return
+            batch["status"] = "in_progress"
+            batch["in_progress_at"] = int(t0 + phase)
+            batch["request_counts"]["total"] = len(self._requests(batch))
+        if batch["status"] == "in_progress":
+            total = batch["request_counts"]["total"]
+            batch["request_counts"]["completed"] = int(total * self._progress(batch, now))
+            if now >= t0 + 2 * phase:
+                batch["status"] = "finalizing"
+                batch["finalizing_at"] = int(t0 + 2 * phase)
+        if batch["status"] == "finalizing" and now >= t0 + 3 * phase:
+            self._finish(batch, "completed", t0 + 3 * phase, 1.0)
+
+    def _validate(self, batch: dict[str, Any]) -> list[Any]:
+        from airflow_provider_openai_batch.emulator.jsonl_rules import Problem
+
+        source = self.files.get(batch["input_file_id"])
+        if source is None:
+            return [Problem(None, "file_not_found", "the input file was deleted")]
+        if source["purpose"] != "batch":
+            return [
+                Problem(
+                    None,
+                    "invalid_file_purpose",
+                    f"the input file has purpose {source['purpose']!r}; upload it with purpose 'batch'",
+                )
+            ]
+        return validate_batch_input_lines(
+            self.contents.get(batch["input_file_id"], b"").split(b"\n"), batch["endpoint"]
+        )
+
+    def _finish(self, batch: dict[str, Any], status: str, when: float, fraction: float) -> None:
+        """End a batch: results for the first ``fraction`` of its requests, files, counts and usage."""
+        requests = self._requests(batch) if not batch.get("errors") else []
+        done = requests[: int(round(len(requests) * fraction))]
+        ok_lines: list[dict[str, Any]] = []
+        error_lines: list[dict[str, Any]] = []
+        usage = {"input_tokens": 0, "output_tokens": 0}
+        for item in done:
+            line, failed, tokens = _result_line(batch["endpoint"], item)
+            (error_lines if failed else ok_lines).append(line)
+            usage["input_tokens"] += tokens[0]
+            usage["output_tokens"] += tokens[1]
+        # The live API promises no order; a deterministic shuffle keeps tests reproducible.
+        rng = random.Random(batch["id"])
+        rng.shuffle(ok_lines)
+        rng.shuffle(error_lines)
+        for key, lines in (("output_file_id", ok_lines), ("error_file_id", error_lines)):
+            if lines:
+                data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+                batch[key] = self.add_file(data, f"{batch['id']}_{key.split('_')[0]}.jsonl", "batch_output")["id"]
+        batch["status"] = status
+        batch[f"{status}_at"] = int(when)
+        if status in ("completed",) and batch["finalizing_at"] is None:
+            batch["finalizing_at"] = int(when)
+        batch["request_counts"] = {"total": len(requests), "completed": len(ok_lines), "failed": len(error_lines)}
+        batch["usage"] = {
+            "input_tokens": usage["input_tokens"],
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": usage["output_tokens"],
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": usage["input_tokens"] + usage["output_tokens"],
+        }
+        models = {str(item.get("body", {}).get("model")) for item in requests if isinstance(item.get("body"), dict)}
+        batch["model"] = sorted(models)[0] if models else None
+        self._save()
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _result_line(endpoint: str, item: dict[str, Any]) -> tuple[dict[str, Any], bool, tuple[int, int]]:
+    """A deterministic output line for one request; a ``model`` starting with ``fail`` fails it."""
+    body = item.get("body") or {}
+    model = str(body.get("model", "gpt-4o-mini"))
+    digest = _digest(item)
+    request_id = "req_" + digest[:24]
+    line_id = "batch_req_" + digest[24:48]
+    if model.startswith("fail"):
+        error = {
+            "message": f"The model '{model}' does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+        return (
+            {
+                "id": line_id,
+                "custom_id": item.get("custom_id"),
+                "response": {"status_code": 400, "request_id": request_id, "body": {"error": error}},
+                "error": None,
+            },
+            True,
+            (0, 0),
+        )
+    response, tokens = _fake_body(endpoint, model, body, digest)
+    return (
+        {
+            "id": line_id,
+            "custom_id": item.get("custom_id"),
+            "response": {"status_code": 200, "request_id": request_id, "body": response},
+            "error": None,
+        },
+        False,
+        tokens,
+    )
+
+
+def _fake_body(endpoint: str, model: str, body: dict[str, Any], digest: str) -> tuple[dict[str, Any], tuple[int, int]]:
+    created = 1_700_000_000
+    prompt = json.dumps(body.get("messages") or body.get("input") or body.get("prompt") or "")
+    prompt_tokens = max(1, len(prompt) // 4)
+    if endpoint == "/v1/embeddings":
+        inputs = body.get("input")
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": [int(digest[j : j + 2], 16) / 255 for j in range(0, 16, 2)],
+            }
+            for i in range(len(inputs))
+        ]
+        return (
+            {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+            },
+            (prompt_tokens, 0),
+        )
+    answer = f"Emulated answer {digest[:8]} to: {_last_user_text(body)[:80]}"
+    completion_tokens = max(1, len(answer) // 4)
+    if endpoint == "/v1/chat/completions":
+        return (
+            {
+                "id": "chatcmpl-" + digest[:20],
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+                "system_fingerprint": None,
+            },
+            (prompt_tokens, completion_tokens),
+        )
+    if endpoint == "/v1/responses":
+        return (
+            {
+                "id": "resp_" + digest[:20],
+                "object": "response",
+                "created_at": created,
+                "status": "completed",
+                "model": model,
+                "output": [
+                    {
+                        "type": "message",
+                        "id": "msg_" + digest[:16],
+                        "status": "completed",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": answer, "annotations": []}],
+                    }
+                ],
+                "usage": {
+                    "input_tokens": prompt_tokens,
+                    "output_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+            (prompt_tokens, completion_tokens),
+        )
+    if endpoint == "/v1/moderations":
+        return (
+            {
+                "id": "modr-" + digest[:20],
+                "model": model,
+                "results": [{"flagged": False, "categories": {}, "category_scores": {}}],
+            },
+            (prompt_tokens, 0),
+        )
+    if endpoint == "/v1/completions":
+        return (
+            {
+                "id": "cmpl-" + digest[:20],
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "text": answer, "logprobs": None, "finish_reason": "stop"}],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+            (prompt_tokens, completion_tokens),
+        )
+    return (
+        {
+            "id": "obj_" + digest[:20],
+            "object": "emulated",
+            "created": created,
+            "model": model,
+            "data": [{"url": f"https://example.invalid/{digest[:16]}"}],
+        },
+        (prompt_tokens, completion_tokens),
+    )
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                content = message.get("content")
+                return content if isinstance(content, str) else json.dumps(content)
+    value = body.get("input") or body.get("prompt") or ""
+    return value if isinstance(value, str) else json.dumps(value)

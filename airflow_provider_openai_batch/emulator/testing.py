@@ -1,0 +1,121 @@
+"""Helpers for testing DAGs and code against the emulator: a handle over its admin API, and a runner that
+starts it as a separate process (for restarts and load tests).
+
+In pytest, use the fixtures of :mod:`airflow_provider_openai_batch.emulator.pytest_plugin` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import requests
+
+from airflow_provider_openai_batch.emulator.server import free_port
+
+
+class EmulatorHandle:
+    """Controls of a running emulator, through its ``/_emulator`` admin API.
+
+    :param base_url: The API base URL, ``http://127.0.0.1:PORT/v1``.
+    :param api_key: The key clients should send.
+    """
+
+    def __init__(self, base_url: str, api_key: str = "test-key") -> None:
+        self.base_url = base_url
+        self.api_key = api_key
+        self._admin = base_url[: -len("/v1")] + "/_emulator"
+        self._http = requests.Session()
+
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        """Change settings at run time: ``fault_rate``, ``fault_kinds``, ``latency_ms``, ``phase_seconds``, ..."""
+        return self._call("PATCH", "/config", settings)
+
+    def force_status(self, batch_id: str, status: str) -> dict[str, Any]:
+        """Put a batch into any status now (``completed``, ``failed``, ``expired``, ``cancelled``, ...)."""
+        return self._call("POST", f"/batches/{batch_id}/status", {"status": status})
+
+    def stats(self) -> dict[str, Any]:
+        """Requests by route, faults injected, ``batches_created``, ``batches`` and ``files`` held."""
+        return self._call("GET", "/stats")
+
+    def reset(self) -> None:
+        """Forget every batch and file; settings stay as they are."""
+        self._call("POST", "/reset")
+
+    def connection_json(self, conn_id: str = "openai_default") -> str:
+        """The value for ``AIRFLOW_CONN_<CONN_ID>`` that points an Airflow connection at this emulator."""
+        return json.dumps({"conn_type": "openai_batch", "host": self.base_url, "password": self.api_key})
+
+    def _call(self, method: str, path: str, payload: Any = None) -> Any:
+        response = self._http.request(method, self._admin + path, json=payload, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+
+class EmulatorProcess(EmulatorHandle):
+    """The emulator as a separate process; ``restart()`` stops and starts it again on the same port."""
+
+    def __init__(self, port: int | None = None, data_dir: str | None = None, **flags: Any) -> None:
+        self.port = port or free_port()
+        super().__init__(f"http://127.0.0.1:{self.port}/v1")
+        self.data_dir = data_dir
+        self.flags = flags
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> EmulatorProcess:
+        cmd = [sys.executable, "-m", "airflow_provider_openai_batch.emulator", "--port", str(self.port)]
+        if self.data_dir:
+            cmd += ["--data-dir", str(self.data_dir)]
+        for name, value in self.flags.items():
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"the emulator exited at start-up: {err[-2000:]}")
+            try:
+                requests.get(self._admin + "/health", timeout=1)
+                return self
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the emulator did not answer on port {self.port} within 30 s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._http.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@contextmanager
+def run_emulator_process(
+    port: int | None = None, data_dir: str | os.PathLike[str] | None = None, **flags: Any
+) -> Iterator[EmulatorProcess]:
+    """Start ``python -m airflow_provider_openai_batch.emulator`` and stop it on exit.
+
+    :param port: Port to bind on 127.0.0.1, or ``None`` for a free one.
+    :param data_dir: Persist state here (needed for :meth:`EmulatorProcess.restart` to keep batches).
+    :param flags: Further command-line flags, e.g. ``phase_seconds=0.2``, ``fault_rate=0.3``.
+    """
+    emulator = EmulatorProcess(port, str(data_dir) if data_dir else None, **flags).start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
