@@ -27,3 +27,6 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+demo: setup
+	bash scripts/demo.sh

@@ -135,3 +135,7 @@ class BatchNotSuccessfulError(OpenAIBatchError):
     def __init__(self, message: str, batch: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.batch = batch or {}
+
+
+class BatchTimeoutError(OpenAIBatchError):
+    """The batch was still running when the task's deadline passed."""

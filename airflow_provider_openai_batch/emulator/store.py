@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_openai_batch.emulator.jsonl_rules import validate_batch_input_lines
+from airflow_provider_openai_batch.jsonl import validate_batch_input_lines
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
@@ -357,7 +357,7 @@ class Store:
             self._finish(batch, "completed", t0 + 3 * phase, 1.0)
 
     def _validate(self, batch: dict[str, Any]) -> list[Any]:
-        from airflow_provider_openai_batch.emulator.jsonl_rules import Problem
+        from airflow_provider_openai_batch.jsonl import Problem
 
         source = self.files.get(batch["input_file_id"])
         if source is None:
@@ -377,7 +377,7 @@ class Store:
     def _finish(self, batch: dict[str, Any], status: str, when: float, fraction: float) -> None:
         """End a batch: results for the first ``fraction`` of its requests, files, counts and usage."""
         requests = self._requests(batch) if not batch.get("errors") else []
-        done = requests[: int(round(len(requests) * fraction))]
+        done = requests[: round(len(requests) * fraction)]
         ok_lines: list[dict[str, Any]] = []
         error_lines: list[dict[str, Any]] = []
         usage = {"input_tokens": 0, "output_tokens": 0}

@@ -226,6 +226,30 @@ class OpenAIBatchHook(BaseHook):
         self.log.info("Cancel requested for batch %s; it is now %s", batch.id, batch.status)
         return batch
 
+    def wait_for_batch(self, batch_id: str, poll_interval: float = 60.0, timeout: float | None = None) -> Batch:
+        """Poll until the batch is terminal and return it, logging each status change.
+
+        :param poll_interval: Seconds between checks.
+        :param timeout: Seconds to wait at most; ``None`` waits indefinitely.
+        :raises BatchTimeoutError: the batch was still running when ``timeout`` passed.
+        """
+        from airflow_provider_openai_batch.exceptions import BatchTimeoutError
+        from airflow_provider_openai_batch.outcome import describe
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last_status = None
+        while True:
+            batch = self.retrieve_batch(batch_id)
+            if batch.status != last_status:
+                self.log.info("OpenAI %s", describe(batch.model_dump(mode="json")))
+                last_status = batch.status
+            if batch.is_terminal:
+                return batch
+            if deadline is not None and time.monotonic() >= deadline:
+                raise BatchTimeoutError(f"batch {batch_id} was still {batch.status} after {timeout:g}s")
+            pause = poll_interval if deadline is None else min(poll_interval, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
+
     # -------------------------------------------------------------------------------------------- files
 
     def upload_file(self, source: Any, purpose: str = "batch", filename: str | None = None) -> FileObject:

@@ -62,7 +62,7 @@ def validate_batch_input_lines(
             break
         try:
             item = json.loads(text)
-        except ValueError as err:
+        except json.JSONDecodeError as err:
             problems.append(Problem(number, "invalid_json_line", f"not valid JSON ({err.msg})"))
             continue
         if not isinstance(item, dict):

@@ -1,0 +1,90 @@
+"""The async transport for the trigger: the same :mod:`~airflow_provider_openai_batch.api` calls, sent with
+aiohttp so nothing blocks the triggerer's event loop.
+
+One ``aiohttp.ClientSession`` per event loop is shared by every trigger in it (a triggerer runs thousands);
+credentials travel per request, so triggers of different connections share the pool safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any, TypeVar
+
+import aiohttp
+import tenacity
+
+from airflow_provider_openai_batch import api
+from airflow_provider_openai_batch.exceptions import APIConnectionError, APITimeoutError
+from airflow_provider_openai_batch.models import ApiModel, Batch
+
+T = TypeVar("T", bound=ApiModel)
+
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
+
+
+def shared_session() -> aiohttp.ClientSession:
+    """The running loop's session, created on first use."""
+    loop = asyncio.get_running_loop()
+    session = _sessions.get(loop)
+    if session is None or session.closed:
+        # limit: enough parallel polls for thousands of triggers without opening a socket per trigger.
+        connector = aiohttp.TCPConnector(limit=100, ttl_dns_cache=300)
+        session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": "airflow-provider-openai-batch"})
+        _sessions[loop] = session
+    return session
+
+
+class AsyncBatchClient:
+    """Batch calls over aiohttp with the shared validation, parsing, error mapping and retry policy.
+
+    :param settings: Connection settings (key, base URL, headers, timeout, retries).
+    """
+
+    def __init__(self, settings: api.ClientSettings) -> None:
+        self.settings = settings
+
+    @classmethod
+    async def from_connection(cls, conn_id: str) -> AsyncBatchClient:
+        """Read the Airflow connection without blocking the loop (``BaseHook.aget_connection``)."""
+        from airflow.sdk import BaseHook
+
+        conn = await BaseHook.aget_connection(conn_id)
+        return cls(
+            api.settings_from_connection(conn_id, host=conn.host, password=conn.password, extra=conn.extra_dejson)
+        )
+
+    async def retrieve_batch(self, batch_id: str) -> Batch:
+        return await self.request(api.retrieve_batch(batch_id))
+
+    async def cancel_batch(self, batch_id: str) -> Batch:
+        return await self.request(api.cancel_batch(batch_id))
+
+    async def request(self, call: api.ApiCall[T]) -> T:
+        retrying = tenacity.AsyncRetrying(**api.retry_policy(self.settings.max_retries, idempotent=call.idempotent))
+        return await retrying(self._send, call)
+
+    async def _send(self, call: api.ApiCall[T]) -> T:
+        settings = self.settings
+        timeout = aiohttp.ClientTimeout(total=None, connect=settings.timeout, sock_read=settings.timeout)
+        kwargs: dict[str, Any] = {"params": call.params, "headers": settings.headers(), "timeout": timeout}
+        if call.json is not None:
+            kwargs["json"] = call.json
+        try:
+            async with shared_session().request(call.method, call.url(settings.base_url), **kwargs) as response:
+                body = await response.read()
+                return call.parse(response.status, response.headers, body)
+        except asyncio.TimeoutError:
+            raise APITimeoutError(
+                f"{call.method} {call.path}: no answer from {settings.base_url} within {settings.timeout:g}s"
+            ) from None
+        except aiohttp.ClientConnectorError as err:
+            raise APIConnectionError(
+                f"{call.method} {call.path}: could not connect to {settings.base_url} ({type(err).__name__})",
+                maybe_processed=False,
+            ) from None
+        except aiohttp.ClientError as err:
+            raise APIConnectionError(
+                f"{call.method} {call.path}: connection to {settings.base_url} broke before an answer arrived "
+                f"({type(err).__name__})"
+            ) from None

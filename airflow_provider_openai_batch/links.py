@@ -1,0 +1,40 @@
+"""The "OpenAI Batch" extra link on the create operator and the sensor."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperatorLink
+
+if TYPE_CHECKING:
+    from airflow.sdk.types import TaskInstanceKey
+    from airflow.sdk import BaseOperator
+
+
+class OpenAIBatchLink(BaseOperatorLink):
+    """Links a task to its batch: the OpenAI platform page when the connection's base URL is OpenAI's,
+    otherwise the batch's JSON at ``{base_url}/batches/{id}`` (e.g. on the local emulator).
+
+    The operator stores the URL in XCom under :attr:`xcom_key` as soon as the batch is known, so the link
+    is there while the task is deferred.
+    """
+
+    name = "OpenAI Batch"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        url = getattr(operator, "_openai_batch_url", None)
+        if url:
+            return str(url)
+        from airflow.sdk import BaseXCom
+
+        return str(BaseXCom.get_value(ti_key=ti_key, key=self.xcom_key) or "")  # type: ignore[arg-type]
+
+
+def remember_batch_link(operator: BaseOperator, context: Any, base_url: str, batch_id: str) -> str:
+    """Record the batch's URL for :class:`OpenAIBatchLink` now (visible while deferred) and on the operator."""
+    from airflow_provider_openai_batch.outcome import batch_url
+
+    url = batch_url(base_url, batch_id)
+    operator._openai_batch_url = url  # type: ignore[attr-defined]
+    context["ti"].xcom_push(key=OpenAIBatchLink().xcom_key, value=url)
+    return url

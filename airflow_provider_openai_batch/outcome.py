@@ -1,0 +1,77 @@
+"""How a finished batch is judged and described, in one place for the sensor, the create operator and the
+trigger's events. Works on the batch as a JSON dict (what XCom and trigger events carry), and imports
+nothing heavy so operator modules stay cheap to import at DAG-parse time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+#: Mirrors ``models.TERMINAL_STATUSES``; kept here as plain strings so parsing a DAG never imports pydantic.
+SUCCESS = "completed"
+UNSUCCESSFUL = ("failed", "expired", "cancelled")
+
+
+def describe(batch: dict[str, Any]) -> str:
+    """One scannable line: id, status, request counts and token usage."""
+    counts = batch.get("request_counts") or {}
+    text = (
+        f"batch {batch.get('id')} {batch.get('status')}: "
+        f"{counts.get('completed') or 0}/{counts.get('total') or 0} requests done, {counts.get('failed') or 0} failed"
+    )
+    usage = batch.get("usage") or {}
+    if usage:
+        text += (
+            f"; tokens in {usage.get('input_tokens') or 0}, out {usage.get('output_tokens') or 0}, "
+            f"total {usage.get('total_tokens') or 0}"
+        )
+    return text
+
+
+def judge(batch: dict[str, Any], max_failed_fraction: float) -> None:
+    """Raise :class:`BatchNotSuccessfulError` unless the batch completed within the failed-requests policy.
+
+    :param batch: A terminal batch as a JSON dict.
+    :param max_failed_fraction: The largest share of failed requests a ``completed`` batch may have and still
+        count as a success (0.0 = any failed request fails the task; 1.0 = never fail on request errors).
+    """
+    from airflow_provider_openai_batch.exceptions import BatchNotSuccessfulError
+
+    status = batch.get("status")
+    if status in UNSUCCESSFUL:
+        errors = [
+            (f"line {e.get('line')}: " if e.get("line") is not None else "") + f"[{e.get('code')}] {e.get('message')}"
+            for e in ((batch.get("errors") or {}).get("data") or [])
+        ]
+        detail = "; ".join(errors[:10]) or "the API gave no error details"
+        raise BatchNotSuccessfulError(f"OpenAI {describe(batch)}. Errors: {detail}", batch)
+    if status != SUCCESS:
+        raise BatchNotSuccessfulError(f"OpenAI {describe(batch)}: not finished", batch)
+    counts = batch.get("request_counts") or {}
+    total, failed = counts.get("total") or 0, counts.get("failed") or 0
+    if total and failed / total > max_failed_fraction:
+        raise BatchNotSuccessfulError(
+            f"OpenAI {describe(batch)}: {failed / total:.1%} of requests failed, more than max_failed_fraction="
+            f"{max_failed_fraction:g} allows; see error file {batch.get('error_file_id')}",
+            batch,
+        )
+
+
+def batch_url(base_url: str, batch_id: str) -> str:
+    """The batch's page on the OpenAI platform, or its JSON on any other (OpenAI-compatible) base URL."""
+    if urlparse(base_url).hostname == "api.openai.com":
+        return f"https://platform.openai.com/batches/{batch_id}"
+    return f"{base_url.rstrip('/')}/batches/{batch_id}"
+
+
+def batch_from_event(event: dict[str, Any]) -> dict[str, Any]:
+    """The final batch from a :class:`BatchTrigger` event; raises when the wait ended in an error or timeout."""
+    from airflow_provider_openai_batch.exceptions import BatchTimeoutError, OpenAIBatchError
+
+    status = event.get("status")
+    if status == "terminal" and event.get("batch"):
+        return dict(event["batch"])
+    if status == "timeout":
+        raise BatchTimeoutError(str(event.get("message")))
+    raise OpenAIBatchError(str(event.get("message") or f"unexpected trigger event {event!r}"))

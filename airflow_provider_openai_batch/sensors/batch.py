@@ -1,0 +1,146 @@
+"""``BatchSensor``: wait for an OpenAI batch to finish, deferred to the triggerer by default."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+
+from airflow_provider_openai_batch.links import OpenAIBatchLink, remember_batch_link
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+
+
+class BatchSensor(BaseSensorOperator):
+    """Wait until a batch ends; succeed with the final batch, or fail with the batch's own errors.
+
+    The batch is checked once before deferring, so a batch that already ended never defers. Then, when
+    ``deferrable`` (the default), the wait moves to the triggerer and frees the worker slot; otherwise the
+    usual ``poke`` or ``reschedule`` modes apply.
+
+    **Outcome.** ``completed`` succeeds and returns the final batch as JSON (``output_file_id``,
+    ``error_file_id``, ``request_counts``, ``usage``, ...) to XCom. ``failed``, ``expired`` and
+    ``cancelled`` fail the task with the batch's error messages (line numbers for a bad input file).
+    A ``completed`` batch whose share of failed requests exceeds ``max_failed_fraction`` fails too. The
+    default, 1.0, treats request-level failures as data (read them from the error file), because a
+    batch of 50,000 prompts commonly has a few refusals; set 0.0 to fail on any failed request.
+
+    **Timeout.** ``timeout`` (seconds, from the first check) becomes an absolute deadline given to the
+    trigger, so it survives triggerer restarts. At the deadline the task fails; with ``cancel_on_timeout``
+    the batch is cancelled first, otherwise it keeps running (and billing) at the API.
+
+    **Kill and retry.** With ``cancel_on_kill`` the batch is cancelled when a user marks the task failed or
+    clears it (the trigger's ``on_kill`` in deferrable mode, the operator's in poke mode). A retried try
+    simply waits for the same batch again.
+
+    :param batch_id: The batch to wait for (templated), e.g. ``{{ ti.xcom_pull('create_batch') }}``.
+    :param conn_id: Airflow connection id (type ``openai_batch``).
+    :param deferrable: Wait in the triggerer (default ``True``).
+    :param poll_interval: Seconds between checks (also ``poke_interval`` in poke/reschedule modes).
+    :param max_failed_fraction: Largest share of failed requests a completed batch may have (0.0..1.0).
+    :param cancel_on_timeout: Cancel the batch when the deadline passes.
+    :param cancel_on_kill: Cancel the batch when the task is killed.
+    :param max_consecutive_errors: Failed polls in a row the trigger tolerates before failing the task.
+    """
+
+    template_fields: Sequence[str] = ("batch_id",)
+    operator_extra_links = (OpenAIBatchLink(),)
+    ui_color = "#e8f6f3"
+
+    def __init__(
+        self,
+        *,
+        batch_id: str,
+        conn_id: str = "openai_default",
+        deferrable: bool = True,
+        poll_interval: float = 60.0,
+        max_failed_fraction: float = 1.0,
+        cancel_on_timeout: bool = False,
+        cancel_on_kill: bool = False,
+        max_consecutive_errors: int = 5,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("poke_interval", poll_interval)
+        super().__init__(**kwargs)
+        if not 0.0 <= max_failed_fraction <= 1.0:
+            raise ValueError(f"max_failed_fraction must be between 0.0 and 1.0; got {max_failed_fraction!r}")
+        self.batch_id = batch_id
+        self.conn_id = conn_id
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.max_failed_fraction = max_failed_fraction
+        self.cancel_on_timeout = cancel_on_timeout
+        self.cancel_on_kill = cancel_on_kill
+        self.max_consecutive_errors = max_consecutive_errors
+        self._last_status: str | None = None
+
+    def hook(self) -> OpenAIBatchHook:
+        from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+
+        return OpenAIBatchHook(conn_id=self.conn_id)
+
+    def execute(self, context: Context) -> Any:
+        from airflow.sdk.exceptions import AirflowSensorTimeout
+
+        hook = self.hook()
+        remember_batch_link(self, context, hook.settings.base_url, self.batch_id)
+        if not self.deferrable:
+            try:
+                return super().execute(context)
+            except AirflowSensorTimeout:
+                if self.cancel_on_timeout:
+                    hook.cancel_batch(self.batch_id)
+                raise
+        first = self.poke(context)
+        if first:
+            return first.xcom_value if isinstance(first, PokeReturnValue) else first
+        from airflow_provider_openai_batch.triggers.batch import BatchTrigger
+
+        self.defer(
+            trigger=BatchTrigger(
+                self.batch_id,
+                self.conn_id,
+                self.poll_interval,
+                end_time=time.time() + float(self.timeout),
+                cancel_on_timeout=self.cancel_on_timeout,
+                cancel_on_kill=self.cancel_on_kill,
+                max_consecutive_errors=self.max_consecutive_errors,
+            ),
+            method_name="execute_complete",
+        )
+
+    def poke(self, context: Context) -> PokeReturnValue | bool:
+        from airflow_provider_openai_batch.outcome import describe, judge
+
+        batch = self.hook().retrieve_batch(self.batch_id).model_dump(mode="json")
+        if batch["status"] != self._last_status:
+            self.log.info("OpenAI %s", describe(batch))
+            self._last_status = batch["status"]
+        if batch["status"] not in ("completed", "failed", "expired", "cancelled"):
+            return False
+        judge(batch, self.max_failed_fraction)
+        return PokeReturnValue(is_done=True, xcom_value=batch)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after the trigger: judge the final batch exactly as :meth:`poke` does."""
+        from airflow_provider_openai_batch.exceptions import BatchTimeoutError
+        from airflow_provider_openai_batch.outcome import batch_from_event, describe, judge
+
+        try:
+            batch = batch_from_event(event)
+        except BatchTimeoutError as err:
+            from airflow.sdk.exceptions import AirflowSensorTimeout
+
+            raise AirflowSensorTimeout(str(err)) from err
+        self.log.info("OpenAI %s", describe(batch))
+        judge(batch, self.max_failed_fraction)
+        return batch
+
+    def on_kill(self) -> None:
+        if self.cancel_on_kill:
+            self.hook().cancel_batch(self.batch_id)

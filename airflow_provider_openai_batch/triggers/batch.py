@@ -1,0 +1,145 @@
+"""``BatchTrigger``: waits for a batch in the triggerer, without a worker slot and without blocking the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+
+class BatchTrigger(BaseTrigger):
+    """Poll a batch until it ends, its deadline passes, or the API keeps failing; then emit one event.
+
+    The event payload is ``{"status": "terminal" | "timeout" | "error", "batch_id": ..., "batch": {...} | None,
+    "message": str}``; ``batch`` is the last batch seen, as JSON.
+
+    - **Deadline**: ``end_time`` is an absolute Unix time, so a restarted triggerer (which rebuilds the trigger
+      from :meth:`serialize`) keeps the original deadline instead of starting a new timeout.
+    - **Transient errors** (429, 5xx, connection errors, timeouts) are retried inside each poll with the shared
+      retry policy; after ``max_consecutive_errors`` failed polls in a row an ``error`` event is emitted.
+      Permanent errors (401, 404, ...) end the wait at once.
+    - **Kill**: when a user marks the task failed or clears it, Airflow 3.3 calls :meth:`on_kill`; with
+      ``cancel_on_kill`` the batch is cancelled so it stops being billed. A triggerer shutdown or a
+      rescheduling to another triggerer does not call it, so the batch keeps running.
+
+    :param batch_id: The batch to wait for.
+    :param conn_id: Airflow connection id (type ``openai_batch``).
+    :param poll_interval: Seconds between status checks.
+    :param end_time: Unix time after which a ``timeout`` event is emitted; ``None`` waits indefinitely.
+    :param cancel_on_timeout: Cancel the batch when the deadline passes.
+    :param cancel_on_kill: Cancel the batch when the task is killed by a user.
+    :param max_consecutive_errors: Failed polls in a row tolerated before giving up.
+    """
+
+    def __init__(
+        self,
+        batch_id: str,
+        conn_id: str = "openai_default",
+        poll_interval: float = 60.0,
+        end_time: float | None = None,
+        cancel_on_timeout: bool = False,
+        cancel_on_kill: bool = False,
+        max_consecutive_errors: int = 5,
+    ) -> None:
+        super().__init__()
+        self.batch_id = batch_id
+        self.conn_id = conn_id
+        self.poll_interval = float(poll_interval)
+        self.end_time = None if end_time is None else float(end_time)
+        self.cancel_on_timeout = cancel_on_timeout
+        self.cancel_on_kill = cancel_on_kill
+        self.max_consecutive_errors = max(1, int(max_consecutive_errors))
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "batch_id": self.batch_id,
+                "conn_id": self.conn_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+                "cancel_on_timeout": self.cancel_on_timeout,
+                "cancel_on_kill": self.cancel_on_kill,
+                "max_consecutive_errors": self.max_consecutive_errors,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow_provider_openai_batch.api import is_retryable
+        from airflow_provider_openai_batch.exceptions import OpenAIBatchError
+        from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient
+
+        try:
+            client = await AsyncBatchClient.from_connection(self.conn_id)
+        except Exception as err:  # a missing connection or key must end the wait, not hang it
+            yield self._event("error", None, f"cannot use connection {self.conn_id!r}: {err}")
+            return
+        failures = 0
+        last_status: str | None = None
+        last: Any = None
+        while True:
+            try:
+                batch = await client.retrieve_batch(self.batch_id)
+                failures = 0
+            except (OpenAIBatchError, ValueError) as err:
+                failures += 1
+                if not is_retryable(err) or failures >= self.max_consecutive_errors:
+                    yield self._event("error", last, f"checking batch {self.batch_id} failed: {err}")
+                    return
+                self.log.warning("Checking batch %s failed (%d in a row): %s", self.batch_id, failures, err)
+                await asyncio.sleep(min(self.poll_interval, 2.0**failures))
+                continue
+            last = batch
+            if batch.status != last_status:
+                counts = batch.request_counts
+                self.log.info(
+                    "Batch %s is %s (%d/%d done, %d failed)",
+                    batch.id,
+                    batch.status,
+                    counts.completed,
+                    counts.total,
+                    counts.failed,
+                )
+                last_status = batch.status
+            if batch.is_terminal:
+                yield self._event("terminal", batch, f"batch {batch.id} is {batch.status}")
+                return
+            remaining = None if self.end_time is None else self.end_time - time.time()
+            if remaining is not None and remaining <= 0:
+                if self.cancel_on_timeout:
+                    last = await self._cancel(client) or last
+                yield self._event("timeout", last, f"batch {self.batch_id} was still {batch.status} at the deadline")
+                return
+            await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
+
+    async def on_kill(self) -> None:
+        if not self.cancel_on_kill:
+            return
+        from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient
+
+        client = await AsyncBatchClient.from_connection(self.conn_id)
+        await self._cancel(client)
+
+    async def _cancel(self, client: Any) -> Any:
+        from airflow_provider_openai_batch.exceptions import OpenAIBatchError
+
+        try:
+            batch = await client.cancel_batch(self.batch_id)
+        except OpenAIBatchError as err:  # e.g. it finished meanwhile (409): nothing left to stop
+            self.log.warning("Could not cancel batch %s: %s", self.batch_id, err)
+            return None
+        self.log.info("Cancelled batch %s (now %s)", self.batch_id, batch.status)
+        return batch
+
+    def _event(self, status: str, batch: Any, message: str) -> TriggerEvent:
+        return TriggerEvent(
+            {
+                "status": status,
+                "batch_id": self.batch_id,
+                "batch": batch.model_dump(mode="json") if batch is not None else None,
+                "message": message,
+            }
+        )
