@@ -469,19 +469,18 @@ def _upload_source(source: Any) -> tuple[Any, str, int | None]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         return (lambda: io.BytesIO(data)), "batch_input.jsonl", len(data)
-    if isinstance(source, (str, os.PathLike)) and not hasattr(source, "open"):
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"source {str(path)!r} is not a readable file: pass an existing path")
-        return (lambda: open(path, "rb")), path.name, path.stat().st_size
-    if hasattr(source, "open") and hasattr(source, "name") and not hasattr(source, "read"):
-        # ObjectStoragePath and pathlib.Path both land here.
+    if hasattr(source, "fs"):  # ObjectStoragePath
         size = None
         try:
             size = int(source.stat().st_size)
         except Exception:  # a remote store may not report a size cheaply; the API still enforces it
             size = None
         return (lambda: source.open("rb")), str(source.name), size
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"source {str(path)!r} is not a readable file: pass an existing path")
+        return (lambda: open(path, "rb")), path.name, path.stat().st_size  # noqa: SIM115
     if hasattr(source, "read"):
         start = source.tell() if _seekable(source) else None
 

@@ -1,0 +1,34 @@
+"""Shared test set-up. The emulator fixtures (``openai_batch_emulator``, ``openai_batch_connection``) come
+from the package's own pytest plugin, as they would for a user."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+BASE = "http://127.0.0.1:9/v1"
+KEY = "test-key-canary-7f3a"
+
+
+@pytest.fixture
+def conn_env(monkeypatch: pytest.MonkeyPatch):
+    """Set ``openai_default`` to a fake base URL (intercepted by requests-mock) with optional extras."""
+
+    def set_conn(extra: dict | None = None, host: str = BASE, password: str | None = KEY) -> None:
+        conn = {"conn_type": "openai_batch", "host": host, "extra": extra or {}}
+        if password is not None:
+            conn["password"] = password
+        monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps(conn))
+
+    set_conn()
+    return set_conn
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record retry back-off sleeps instead of waiting (tenacity sleeps through ``time.sleep``)."""
+    recorded: list[float] = []
+    monkeypatch.setattr(time, "sleep", lambda seconds: recorded.append(seconds))
+    return recorded

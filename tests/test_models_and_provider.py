@@ -1,0 +1,75 @@
+"""Models tolerate the live API's drift; the provider info is valid for Airflow's discovery."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import jsonschema
+
+from airflow_provider_openai_batch.get_provider_info import get_provider_info
+from airflow_provider_openai_batch.models import TERMINAL_STATUSES, Batch, BatchStatus, ResultRecord
+
+SPEC = json.loads((Path(__file__).parent / "openai_spec" / "openai-batch-files.v1.json").read_text())
+
+
+def test_spec_example_batch_with_nulls_parses():
+    text = SPEC["components"]["schemas"]["Batch"]["x-oaiMeta"]["example"]
+    example = json.loads(re.sub(r",(\s*[}\]])", r"\1", text))  # the docs example has trailing commas
+    batch = Batch.model_validate(example)
+    assert batch.id == example["id"] and batch.failed_at is None and batch.is_terminal
+
+
+def test_unknown_fields_nulls_and_statuses_are_accepted():
+    raw = {"id": "batch_1", "status": "paused_by_ops", "request_counts": None, "usage": None, "errors": None,
+           "metadata": None, "brand_new_field": {"x": 1}, "created_at": None}
+    batch = Batch.model_validate(raw)
+    assert batch.status == "paused_by_ops" and not batch.is_terminal
+    assert batch.request_counts.failed == 0 and batch.failed_fraction == 0.0
+    assert batch.brand_new_field == {"x": 1}  # type: ignore[attr-defined]
+    assert batch.raw is raw and batch.error_messages == []
+    assert "_http" not in batch.model_dump() and "http" not in batch.model_dump()
+
+
+def test_terminal_statuses_are_defined_once():
+    assert {s.value for s in BatchStatus} >= TERMINAL_STATUSES
+    assert TERMINAL_STATUSES == {"completed", "failed", "expired", "cancelled"}
+
+
+def test_error_messages_and_result_records():
+    batch = Batch.model_validate({"id": "b", "status": "failed", "errors": {"data": [
+        {"code": "invalid_json_line", "message": "not JSON", "line": 7, "param": None}]}})
+    assert batch.error_messages == ["line 7: [invalid_json_line] not JSON"]
+    failed = ResultRecord.model_validate({"custom_id": "x", "response": None,
+                                          "error": {"code": "timeout", "message": "took too long"}})
+    assert not failed.ok and failed.error_message == "[timeout] took too long"
+
+
+def test_provider_info_validates_against_airflows_schema():
+    import airflow
+
+    schema = json.loads((Path(airflow.__file__).parent / "provider_info.schema.json").read_text())
+    info = get_provider_info()
+    jsonschema.validate(info, schema)
+    conn = info["connection-types"][0]
+    assert (conn["connection-type"], conn["hook-name"]) == ("openai_batch", "OpenAI Batch")
+    behaviour = conn["ui-field-behaviour"]
+    assert behaviour["relabeling"] == {"host": "Base URL", "password": "API key"}
+    assert {"login", "schema", "port"} <= set(behaviour["hidden-fields"])
+    assert set(conn["conn-fields"]) == {"organization", "project", "timeout", "max_retries"}
+
+
+def test_entry_point_and_providers_manager_see_the_provider():
+    points = [ep for ep in entry_points(group="apache_airflow_provider") if ep.value.startswith(
+        "airflow_provider_openai_batch")]
+    assert points and points[0].load()() == get_provider_info()
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert "airflow-provider-openai-batch" in manager.providers
+    hook = manager.hooks["openai_batch"]
+    assert hook is not None and hook.hook_class_name.endswith("OpenAIBatchHook")
+    assert manager.field_behaviours["openai_batch"]["relabeling"]["host"] == "Base URL"
+    assert "extra__openai_batch__max_retries" in manager.connection_form_widgets
