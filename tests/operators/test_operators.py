@@ -1,0 +1,162 @@
+"""Operators and sensor against the emulator with a minimal task-instance context."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from airflow_provider_openai_batch.exceptions import BatchNotSuccessfulError, BatchValidationError
+from airflow_provider_openai_batch.links import OpenAIBatchLink
+from airflow_provider_openai_batch.operators.batch import CancelBatchOperator, CreateBatchOperator
+from airflow_provider_openai_batch.sensors.batch import BatchSensor
+
+ENDPOINT = "/v1/chat/completions"
+
+
+class FakeTI:
+    def __init__(self, try_number: int = 1, map_index: int = -1) -> None:
+        self.dag_id, self.task_id, self.run_id = "dag", "create", "manual__1"
+        self.map_index, self.try_number = map_index, try_number
+        self.xcom: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        json.dumps(value)  # XCom values must be JSON-serializable
+        self.xcom[key] = value
+
+
+def ctx(**kwargs: Any) -> dict[str, Any]:
+    return {"ti": FakeTI(**kwargs)}
+
+
+def prompts(n: int = 3, fail: int | None = None) -> list[dict]:
+    return [{"custom_id": f"p{i}", "body": {"model": "fail-m" if i == fail else "gpt-4o-mini",
+                                            "messages": [{"role": "user", "content": f"q{i}"}]}} for i in range(n)]
+
+
+def test_create_from_requests_pushes_id_batch_and_link(openai_batch_connection):
+    context = ctx()
+    batch_id = CreateBatchOperator(task_id="create", requests=prompts()).execute(context)
+    ti = context["ti"]
+    assert ti.xcom["batch"]["id"] == batch_id and ti.xcom["batch"]["status"] == "validating"
+    assert ti.xcom["batch"]["metadata"]["airflow_idempotency_key"]
+    assert ti.xcom[OpenAIBatchLink().xcom_key] == f"{openai_batch_connection.base_url}/batches/{batch_id}"
+
+
+def test_shorthand_requests_and_input_file(openai_batch_connection, tmp_path):
+    op = CreateBatchOperator(task_id="create", requests=[{"model": "m", "messages": []}], wait_for_completion=True,
+                             deferrable=False, poll_interval=0.05)
+    assert op.execute(ctx())
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"custom_id": "a", "method": "POST", "url": ENDPOINT, "body": {}}) + "\n")
+    assert CreateBatchOperator(task_id="create2", input_file=str(path)).execute(ctx())
+    assert openai_batch_connection.stats()["batches_created"] == 2
+
+
+def test_bad_input_is_refused_before_anything_is_uploaded(openai_batch_connection, tmp_path):
+    bad = [*prompts(2), {"custom_id": "p0", "body": {}}, {"custom_id": "x", "url": "/v1/embeddings", "body": {}}]
+    with pytest.raises(BatchValidationError) as err:
+        CreateBatchOperator(task_id="create", requests=bad).execute(ctx())
+    assert "line 3: custom_id 'p0' is also used on line 1" in str(err.value)
+    assert "line 4: url '/v1/embeddings' does not match" in str(err.value)
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join([json.dumps({"custom_id": f"c{i}", "method": "POST", "url": ENDPOINT, "body": {}})
+                               for i in range(6)] + ["{not json"]) + "\n")
+    with pytest.raises(BatchValidationError, match="line 7: not valid JSON"):
+        CreateBatchOperator(task_id="create", input_file=path).execute(ctx())
+    with pytest.raises(ValueError, match="endpoint must be one of"):
+        CreateBatchOperator(task_id="create", requests=prompts(), endpoint="/v1/nope").execute(ctx())
+    stats = openai_batch_connection.stats()
+    assert stats["files_created"] == 0 and stats["batches_created"] == 0
+
+
+def test_exactly_one_input_is_required():
+    with pytest.raises(ValueError, match="exactly one of requests, input_file or input_file_id"):
+        CreateBatchOperator(task_id="t", requests=prompts(), input_file_id="file-1")
+
+
+def test_a_retried_try_reattaches_instead_of_billing_again(openai_batch_connection):
+    first = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=1))
+    # The worker died right after the POST; the retry must find that batch, not create another.
+    second = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=2))
+    assert first == second and openai_batch_connection.stats()["batches_created"] == 1
+    # Another map index is another task instance, so another batch.
+    third = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=2, map_index=1))
+    assert third != first and openai_batch_connection.stats()["batches_created"] == 2
+
+
+def test_a_retry_after_a_failed_batch_creates_a_new_one(openai_batch_connection):
+    openai_batch_connection.configure(phase_seconds=30)
+    first = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=1))
+    openai_batch_connection.force_status(first, "expired")
+    second = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=2))
+    assert second != first
+
+
+def test_wait_polls_and_judges_partial_failures(openai_batch_connection):
+    ok = CreateBatchOperator(task_id="create", requests=prompts(4, fail=0), wait_for_completion=True,
+                             deferrable=False, poll_interval=0.05)
+    context = ctx()
+    ok.execute(context)
+    assert context["ti"].xcom["batch"]["request_counts"] == {"total": 4, "completed": 3, "failed": 1}
+    strict = CreateBatchOperator(task_id="create", requests=prompts(4, fail=0), wait_for_completion=True,
+                                 deferrable=False, poll_interval=0.05, max_failed_fraction=0.0)
+    with pytest.raises(BatchNotSuccessfulError, match="25.0% of requests failed"):
+        strict.execute(ctx(map_index=3))
+
+
+def test_deferrable_create_defers_with_an_absolute_deadline(openai_batch_connection):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    op = CreateBatchOperator(task_id="create", requests=prompts(), wait_for_completion=True, deferrable=True,
+                             timeout=100, cancel_on_kill=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(ctx())
+    trigger = deferred.value.trigger
+    _, kwargs = trigger.serialize()
+    assert kwargs["cancel_on_kill"] and kwargs["end_time"] > 0 and deferred.value.method_name == "execute_complete"
+
+
+def test_sensor_finished_batch_returns_without_deferring(openai_batch_connection):
+    batch_id = CreateBatchOperator(task_id="create", requests=prompts(), wait_for_completion=True,
+                                   deferrable=False, poll_interval=0.05).execute(ctx())
+    result = BatchSensor(task_id="wait", batch_id=batch_id).execute(ctx())
+    assert result["status"] == "completed" and result["output_file_id"] and result["usage"]["total_tokens"] > 0
+
+
+def test_sensor_defers_a_running_batch_and_judges_events(openai_batch_connection):
+    from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
+
+    openai_batch_connection.configure(phase_seconds=30)
+    batch_id = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx())
+    sensor = BatchSensor(task_id="wait", batch_id=batch_id, timeout=60, cancel_on_timeout=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(ctx())
+    assert deferred.value.trigger.end_time is not None
+    failed = {"id": batch_id, "status": "failed", "request_counts": {}, "errors": {"data": [
+        {"code": "invalid_json_line", "message": "bad", "line": 7}]}}
+    with pytest.raises(BatchNotSuccessfulError, match=r"line 7: \[invalid_json_line\] bad"):
+        sensor.execute_complete(ctx(), {"status": "terminal", "batch": failed})
+    with pytest.raises(AirflowSensorTimeout):
+        sensor.execute_complete(ctx(), {"status": "timeout", "message": "late", "batch": None})
+
+
+def test_sensor_poke_mode(openai_batch_connection):
+    openai_batch_connection.configure(phase_seconds=30)
+    batch_id = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx())
+    sensor = BatchSensor(task_id="wait", batch_id=batch_id, deferrable=False, mode="reschedule")
+    assert sensor.poke(ctx()) is False
+    openai_batch_connection.force_status(batch_id, "cancelled")
+    with pytest.raises(BatchNotSuccessfulError, match="cancelled"):
+        sensor.poke(ctx())
+
+
+def test_cancel_operator(openai_batch_connection):
+    openai_batch_connection.configure(phase_seconds=0.2)
+    batch_id = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx())
+    result = CancelBatchOperator(task_id="cancel", batch_id=batch_id, wait_for_completion=True, deferrable=False,
+                                 poll_interval=0.05).execute(ctx())
+    assert result["status"] == "cancelled"
+    again = CancelBatchOperator(task_id="cancel", batch_id=batch_id).execute(ctx())  # finished: logged, no error
+    assert again["status"] == "cancelled"
