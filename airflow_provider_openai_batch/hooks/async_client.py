@@ -35,6 +35,13 @@ def shared_session() -> aiohttp.ClientSession:
     return session
 
 
+async def close_shared_session() -> None:
+    """Close the running loop's session (e.g. at the end of a script); triggers never need to."""
+    session = _sessions.pop(asyncio.get_running_loop(), None)
+    if session is not None:
+        await session.close()
+
+
 class AsyncBatchClient:
     """Batch calls over aiohttp with the shared validation, parsing, error mapping and retry policy.
 

@@ -9,6 +9,11 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+# Imported here, not inside run(): an import inside the event loop would stall every other trigger.
+from airflow_provider_openai_batch.api import is_retryable
+from airflow_provider_openai_batch.exceptions import OpenAIBatchError
+from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient
+
 
 class BatchTrigger(BaseTrigger):
     """Poll a batch until it ends, its deadline passes, or the API keeps failing; then emit one event.
@@ -68,10 +73,6 @@ class BatchTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_provider_openai_batch.api import is_retryable
-        from airflow_provider_openai_batch.exceptions import OpenAIBatchError
-        from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient
-
         try:
             client = await AsyncBatchClient.from_connection(self.conn_id)
         except Exception as err:  # a missing connection or key must end the wait, not hang it
@@ -118,14 +119,10 @@ class BatchTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         if not self.cancel_on_kill:
             return
-        from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient
-
         client = await AsyncBatchClient.from_connection(self.conn_id)
         await self._cancel(client)
 
     async def _cancel(self, client: Any) -> Any:
-        from airflow_provider_openai_batch.exceptions import OpenAIBatchError
-
         try:
             batch = await client.cancel_batch(self.batch_id)
         except OpenAIBatchError as err:  # e.g. it finished meanwhile (409): nothing left to stop

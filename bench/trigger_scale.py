@@ -1,0 +1,131 @@
+"""N BatchTriggers in one asyncio loop, as in the triggerer, against a stand-in API with 100 ms latency.
+
+Every batch completes COMPLETE_AFTER seconds after the start; triggers poll every POLL seconds. Reports how
+late each trigger fired after its batch completed, the event-loop lag (overshoot of a 10 ms ticker), and
+memory per waiting trigger.
+
+    .venv/bin/python bench/trigger_scale.py --n 1000
+    .venv/bin/python bench/trigger_scale.py --n 10000
+
+The stand-in server runs in a separate process (aiohttp) so it does not share the measured loop. The
+connection comes from the AIRFLOW_CONN_OPENAI_DEFAULT environment variable, read with aget_connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import resource
+import socket
+import statistics
+import sys
+import time
+
+LATENCY = 0.1
+
+
+def serve(port: int, start: float, complete_after: float) -> None:
+    from aiohttp import web
+
+    async def batch(request: web.Request) -> web.Response:
+        await asyncio.sleep(LATENCY)
+        done = time.time() >= start + complete_after
+        body = {"id": request.match_info["id"], "object": "batch", "status": "completed" if done else "in_progress",
+                "request_counts": {"total": 1, "completed": int(done), "failed": 0}}
+        return web.json_response(body, headers={"x-request-id": "req_bench"})
+
+    app = web.Application()
+    app.router.add_get("/v1/batches/{id}", batch)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, backlog=4096)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def measure(n: int, poll: float, complete_at: float) -> dict[str, float]:
+    # As in the triggerer, the trigger class (and what it imports) is loaded before its run() starts.
+    from airflow_provider_openai_batch.triggers.batch import BatchTrigger
+
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - before - 0.01)
+
+    fired: list[float] = []
+
+    async def one(i: int) -> None:
+        async for event in BatchTrigger(f"batch_{i}", poll_interval=poll).run():
+            assert event.payload["status"] == "terminal", event.payload
+            fired.append(time.time())
+
+    base_rss = rss_mb()
+    tick = asyncio.ensure_future(ticker())
+    tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+    await asyncio.sleep(min(3.0, complete_at - time.time() - 0.5))
+    waiting_rss = rss_mb()
+    await asyncio.gather(*tasks)
+    from airflow_provider_openai_batch.hooks.async_client import close_shared_session
+
+    await close_shared_session()
+    stop.set()
+    await tick
+    late = [t - complete_at for t in fired]
+    lags.sort()
+    return {
+        "n": n,
+        "fired": len(fired),
+        "late_max_s": max(late),
+        "late_p50_s": statistics.median(late),
+        "lag_p99_ms": lags[int(len(lags) * 0.99) - 1] * 1000,
+        "lag_max_ms": lags[-1] * 1000,
+        "kb_per_trigger": (waiting_rss - base_rss) * 1024 / n,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--poll", type=float, default=5.0)
+    parser.add_argument("--complete-after", type=float, default=10.0)
+    args = parser.parse_args()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.time() + 2.0  # leave the server time to start
+    server = multiprocessing.Process(target=serve, args=(port, start, args.complete_after), daemon=True)
+    server.start()
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    os.environ["AIRFLOW_CONN_OPENAI_DEFAULT"] = json.dumps(
+        {"conn_type": "openai_batch", "host": f"http://127.0.0.1:{port}/v1", "password": "bench-key"})
+    try:
+        result = asyncio.run(measure(args.n, args.poll, start + args.complete_after))
+    finally:
+        server.terminate()
+    print("| triggers | fired | latest after completion (s) | median (s) | loop lag p99 (ms) | max (ms) | KB/trigger |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {result['n']} | {result['fired']} | {result['late_max_s']:.2f} | {result['late_p50_s']:.2f} | "
+          f"{result['lag_p99_ms']:.1f} | {result['lag_max_ms']:.1f} | {result['kb_per_trigger']:.1f} |")
+    ok = result["fired"] == args.n and result["late_max_s"] <= args.poll
+    print("within one poll interval:", ok)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
