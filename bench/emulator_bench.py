@@ -58,12 +58,12 @@ def main() -> int:
         http = requests.Session()
         http.headers.update(HEADERS)
         line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}) + "\n"
-        file_id = http.post(f"{emulator.base_url}/files", files={"file": ("a.jsonl", line)},
-                            data={"purpose": "batch"}).json()["id"]
+        file_id = http.post(
+            f"{emulator.base_url}/files", files={"file": ("a.jsonl", line)}, data={"purpose": "batch"}
+        ).json()["id"]
         create = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
         batch_id = http.post(f"{emulator.base_url}/batches", json=create).json()["id"]
-        done, latencies = asyncio.run(load(f"{emulator.base_url}/batches/{batch_id}", args.seconds,
-                                           args.concurrency))
+        done, latencies = asyncio.run(load(f"{emulator.base_url}/batches/{batch_id}", args.seconds, args.concurrency))
         assert emulator.process is not None
         pid = emulator.process.pid
         rss_before = rss_mb(pid)
@@ -82,13 +82,19 @@ def main() -> int:
     latencies.sort()
     print("| metric | value |")
     print("|---|---|")
-    print(f"| GET /v1/batches/{{id}} per second ({args.concurrency} in flight, {args.seconds:g} s) | "
-          f"{done / args.seconds:,.0f} |")
-    print(f"| latency p50 / p99 (ms) | {statistics.median(latencies) * 1000:.1f} / "
-          f"{latencies[int(len(latencies) * 0.99)] * 1000:.1f} |")
+    print(
+        f"| GET /v1/batches/{{id}} per second ({args.concurrency} in flight, {args.seconds:g} s) | "
+        f"{done / args.seconds:,.0f} |"
+    )
+    print(
+        f"| latency p50 / p99 (ms) | {statistics.median(latencies) * 1000:.1f} / "
+        f"{latencies[int(len(latencies) * 0.99)] * 1000:.1f} |"
+    )
     print(f"| batches held | {held:,} |")
-    print(f"| emulator RSS growth for them (MB) | {rss_after - rss_before:.1f} "
-          f"({(rss_after - rss_before) * 1024 / max(held - 1, 1):.2f} KB/batch) |")
+    print(
+        f"| emulator RSS growth for them (MB) | {rss_after - rss_before:.1f} "
+        f"({(rss_after - rss_before) * 1024 / max(held - 1, 1):.2f} KB/batch) |"
+    )
     print(f"| creates per second (sequential) | {create_rate:,.0f} |")
     print(f"| list 100 newest / retrieve one, with {held:,} held (ms) | {list_ms:.1f} / {get_ms:.1f} |")
     return 0

@@ -3,7 +3,8 @@
 A stdlib HTTP server in a separate process discards uploads and streams downloads of the requested size.
 Each transfer runs in a fresh interpreter; we report its peak RSS (ru_maxrss) and the growth over the RSS
 it had just before the transfer. Peak RSS is sampled every 2 ms from /proc: ``ru_maxrss`` is inherited
-across fork/exec on Linux and would report the parent's peak instead. Growth independent of size means memory does not scale with the file.
+across fork/exec on Linux and would report the parent's peak instead. Growth independent of size means
+memory does not scale with the file.
 
     .venv/bin/python bench/file_memory.py --sizes-mb 20 200
 """
@@ -44,7 +45,7 @@ print(json.dumps({"before": before, "peak": max(peak[0], rss())}))
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         remaining = int(self.headers["Content-Length"])
         while remaining:
             remaining -= len(self.rfile.read(min(remaining, 1 << 20)))
@@ -55,12 +56,12 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         size = int(self.path.split("file-")[1].split("/")[0])
         self.send_response(200)
         self.send_header("Content-Length", str(size))
         self.end_headers()
-        block = (b'{"custom_id": "x", "response": null, "error": null}' + b" " * 972 + b"\n")  # 1 KiB
+        block = b'{"custom_id": "x", "response": null, "error": null}' + b" " * 972 + b"\n"  # 1 KiB
         sent = 0
         while sent < size:
             chunk = block * min(1024, (size - sent) // len(block) or 1)
@@ -97,10 +98,15 @@ def main() -> int:
                     out.write(line * 10_000)
             for op in ("upload", "download"):
                 code = CHILD % {"port": port, "op": op, "path": path, "size": size}
-                result = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                                   check=True).stdout.strip().splitlines()[-1])
-                print(f"| {op} | {size_mb} | {result['before']:.0f} | {result['peak']:.0f} | "
-                      f"{result['peak'] - result['before']:.1f} |")
+                result = json.loads(
+                    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                    .stdout.strip()
+                    .splitlines()[-1]
+                )
+                print(
+                    f"| {op} | {size_mb} | {result['before']:.0f} | {result['peak']:.0f} | "
+                    f"{result['peak'] - result['before']:.1f} |"
+                )
     server.terminate()
     return 0
 

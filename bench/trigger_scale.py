@@ -33,8 +33,12 @@ def serve(port: int, start: float, complete_after: float) -> None:
     async def batch(request: web.Request) -> web.Response:
         await asyncio.sleep(LATENCY)
         done = time.time() >= start + complete_after
-        body = {"id": request.match_info["id"], "object": "batch", "status": "completed" if done else "in_progress",
-                "request_counts": {"total": 1, "completed": int(done), "failed": 0}}
+        body = {
+            "id": request.match_info["id"],
+            "object": "batch",
+            "status": "completed" if done else "in_progress",
+            "request_counts": {"total": 1, "completed": int(done), "failed": 0},
+        }
         return web.json_response(body, headers={"x-request-id": "req_bench"})
 
     app = web.Application()
@@ -113,15 +117,18 @@ def main() -> int:
         except OSError:
             time.sleep(0.05)
     os.environ["AIRFLOW_CONN_OPENAI_DEFAULT"] = json.dumps(
-        {"conn_type": "openai_batch", "host": f"http://127.0.0.1:{port}/v1", "password": "bench-key"})
+        {"conn_type": "openai_batch", "host": f"http://127.0.0.1:{port}/v1", "password": "bench-key"}
+    )
     try:
         result = asyncio.run(measure(args.n, args.poll, start + args.complete_after))
     finally:
         server.terminate()
     print("| triggers | fired | latest after completion (s) | median (s) | loop lag p99 (ms) | max (ms) | KB/trigger |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| {result['n']} | {result['fired']} | {result['late_max_s']:.2f} | {result['late_p50_s']:.2f} | "
-          f"{result['lag_p99_ms']:.1f} | {result['lag_max_ms']:.1f} | {result['kb_per_trigger']:.1f} |")
+    print(
+        f"| {result['n']} | {result['fired']} | {result['late_max_s']:.2f} | {result['late_p50_s']:.2f} | "
+        f"{result['lag_p99_ms']:.1f} | {result['lag_max_ms']:.1f} | {result['kb_per_trigger']:.1f} |"
+    )
     ok = result["fired"] == args.n and result["late_max_s"] <= args.poll
     print("within one poll interval:", ok)
     return 0 if ok else 1

@@ -18,8 +18,12 @@ def test_example_dags_import_without_errors():
     bag = DagBag(dag_folder=str(ROOT / "example_dags"))
     assert bag.import_errors == {}
     assert set(bag.dag_ids) == {"openai_batch_example", "openai_batch_cancel", "openai_batch_mapped"}
-    assert set(bag.dags["openai_batch_example"].task_ids) == {"build_requests", "create_batch", "wait_for_batch",
-                                                              "summarise"}
+    assert set(bag.dags["openai_batch_example"].task_ids) == {
+        "build_requests",
+        "create_batch",
+        "wait_for_batch",
+        "summarise",
+    }
 
 
 def test_operator_modules_do_not_import_heavy_modules():
@@ -41,13 +45,19 @@ def test_airflow_dags_test_runs_the_example_end_to_end(tmp_path):
     from airflow_provider_openai_batch.emulator.testing import run_emulator_process
 
     with run_emulator_process(phase_seconds=0.5) as emulator:
-        env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-               "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
-               "AIRFLOW_CONN_OPENAI_DEFAULT": emulator.connection_json(), "OPENAI_BATCH_POLL_INTERVAL": "0.5"}
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(tmp_path),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
+            "AIRFLOW_CONN_OPENAI_DEFAULT": emulator.connection_json(),
+            "OPENAI_BATCH_POLL_INTERVAL": "0.5",
+        }
         airflow = str(Path(sys.executable).parent / "airflow")
         subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=300)
-        result = subprocess.run([airflow, "dags", "test", "openai_batch_example"], env=env, capture_output=True,
-                                text=True, timeout=300)
+        result = subprocess.run(
+            [airflow, "dags", "test", "openai_batch_example"], env=env, capture_output=True, text=True, timeout=300
+        )
         log = result.stdout + result.stderr
         assert result.returncode == 0, log[-3000:]
         assert "deferred" in log  # the sensor left the worker and resumed from the trigger

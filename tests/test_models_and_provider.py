@@ -23,8 +23,16 @@ def test_spec_example_batch_with_nulls_parses():
 
 
 def test_unknown_fields_nulls_and_statuses_are_accepted():
-    raw = {"id": "batch_1", "status": "paused_by_ops", "request_counts": None, "usage": None, "errors": None,
-           "metadata": None, "brand_new_field": {"x": 1}, "created_at": None}
+    raw = {
+        "id": "batch_1",
+        "status": "paused_by_ops",
+        "request_counts": None,
+        "usage": None,
+        "errors": None,
+        "metadata": None,
+        "brand_new_field": {"x": 1},
+        "created_at": None,
+    }
     batch = Batch.model_validate(raw)
     assert batch.status == "paused_by_ops" and not batch.is_terminal
     assert batch.request_counts.failed == 0 and batch.failed_fraction == 0.0
@@ -35,15 +43,21 @@ def test_unknown_fields_nulls_and_statuses_are_accepted():
 
 def test_terminal_statuses_are_defined_once():
     assert {s.value for s in BatchStatus} >= TERMINAL_STATUSES
-    assert TERMINAL_STATUSES == {"completed", "failed", "expired", "cancelled"}
+    assert {"completed", "failed", "expired", "cancelled"} == TERMINAL_STATUSES
 
 
 def test_error_messages_and_result_records():
-    batch = Batch.model_validate({"id": "b", "status": "failed", "errors": {"data": [
-        {"code": "invalid_json_line", "message": "not JSON", "line": 7, "param": None}]}})
+    batch = Batch.model_validate(
+        {
+            "id": "b",
+            "status": "failed",
+            "errors": {"data": [{"code": "invalid_json_line", "message": "not JSON", "line": 7, "param": None}]},
+        }
+    )
     assert batch.error_messages == ["line 7: [invalid_json_line] not JSON"]
-    failed = ResultRecord.model_validate({"custom_id": "x", "response": None,
-                                          "error": {"code": "timeout", "message": "took too long"}})
+    failed = ResultRecord.model_validate(
+        {"custom_id": "x", "response": None, "error": {"code": "timeout", "message": "took too long"}}
+    )
     assert not failed.ok and failed.error_message == "[timeout] took too long"
 
 
@@ -62,8 +76,11 @@ def test_provider_info_validates_against_airflows_schema():
 
 
 def test_entry_point_and_providers_manager_see_the_provider():
-    points = [ep for ep in entry_points(group="apache_airflow_provider") if ep.value.startswith(
-        "airflow_provider_openai_batch")]
+    points = [
+        ep
+        for ep in entry_points(group="apache_airflow_provider")
+        if ep.value.startswith("airflow_provider_openai_batch")
+    ]
     assert points and points[0].load()() == get_provider_info()
     from airflow.providers_manager import ProvidersManager
 

@@ -480,7 +480,7 @@ def _upload_source(source: Any) -> tuple[Any, str, int | None]:
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"source {str(path)!r} is not a readable file: pass an existing path")
-        return (lambda: open(path, "rb")), path.name, path.stat().st_size  # noqa: SIM115
+        return (lambda: open(path, "rb")), path.name, path.stat().st_size
     if hasattr(source, "read"):
         start = source.tell() if _seekable(source) else None
 

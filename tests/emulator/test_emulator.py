@@ -35,8 +35,10 @@ def _nullable_optionals(schema: Any) -> Any:
     out = {k: _nullable_optionals(v) for k, v in schema.items() if k not in ("x-oaiMeta", "example")}
     if "properties" in out:
         required = set(out.get("required", []))
-        out["properties"] = {name: prop if name in required else {"anyOf": [prop, {"type": "null"}]}
-                             for name, prop in out["properties"].items()}
+        out["properties"] = {
+            name: prop if name in required else {"anyOf": [prop, {"type": "null"}]}
+            for name, prop in out["properties"].items()
+        }
     if schema.get("nullable"):
         out = {"anyOf": [out, {"type": "null"}]}
     return out
@@ -59,8 +61,13 @@ def check_error(response: requests.Response, status: int) -> dict:
 
 
 def line(custom_id: str, url: str = "/v1/chat/completions", model: str = "gpt-4o-mini", **extra: Any) -> dict:
-    return {"custom_id": custom_id, "method": "POST", "url": url,
-            "body": {"model": model, "messages": [{"role": "user", "content": f"hi {custom_id}"}]}, **extra}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": url,
+        "body": {"model": model, "messages": [{"role": "user", "content": f"hi {custom_id}"}]},
+        **extra,
+    }
 
 
 class Client:
@@ -70,16 +77,21 @@ class Client:
         self.http.headers["Authorization"] = "Bearer test-key"
 
     def upload(self, lines: list[Any] | bytes, purpose: str = "batch") -> dict:
-        data = lines if isinstance(lines, bytes) else "".join(
-            (json.dumps(item) if not isinstance(item, str) else item) + "\n" for item in lines).encode()
+        data = (
+            lines
+            if isinstance(lines, bytes)
+            else "".join((json.dumps(item) if not isinstance(item, str) else item) + "\n" for item in lines).encode()
+        )
         response = self.http.post(f"{self.base}/files", files={"file": ("in.jsonl", data)}, data={"purpose": purpose})
         assert response.status_code == 200, response.text
         check(response.json(), "OpenAIFile")
         return response.json()
 
     def create(self, file_id: str, endpoint: str = "/v1/chat/completions", **extra: Any) -> requests.Response:
-        return self.http.post(f"{self.base}/batches", json={"input_file_id": file_id, "endpoint": endpoint,
-                                                           "completion_window": "24h", **extra})
+        return self.http.post(
+            f"{self.base}/batches",
+            json={"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h", **extra},
+        )
 
     def get(self, path: str) -> requests.Response:
         return self.http.get(f"{self.base}{path}")
@@ -153,15 +165,26 @@ def test_fake_bodies_per_endpoint(client, endpoint, obj):
 
 
 def test_validation_failure_names_lines(client):
-    lines: list[Any] = [line("a"), "not json", line("a"), {**line("c"), "method": "GET"},
-                        line("d", url="/v1/embeddings"), {"custom_id": "e", "method": "POST",
-                                                          "url": "/v1/chat/completions", "body": []},
-                        {"method": "POST", "url": "/v1/chat/completions", "body": {}}]
+    lines: list[Any] = [
+        line("a"),
+        "not json",
+        line("a"),
+        {**line("c"), "method": "GET"},
+        line("d", url="/v1/embeddings"),
+        {"custom_id": "e", "method": "POST", "url": "/v1/chat/completions", "body": []},
+        {"method": "POST", "url": "/v1/chat/completions", "body": {}},
+    ]
     batch = client.wait(client.create(client.upload(lines)["id"]).json()["id"])
     assert batch["status"] == "failed" and batch["failed_at"] is not None
     problems = {(e["line"], e["code"]) for e in batch["errors"]["data"]}
-    assert problems == {(2, "invalid_json_line"), (3, "duplicate_custom_id"), (4, "invalid_method"),
-                        (5, "mismatched_url"), (6, "invalid_body"), (7, "missing_required_parameter")}
+    assert problems == {
+        (2, "invalid_json_line"),
+        (3, "duplicate_custom_id"),
+        (4, "invalid_method"),
+        (5, "mismatched_url"),
+        (6, "invalid_body"),
+        (7, "missing_required_parameter"),
+    }
 
 
 def test_wrong_purpose_and_bad_create_params(client):
@@ -171,8 +194,10 @@ def test_wrong_purpose_and_bad_create_params(client):
     assert check_error(client.create(good, "/v1/nope"), 400)["param"] == "endpoint"
     assert check_error(client.create("file-missing"), 400)["param"] == "input_file_id"
     assert check_error(client.create(good, metadata={f"k{i}": "v" for i in range(17)}), 400)["param"] == "metadata"
-    response = client.http.post(f"{client.base}/batches", json={"input_file_id": good, "endpoint":
-                                "/v1/chat/completions", "completion_window": "48h"})
+    response = client.http.post(
+        f"{client.base}/batches",
+        json={"input_file_id": good, "endpoint": "/v1/chat/completions", "completion_window": "48h"},
+    )
     assert check_error(response, 400)["param"] == "completion_window"
     assert check_error(client.get("/batches?limit=0"), 400)["param"] == "limit"
     assert check_error(client.get("/batches?limit=101"), 400)["param"] == "limit"
@@ -267,12 +292,14 @@ def test_latency_and_slow(client, openai_batch_emulator):
 def test_openai_sdk_full_flow_with_strict_validation(openai_batch_emulator):
     import openai
 
-    sdk = openai.OpenAI(base_url=openai_batch_emulator.base_url, api_key="test-key",
-                        _strict_response_validation=True, max_retries=0)
+    sdk = openai.OpenAI(
+        base_url=openai_batch_emulator.base_url, api_key="test-key", _strict_response_validation=True, max_retries=0
+    )
     data = "".join(json.dumps(line(f"r{i}")) + "\n" for i in range(3)).encode()
     uploaded = sdk.files.create(file=("in.jsonl", data), purpose="batch")
-    batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                               completion_window="24h", metadata={"k": "v"})
+    batch = sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"k": "v"}
+    )
     for _ in range(200):
         batch = sdk.batches.retrieve(batch.id)
         if batch.status == "completed":
@@ -281,16 +308,19 @@ def test_openai_sdk_full_flow_with_strict_validation(openai_batch_emulator):
     assert batch.status == "completed" and batch.request_counts and batch.request_counts.completed == 3
     content = sdk.files.content(batch.output_file_id).text  # type: ignore[arg-type]
     assert len(content.splitlines()) == 3
-    others = [sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                 completion_window="24h").id for _ in range(3)]
+    others = [
+        sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h").id
+        for _ in range(3)
+    ]
     page = sdk.batches.list(limit=2)
     assert [b.id for b in page.data] == others[::-1][:2] and page.has_more
     assert len(list(sdk.batches.list(limit=2))) == 4  # the SDK follows the cursor
     cancelled = sdk.batches.cancel(others[0])
     assert cancelled.status == "cancelling"
     # The SDK refuses to start without a key, so send the request with its Authorization header blanked.
-    keyless = openai.OpenAI(base_url=openai_batch_emulator.base_url, api_key="unused", max_retries=0,
-                            default_headers={"Authorization": ""})
+    keyless = openai.OpenAI(
+        base_url=openai_batch_emulator.base_url, api_key="unused", max_retries=0, default_headers={"Authorization": ""}
+    )
     with pytest.raises(openai.AuthenticationError):
         keyless.batches.list()
 
@@ -300,10 +330,15 @@ def test_pinned_key_and_data_dir_restart(tmp_path):
         http = requests.Session()
         assert http.get(f"{emulator.base_url}/batches", headers={"Authorization": "Bearer other"}).status_code == 401
         http.headers["Authorization"] = "Bearer pinned-key"
-        upload = http.post(f"{emulator.base_url}/files", files={"file": ("a.jsonl", json.dumps(line("a")) + "\n")},
-                           data={"purpose": "batch"}).json()
-        batch = http.post(f"{emulator.base_url}/batches", json={"input_file_id": upload["id"], "endpoint":
-                          "/v1/chat/completions", "completion_window": "24h"}).json()
+        upload = http.post(
+            f"{emulator.base_url}/files",
+            files={"file": ("a.jsonl", json.dumps(line("a")) + "\n")},
+            data={"purpose": "batch"},
+        ).json()
+        batch = http.post(
+            f"{emulator.base_url}/batches",
+            json={"input_file_id": upload["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        ).json()
         emulator.restart()
         assert http.get(f"{emulator.base_url}/files/{upload['id']}/content").text.startswith('{"custom_id"')
         for _ in range(100):
@@ -315,8 +350,12 @@ def test_pinned_key_and_data_dir_restart(tmp_path):
 
 
 def test_cli_help_and_console_script():
-    out = subprocess.run([sys.executable, "-m", "airflow_provider_openai_batch.emulator", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_openai_batch.emulator", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for flag in ("--host", "--port", "--phase-seconds", "--fault-rate", "--latency-ms", "--data-dir", "--api-key"):
         assert flag in out
     script = Path(sys.executable).parent / "openai-batch-emulator"

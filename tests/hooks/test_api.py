@@ -87,15 +87,30 @@ def test_ids_are_percent_encoded_in_paths():
 
 @pytest.mark.parametrize(
     ("status", "cls"),
-    [(400, InvalidRequestError), (422, InvalidRequestError), (401, AuthenticationError), (403, AuthenticationError),
-     (404, NotFoundError), (409, ConflictError), (429, RateLimitError), (500, ServerError), (503, ServerError)],
+    [
+        (400, InvalidRequestError),
+        (422, InvalidRequestError),
+        (401, AuthenticationError),
+        (403, AuthenticationError),
+        (404, NotFoundError),
+        (409, ConflictError),
+        (429, RateLimitError),
+        (500, ServerError),
+        (503, ServerError),
+    ],
 )
 def test_error_mapping_carries_every_field(status, cls):
     body = b'{"error": {"message": "boom", "type": "t", "code": "c", "param": "p"}}'
     err = api.error_from_response(status, {"x-request-id": "req_1", "content-type": "application/json"}, body)
     assert type(err) is cls
     assert (err.status_code, err.message, err.type, err.code, err.param, err.request_id) == (
-        status, "boom", "t", "c", "p", "req_1")
+        status,
+        "boom",
+        "t",
+        "c",
+        "p",
+        "req_1",
+    )
     assert "boom" in str(err) and "req_1" in str(err) and f"HTTP {status}" in str(err)
 
 
@@ -135,9 +150,12 @@ def test_retry_decisions():
 
 
 def test_settings_from_connection():
-    s = api.settings_from_connection("c", host="http://127.0.0.1:1/v1/", password="secret-zz9",
-                                     extra={"organization": "org", "project": "prj", "timeout": "5",
-                                            "max_retries": 0})
+    s = api.settings_from_connection(
+        "c",
+        host="http://127.0.0.1:1/v1/",
+        password="secret-zz9",
+        extra={"organization": "org", "project": "prj", "timeout": "5", "max_retries": 0},
+    )
     assert (s.base_url, s.timeout, s.max_retries) == ("http://127.0.0.1:1/v1", 5.0, 0)
     assert s.headers()["OpenAI-Organization"] == "org" and s.headers()["OpenAI-Project"] == "prj"
     assert "secret-zz9" not in repr(s)

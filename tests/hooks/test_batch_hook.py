@@ -21,10 +21,19 @@ from tests.conftest import BASE, KEY
 
 
 def batch_json(batch_id: str = "batch_1", status: str = "in_progress", **extra) -> dict:
-    return {"id": batch_id, "object": "batch", "endpoint": "/v1/chat/completions", "status": status,
-            "input_file_id": "file-in", "completion_window": "24h", "created_at": 1_700_000_000,
-            "output_file_id": None, "error_file_id": None, "request_counts": {"total": 2, "completed": 1,
-                                                                              "failed": 0}, **extra}
+    return {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": "/v1/chat/completions",
+        "status": status,
+        "input_file_id": "file-in",
+        "completion_window": "24h",
+        "created_at": 1_700_000_000,
+        "output_file_id": None,
+        "error_file_id": None,
+        "request_counts": {"total": 2, "completed": 1, "failed": 0},
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -36,15 +45,21 @@ def test_batch_calls_send_the_right_requests_and_parse_models(hook, requests_moc
     requests_mock.post(f"{BASE}/batches", json=batch_json(status="validating"), headers={"x-request-id": "req_c"})
     requests_mock.get(f"{BASE}/batches/batch_1", json=batch_json())
     requests_mock.post(f"{BASE}/batches/batch_1/cancel", json=batch_json(status="cancelling"))
-    requests_mock.get(f"{BASE}/batches", json={"object": "list", "data": [batch_json()], "first_id": "batch_1",
-                                               "last_id": "batch_1", "has_more": False})
+    requests_mock.get(
+        f"{BASE}/batches",
+        json={"object": "list", "data": [batch_json()], "first_id": "batch_1", "last_id": "batch_1", "has_more": False},
+    )
 
     created = hook.create_batch("file-in", "/v1/chat/completions", metadata={"team": "x"})
     assert created.status == "validating"
     assert (created.http.status_code, created.http.request_id) == (200, "req_c")  # type: ignore[union-attr]
     sent = requests_mock.request_history[0]
-    assert sent.json() == {"input_file_id": "file-in", "endpoint": "/v1/chat/completions",
-                           "completion_window": "24h", "metadata": {"team": "x"}}
+    assert sent.json() == {
+        "input_file_id": "file-in",
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        "metadata": {"team": "x"},
+    }
     assert hook.retrieve_batch("batch_1").request_counts.completed == 1
     assert hook.cancel_batch("batch_1").status == "cancelling"
     page = hook.list_batches(after="batch_0", limit=5)
@@ -92,8 +107,9 @@ def test_timeout_and_retries_from_connection_and_overrides(conn_env, requests_mo
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
 def test_transient_statuses_are_retried(hook, requests_mock, sleeps, status):
-    requests_mock.get(f"{BASE}/batches/b", [{"status_code": status, "json": {"error": {"message": "x"}}},
-                                            {"json": batch_json("b")}])
+    requests_mock.get(
+        f"{BASE}/batches/b", [{"status_code": status, "json": {"error": {"message": "x"}}}, {"json": batch_json("b")}]
+    )
     assert hook.retrieve_batch("b").id == "b"
     assert requests_mock.call_count == 2
 
@@ -108,20 +124,28 @@ def test_other_4xx_are_never_retried(hook, requests_mock, sleeps, status):
 
 
 def test_connection_errors_and_read_timeouts_are_retried(hook, requests_mock, sleeps):
-    requests_mock.get(f"{BASE}/batches/b", [{"exc": requests.exceptions.ReadTimeout},
-                                            {"exc": requests.exceptions.ConnectionError},
-                                            {"json": batch_json("b")}])
+    requests_mock.get(
+        f"{BASE}/batches/b",
+        [
+            {"exc": requests.exceptions.ReadTimeout},
+            {"exc": requests.exceptions.ConnectionError},
+            {"json": batch_json("b")},
+        ],
+    )
     assert hook.retrieve_batch("b").id == "b"
     assert requests_mock.call_count == 3
 
 
 def test_retry_after_is_honoured_and_capped(hook, requests_mock, sleeps):
-    requests_mock.get(f"{BASE}/batches/b", [
-        {"status_code": 429, "headers": {"Retry-After": "3"}, "json": {"error": {"message": "slow"}}},
-        {"status_code": 503, "headers": {"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"}, "json": {}},
-        {"status_code": 500, "json": {}},
-        {"json": batch_json("b")},
-    ])
+    requests_mock.get(
+        f"{BASE}/batches/b",
+        [
+            {"status_code": 429, "headers": {"Retry-After": "3"}, "json": {"error": {"message": "slow"}}},
+            {"status_code": 503, "headers": {"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"}, "json": {}},
+            {"status_code": 500, "json": {}},
+            {"json": batch_json("b")},
+        ],
+    )
     hook.retrieve_batch("b")
     assert sleeps[0] == 3.0
     assert sleeps[1] == 60.0  # an HTTP date decades away is capped
@@ -141,14 +165,22 @@ def test_create_without_key_does_not_repeat_an_ambiguous_post(hook, requests_moc
     assert hook.create_batch("file-in", "/v1/chat/completions").id == "batch_1"
 
 
-@pytest.mark.parametrize("failure", [{"exc": requests.exceptions.ReadTimeout}, {"status_code": 502, "text": "bad"},
-                                     {"exc": requests.exceptions.ConnectionError}])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        {"exc": requests.exceptions.ReadTimeout},
+        {"status_code": 502, "text": "bad"},
+        {"exc": requests.exceptions.ConnectionError},
+    ],
+)
 def test_ambiguous_create_with_key_reattaches_instead_of_creating_twice(hook, requests_mock, sleeps, failure):
-    existing = batch_json("batch_made", status="validating", created_at=4_000_000_000,
-                          metadata={"airflow_idempotency_key": "key-1"})
+    existing = batch_json(
+        "batch_made", status="validating", created_at=4_000_000_000, metadata={"airflow_idempotency_key": "key-1"}
+    )
     requests_mock.post(f"{BASE}/batches", [failure, {"json": batch_json("batch_second")}])
-    requests_mock.get(f"{BASE}/batches", json={"data": [batch_json("other", created_at=4_000_000_001), existing],
-                                               "has_more": False})
+    requests_mock.get(
+        f"{BASE}/batches", json={"data": [batch_json("other", created_at=4_000_000_001), existing], "has_more": False}
+    )
     batch = hook.create_batch("file-in", "/v1/chat/completions", idempotency_key="key-1")
     assert batch.id == "batch_made"
     posts = [r for r in requests_mock.request_history if r.method == "POST"]
@@ -164,10 +196,13 @@ def test_ambiguous_create_with_key_retries_when_nothing_was_created(hook, reques
 
 
 def test_iter_batches_follows_the_cursor_lazily(hook, requests_mock):
-    requests_mock.get(f"{BASE}/batches", [
-        {"json": {"data": [batch_json("b3"), batch_json("b2")], "last_id": "b2", "has_more": True}},
-        {"json": {"data": [batch_json("b1")], "last_id": "b1", "has_more": False}},
-    ])
+    requests_mock.get(
+        f"{BASE}/batches",
+        [
+            {"json": {"data": [batch_json("b3"), batch_json("b2")], "last_id": "b2", "has_more": True}},
+            {"json": {"data": [batch_json("b1")], "last_id": "b1", "has_more": False}},
+        ],
+    )
     batches = hook.iter_batches(limit=2)
     assert next(batches).id == "b3" and next(batches).id == "b2"
     assert requests_mock.call_count == 1  # the second page is fetched only when needed
@@ -188,8 +223,13 @@ def test_upload_from_path_bytes_fileobj_and_objectstoragepath(hook, requests_moc
     requests_mock.post(f"{BASE}/files", json=answer)
     path = tmp_path / "in.jsonl"
     path.write_bytes(b'{"a": 1}\n' * 3)
-    for source in (path, str(path), path.read_bytes(), io.BytesIO(path.read_bytes()),
-                   ObjectStoragePath(f"file://{path}")):
+    for source in (
+        path,
+        str(path),
+        path.read_bytes(),
+        io.BytesIO(path.read_bytes()),
+        ObjectStoragePath(f"file://{path}"),
+    ):
         uploaded = hook.upload_file(source)
         assert uploaded.id == "file-1"
         request = requests_mock.last_request
@@ -232,20 +272,30 @@ def test_download_streams_to_path_fileobj_and_objectstoragepath(hook, requests_m
 
 
 def test_truncated_download_leaves_no_partial_file(hook, requests_mock, tmp_path, sleeps):
-    requests_mock.get(f"{BASE}/files/file-o/content", content=b'{"custom_id": "a"}\n',
-                      headers={"Content-Length": "1000"})
+    requests_mock.get(
+        f"{BASE}/files/file-o/content", content=b'{"custom_id": "a"}\n', headers={"Content-Length": "1000"}
+    )
     with pytest.raises(APIConnectionError, match="truncated"):
         hook.download_file("file-o", tmp_path / "out.jsonl")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_iter_results_matches_by_custom_id(hook, requests_mock):
-    ok = {"id": "r1", "custom_id": "a", "response": {"status_code": 200, "request_id": "q", "body": {"x": 1}},
-          "error": None}
-    bad = {"id": "r2", "custom_id": "b", "response": {"status_code": 400, "body": {"error": {"message": "no"}}},
-           "error": None}
-    requests_mock.get(f"{BASE}/batches/batch_1", json=batch_json(status="completed", output_file_id="file-o",
-                                                                 error_file_id="file-e"))
+    ok = {
+        "id": "r1",
+        "custom_id": "a",
+        "response": {"status_code": 200, "request_id": "q", "body": {"x": 1}},
+        "error": None,
+    }
+    bad = {
+        "id": "r2",
+        "custom_id": "b",
+        "response": {"status_code": 400, "body": {"error": {"message": "no"}}},
+        "error": None,
+    }
+    requests_mock.get(
+        f"{BASE}/batches/batch_1", json=batch_json(status="completed", output_file_id="file-o", error_file_id="file-e")
+    )
     requests_mock.get(f"{BASE}/files/file-o/content", text=json.dumps(ok) + "\n\n")
     requests_mock.get(f"{BASE}/files/file-e/content", text=json.dumps(bad) + "\n")
     results = hook.get_results("batch_1")
@@ -278,8 +328,10 @@ def test_test_connection_refused_over_a_real_socket(conn_env):
 
 def test_the_key_never_appears_in_errors_or_logs(hook, requests_mock, caplog, sleeps):
     caplog.set_level(logging.DEBUG)
-    requests_mock.get(f"{BASE}/batches/b", [{"status_code": 503, "json": {}}, {"status_code": 401,
-                                            "json": {"error": {"message": "bad key"}}}])
+    requests_mock.get(
+        f"{BASE}/batches/b",
+        [{"status_code": 503, "json": {}}, {"status_code": 401, "json": {"error": {"message": "bad key"}}}],
+    )
     with pytest.raises(AuthenticationError) as err:
         hook.retrieve_batch("b")
     requests_mock.get(f"{BASE}/batches/c", exc=requests.exceptions.ConnectionError("reset"))
@@ -288,6 +340,13 @@ def test_the_key_never_appears_in_errors_or_logs(hook, requests_mock, caplog, sl
     requests_mock.get(f"{BASE}/batches/d", status_code=404, json={"error": {"message": "gone"}})
     with pytest.raises(NotFoundError) as nf:
         hook.retrieve_batch("d")
-    texts = [str(err.value), repr(err.value), str(conn_err.value), str(nf.value), repr(hook), caplog.text,
-             repr(hook.settings)]
+    texts = [
+        str(err.value),
+        repr(err.value),
+        str(conn_err.value),
+        str(nf.value),
+        repr(hook),
+        caplog.text,
+        repr(hook.settings),
+    ]
     assert not [t for t in texts if KEY in t]

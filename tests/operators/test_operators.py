@@ -31,8 +31,16 @@ def ctx(**kwargs: Any) -> dict[str, Any]:
 
 
 def prompts(n: int = 3, fail: int | None = None) -> list[dict]:
-    return [{"custom_id": f"p{i}", "body": {"model": "fail-m" if i == fail else "gpt-4o-mini",
-                                            "messages": [{"role": "user", "content": f"q{i}"}]}} for i in range(n)]
+    return [
+        {
+            "custom_id": f"p{i}",
+            "body": {
+                "model": "fail-m" if i == fail else "gpt-4o-mini",
+                "messages": [{"role": "user", "content": f"q{i}"}],
+            },
+        }
+        for i in range(n)
+    ]
 
 
 def test_create_from_requests_pushes_id_batch_and_link(openai_batch_connection):
@@ -45,8 +53,13 @@ def test_create_from_requests_pushes_id_batch_and_link(openai_batch_connection):
 
 
 def test_shorthand_requests_and_input_file(openai_batch_connection, tmp_path):
-    op = CreateBatchOperator(task_id="create", requests=[{"model": "m", "messages": []}], wait_for_completion=True,
-                             deferrable=False, poll_interval=0.05)
+    op = CreateBatchOperator(
+        task_id="create",
+        requests=[{"model": "m", "messages": []}],
+        wait_for_completion=True,
+        deferrable=False,
+        poll_interval=0.05,
+    )
     assert op.execute(ctx())
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps({"custom_id": "a", "method": "POST", "url": ENDPOINT, "body": {}}) + "\n")
@@ -61,8 +74,13 @@ def test_bad_input_is_refused_before_anything_is_uploaded(openai_batch_connectio
     assert "line 3: custom_id 'p0' is also used on line 1" in str(err.value)
     assert "line 4: url '/v1/embeddings' does not match" in str(err.value)
     path = tmp_path / "in.jsonl"
-    path.write_text("\n".join([json.dumps({"custom_id": f"c{i}", "method": "POST", "url": ENDPOINT, "body": {}})
-                               for i in range(6)] + ["{not json"]) + "\n")
+    path.write_text(
+        "\n".join(
+            [json.dumps({"custom_id": f"c{i}", "method": "POST", "url": ENDPOINT, "body": {}}) for i in range(6)]
+            + ["{not json"]
+        )
+        + "\n"
+    )
     with pytest.raises(BatchValidationError, match="line 7: not valid JSON"):
         CreateBatchOperator(task_id="create", input_file=path).execute(ctx())
     with pytest.raises(ValueError, match="endpoint must be one of"):
@@ -95,22 +113,35 @@ def test_a_retry_after_a_failed_batch_creates_a_new_one(openai_batch_connection)
 
 
 def test_wait_polls_and_judges_partial_failures(openai_batch_connection):
-    ok = CreateBatchOperator(task_id="create", requests=prompts(4, fail=0), wait_for_completion=True,
-                             deferrable=False, poll_interval=0.05)
+    ok = CreateBatchOperator(
+        task_id="create", requests=prompts(4, fail=0), wait_for_completion=True, deferrable=False, poll_interval=0.05
+    )
     context = ctx()
     ok.execute(context)
     assert context["ti"].xcom["batch"]["request_counts"] == {"total": 4, "completed": 3, "failed": 1}
-    strict = CreateBatchOperator(task_id="create", requests=prompts(4, fail=0), wait_for_completion=True,
-                                 deferrable=False, poll_interval=0.05, max_failed_fraction=0.0)
-    with pytest.raises(BatchNotSuccessfulError, match="25.0% of requests failed"):
+    strict = CreateBatchOperator(
+        task_id="create",
+        requests=prompts(4, fail=0),
+        wait_for_completion=True,
+        deferrable=False,
+        poll_interval=0.05,
+        max_failed_fraction=0.0,
+    )
+    with pytest.raises(BatchNotSuccessfulError, match=r"25\.0% of requests failed"):
         strict.execute(ctx(map_index=3))
 
 
 def test_deferrable_create_defers_with_an_absolute_deadline(openai_batch_connection):
     from airflow.sdk.exceptions import TaskDeferred
 
-    op = CreateBatchOperator(task_id="create", requests=prompts(), wait_for_completion=True, deferrable=True,
-                             timeout=100, cancel_on_kill=True)
+    op = CreateBatchOperator(
+        task_id="create",
+        requests=prompts(),
+        wait_for_completion=True,
+        deferrable=True,
+        timeout=100,
+        cancel_on_kill=True,
+    )
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(ctx())
     trigger = deferred.value.trigger
@@ -119,8 +150,9 @@ def test_deferrable_create_defers_with_an_absolute_deadline(openai_batch_connect
 
 
 def test_sensor_finished_batch_returns_without_deferring(openai_batch_connection):
-    batch_id = CreateBatchOperator(task_id="create", requests=prompts(), wait_for_completion=True,
-                                   deferrable=False, poll_interval=0.05).execute(ctx())
+    batch_id = CreateBatchOperator(
+        task_id="create", requests=prompts(), wait_for_completion=True, deferrable=False, poll_interval=0.05
+    ).execute(ctx())
     result = BatchSensor(task_id="wait", batch_id=batch_id).execute(ctx())
     assert result["status"] == "completed" and result["output_file_id"] and result["usage"]["total_tokens"] > 0
 
@@ -134,8 +166,12 @@ def test_sensor_defers_a_running_batch_and_judges_events(openai_batch_connection
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute(ctx())
     assert deferred.value.trigger.end_time is not None
-    failed = {"id": batch_id, "status": "failed", "request_counts": {}, "errors": {"data": [
-        {"code": "invalid_json_line", "message": "bad", "line": 7}]}}
+    failed = {
+        "id": batch_id,
+        "status": "failed",
+        "request_counts": {},
+        "errors": {"data": [{"code": "invalid_json_line", "message": "bad", "line": 7}]},
+    }
     with pytest.raises(BatchNotSuccessfulError, match=r"line 7: \[invalid_json_line\] bad"):
         sensor.execute_complete(ctx(), {"status": "terminal", "batch": failed})
     with pytest.raises(AirflowSensorTimeout):
@@ -155,8 +191,9 @@ def test_sensor_poke_mode(openai_batch_connection):
 def test_cancel_operator(openai_batch_connection):
     openai_batch_connection.configure(phase_seconds=0.2)
     batch_id = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx())
-    result = CancelBatchOperator(task_id="cancel", batch_id=batch_id, wait_for_completion=True, deferrable=False,
-                                 poll_interval=0.05).execute(ctx())
+    result = CancelBatchOperator(
+        task_id="cancel", batch_id=batch_id, wait_for_completion=True, deferrable=False, poll_interval=0.05
+    ).execute(ctx())
     assert result["status"] == "cancelled"
     again = CancelBatchOperator(task_id="cancel", batch_id=batch_id).execute(ctx())  # finished: logged, no error
     assert again["status"] == "cancelled"

@@ -15,13 +15,25 @@ from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 def make_batch(handle, lines: int = 3, model: str = "gpt-4o-mini") -> str:
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {handle.api_key}"
-    data = "".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                               "body": {"model": model if i == 0 else "gpt-4o-mini", "messages": []}}) + "\n"
-                   for i in range(lines))
-    file_id = http.post(f"{handle.base_url}/files", files={"file": ("a.jsonl", data)},
-                        data={"purpose": "batch"}).json()["id"]
-    return http.post(f"{handle.base_url}/batches", json={"input_file_id": file_id, "endpoint":
-                     "/v1/chat/completions", "completion_window": "24h"}).json()["id"]
+    data = "".join(
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": model if i == 0 else "gpt-4o-mini", "messages": []},
+            }
+        )
+        + "\n"
+        for i in range(lines)
+    )
+    file_id = http.post(
+        f"{handle.base_url}/files", files={"file": ("a.jsonl", data)}, data={"purpose": "batch"}
+    ).json()["id"]
+    return http.post(
+        f"{handle.base_url}/batches",
+        json={"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+    ).json()["id"]
 
 
 async def events(trigger: BatchTrigger, timeout: float = 20) -> list:
@@ -67,21 +79,38 @@ def test_unsuccessful_endings(openai_batch_connection, status):
 
 
 def test_transient_faults_are_survived(openai_batch_connection, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps({
-        "conn_type": "openai_batch", "host": openai_batch_connection.base_url, "password": "k",
-        "extra": {"max_retries": 8}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OPENAI_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "openai_batch",
+                "host": openai_batch_connection.base_url,
+                "password": "k",
+                "extra": {"max_retries": 8},
+            }
+        ),
+    )
     batch_id = make_batch(openai_batch_connection)
-    openai_batch_connection.configure(fault_rate=0.5, retry_after=0.05, fault_kinds=["429", "500", "502", "503",
-                                                                                       "drop"])
+    openai_batch_connection.configure(
+        fault_rate=0.5, retry_after=0.05, fault_kinds=["429", "500", "502", "503", "drop"]
+    )
     payload = run(BatchTrigger(batch_id, poll_interval=0.05))
     assert payload["batch"]["status"] == "completed"
     assert sum(openai_batch_connection.stats()["faults"].values()) > 0
 
 
 def test_persistent_failure_ends_with_an_error_event(openai_batch_connection, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps({
-        "conn_type": "openai_batch", "host": openai_batch_connection.base_url, "password": "k",
-        "extra": {"max_retries": 0}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OPENAI_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "openai_batch",
+                "host": openai_batch_connection.base_url,
+                "password": "k",
+                "extra": {"max_retries": 0},
+            }
+        ),
+    )
     batch_id = make_batch(openai_batch_connection)
     openai_batch_connection.configure(fault_rate=1.0, fault_kinds=["503"])
     payload = run(BatchTrigger(batch_id, poll_interval=0.01, max_consecutive_errors=3))
@@ -119,8 +148,12 @@ def test_on_kill_cancels_only_when_asked(openai_batch_connection):
     keep, stop = make_batch(openai_batch_connection), make_batch(openai_batch_connection)
     asyncio.run(BatchTrigger(keep).on_kill())
     asyncio.run(BatchTrigger(stop, cancel_on_kill=True).on_kill())
-    statuses = {b["id"]: b["status"] for b in requests.get(
-        f"{openai_batch_connection.base_url}/batches", headers={"Authorization": "Bearer k"}).json()["data"]}
+    statuses = {
+        b["id"]: b["status"]
+        for b in requests.get(
+            f"{openai_batch_connection.base_url}/batches", headers={"Authorization": "Bearer k"}
+        ).json()["data"]
+    }
     assert statuses == {keep: "validating", stop: "cancelling"}
 
 
