@@ -41,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds sent with a 429")
     parser.add_argument("--slow-seconds", type=float, default=30.0, help="delay of a 'slow' fault")
+    parser.add_argument(
+        "--fault-after-processing",
+        action="store_true",
+        help="process a faulted POST before answering with the fault (an ambiguous failure, as after a timeout)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault draw, for reproducible runs")
     parser.add_argument("--data-dir", default=None, help="persist state here so a restart loses nothing")
     parser.add_argument("--log-level", default="warning")
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         fault_kinds=args.fault_kinds,
         retry_after=args.retry_after,
         slow_seconds=args.slow_seconds,
+        fault_after_processing=args.fault_after_processing,
         api_key=args.api_key,
     )
     app = create_app(config, data_dir=args.data_dir, seed=args.seed)

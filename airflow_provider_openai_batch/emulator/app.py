@@ -47,12 +47,6 @@ def create_app(config: EmulatorConfig | None = None, data_dir: str | None = None
         store.stats["requests"][route] = store.stats["requests"].get(route, 0) + 1
         if cfg.latency_ms:
             await asyncio.sleep(cfg.latency_ms / 1000)
-        fault = rng.choice(cfg.fault_kinds) if cfg.fault_kinds and rng.random() < cfg.fault_rate else None
-        if fault:
-            store.stats["faults"][fault] = store.stats["faults"].get(fault, 0) + 1
-            if cfg.fault_after_processing and request.method == "POST":
-                await call_next(request)
-            return await _fault(request, fault, cfg, request_id)
         auth = request.headers.get("authorization", "")
         key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         if not key or (cfg.api_key is not None and not secrets.compare_digest(key, cfg.api_key)):
@@ -63,11 +57,19 @@ def create_app(config: EmulatorConfig | None = None, data_dir: str | None = None
                 else "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
             )
             response = _json(ApiFailure(401, message, code="invalid_api_key").body, 401)
-        else:
-            try:
-                response = await call_next(request)
-            except ApiFailure as failure:
-                response = _json(failure.body, failure.status)
+            response.headers["x-request-id"] = request_id
+            return response
+        # Faults come after auth, so an ambiguous POST (processed, then faulted) is always an authorised one.
+        fault = rng.choice(cfg.fault_kinds) if cfg.fault_kinds and rng.random() < cfg.fault_rate else None
+        if fault:
+            store.stats["faults"][fault] = store.stats["faults"].get(fault, 0) + 1
+            if cfg.fault_after_processing and request.method == "POST":
+                await call_next(request)
+            return await _fault(request, fault, cfg, request_id)
+        try:
+            response = await call_next(request)
+        except ApiFailure as failure:
+            response = _json(failure.body, failure.status)
         response.headers["x-request-id"] = request_id
         return response
 

@@ -25,13 +25,14 @@ class _TransportAwareProtocol(H11Protocol):
 
 
 def uvicorn_config(app: Any, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
-    # access_log off: uvicorn logs paths only, but a quiet emulator is faster and never risks headers.
+    # Access lines (method, path, status; never headers) only when asked for with --log-level info or
+    # lower: a quiet emulator is faster under load.
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level,
-        access_log=False,
+        access_log=log_level.lower() in ("info", "debug", "trace"),
         http=_TransportAwareProtocol,
         lifespan="off",
         timeout_keep_alive=30,

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,27 +61,41 @@ class EmulatorHandle:
 
 
 class EmulatorProcess(EmulatorHandle):
-    """The emulator as a separate process; ``restart()`` stops and starts it again on the same port."""
+    """The emulator as a separate process; ``restart()`` stops and starts it again on the same port.
 
-    def __init__(self, port: int | None = None, data_dir: str | None = None, **flags: Any) -> None:
+    Its stdout and stderr go to ``log_path`` (a temporary file by default; read it with :meth:`log_text`),
+    never to a pipe that could fill up and stall it.
+    """
+
+    def __init__(
+        self, port: int | None = None, data_dir: str | None = None, log_path: str | None = None, **flags: Any
+    ) -> None:
         self.port = port or free_port()
         super().__init__(f"http://127.0.0.1:{self.port}/v1")
         self.data_dir = data_dir
         self.flags = flags
+        self.log_path = log_path or tempfile.mkstemp(prefix="openai-batch-emulator-", suffix=".log")[1]
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> EmulatorProcess:
+    def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "airflow_provider_openai_batch.emulator", "--port", str(self.port)]
         if self.data_dir:
             cmd += ["--data-dir", str(self.data_dir)]
         for name, value in self.flags.items():
-            cmd += [f"--{name.replace('_', '-')}", str(value)]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if value is False or value is None:
+                continue
+            cmd.append(f"--{name.replace('_', '-')}")
+            if value is not True:
+                cmd.append(",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
+        return cmd
+
+    def start(self) -> EmulatorProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"the emulator exited at start-up: {err[-2000:]}")
+                raise RuntimeError(f"the emulator exited at start-up: {self.log_text()[-2000:]}")
             try:
                 requests.get(self._admin + "/health", timeout=1)
                 return self
@@ -103,19 +118,33 @@ class EmulatorProcess(EmulatorHandle):
         self.stop()
         self.start()
 
+    def log_text(self) -> str:
+        """Everything the emulator process printed so far."""
+        with open(self.log_path, encoding="utf-8", errors="replace") as log:
+            return log.read()
+
 
 @contextmanager
 def run_emulator_process(
-    port: int | None = None, data_dir: str | os.PathLike[str] | None = None, **flags: Any
+    port: int | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+    **flags: Any,
 ) -> Iterator[EmulatorProcess]:
     """Start ``python -m airflow_provider_openai_batch.emulator`` and stop it on exit.
 
     :param port: Port to bind on 127.0.0.1, or ``None`` for a free one.
     :param data_dir: Persist state here (needed for :meth:`EmulatorProcess.restart` to keep batches).
-    :param flags: Further command-line flags, e.g. ``phase_seconds=0.2``, ``fault_rate=0.3``.
+    :param log_path: Where its output goes (default: a temporary file).
+    :param flags: Further command-line flags, e.g. ``phase_seconds=0.2``, ``fault_rate=0.3``,
+        ``fault_kinds=["429", "drop"]``, ``fault_after_processing=True``.
     """
-    emulator = EmulatorProcess(port, str(data_dir) if data_dir else None, **flags).start()
+    emulator = EmulatorProcess(
+        port, str(data_dir) if data_dir else None, str(log_path) if log_path else None, **flags
+    ).start()
     try:
         yield emulator
     finally:
         emulator.stop()
+        if log_path is None:
+            os.unlink(emulator.log_path)
