@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
+import pydantic
 import tenacity
 
 from airflow_provider_openai_batch.exceptions import (
@@ -208,7 +209,16 @@ class ApiCall(Generic[T]):
                 status_code=status_code,
                 request_id=http.request_id,
             ) from None
-        model = self.model.model_validate(payload)
+        try:
+            model = self.model.model_validate(payload)
+        except pydantic.ValidationError as err:  # liberal models, so only a body of the wrong shape gets here
+            first = err.errors()[0] if err.errors() else {}
+            raise APIError(
+                f"Expected a {self.model.__name__} from {self.method} {self.path} but got JSON that does not fit "
+                f"it: {first.get('msg', err)} at {'.'.join(map(str, first.get('loc', ()))) or 'the top level'}",
+                status_code=status_code,
+                request_id=http.request_id,
+            ) from None
         model.with_http(http)
         return model
 

@@ -70,7 +70,9 @@ def validate_batch_input_lines(
             continue
         custom_id = item.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id:
-            problems.append(Problem(number, "missing_required_parameter", "custom_id is missing", "custom_id"))
+            problems.append(
+                Problem(number, "missing_required_parameter", "custom_id must be a non-empty string", "custom_id")
+            )
         elif custom_id in seen:
             problems.append(
                 Problem(
@@ -97,8 +99,14 @@ def validate_batch_input_lines(
             )
         if not isinstance(item.get("body"), dict):
             problems.append(Problem(number, "invalid_body", "body must be a JSON object", "body"))
-    if size > MAX_BYTES:
-        problems.append(Problem(None, "file_too_large", f"the file is {size} bytes; at most {MAX_BYTES} are allowed"))
+    problems.extend(too_large(size))
     if count == 0 and not problems:
         problems.append(Problem(None, "empty_file", "the file contains no requests"))
     return problems
+
+
+def too_large(size: int) -> list[Problem]:
+    """The problem of a file over the Batch API's size limit, if it is."""
+    if size <= MAX_BYTES:
+        return []
+    return [Problem(None, "file_too_large", f"the file is {size} bytes; at most {MAX_BYTES} (200 MB) are allowed")]

@@ -29,6 +29,7 @@ DEFAULTS = {
     "retry_after": 0.1,
     "slow_seconds": 30.0,
     "fault_kinds": ["429", "500", "502", "503", "drop"],
+    "api_key": None,
 }
 
 

@@ -186,7 +186,9 @@ class CreateBatchOperator(BaseOperator):
             if self.requests is not None:
                 source = os.path.join(tmp, "batch_input.jsonl")
                 write_requests_jsonl(self.requests, self.endpoint, source)
-            check_input_file(source, self.endpoint)
+            check_input_file(
+                source, self.endpoint, "input_file" if self.requests is None else "requests; line N is requests[N-1]"
+            )
             uploaded = hook.upload_file(source, purpose="batch")
         try:
             return hook.create_batch(
@@ -337,26 +339,29 @@ def write_requests_jsonl(requests: Any, endpoint: str, path: str) -> int:
     return len(requests)
 
 
-def check_input_file(source: Any, endpoint: str) -> None:
+def check_input_file(source: Any, endpoint: str, name: str = "input_file") -> None:
     """Refuse an input file the API would fail at validation, naming every bad line.
+
+    :param name: What the file came from, for the message (``input_file`` or ``requests``).
 
     :raises BatchValidationError: with the problems (at most 100 listed).
     """
     from airflow_provider_openai_batch.exceptions import BatchValidationError
-    from airflow_provider_openai_batch.jsonl import validate_batch_input_lines
+    from airflow_provider_openai_batch.jsonl import too_large, validate_batch_input_lines
 
-    if hasattr(source, "fs"):  # ObjectStoragePath
-        with source.open("rb") as stream:
-            problems = validate_batch_input_lines(stream, endpoint)
-    else:
-        if not os.path.isfile(source):
-            raise ValueError(f"input_file {str(source)!r} does not exist or is not a file")
-        with open(source, "rb") as stream:
+    is_object_storage = hasattr(source, "fs")
+    if not is_object_storage and not os.path.isfile(source):
+        raise ValueError(f"input_file {str(source)!r} does not exist or is not a file")
+    # Refuse an oversized file from its size alone, before reading a byte of it.
+    size = source.stat().st_size if is_object_storage else os.path.getsize(source)
+    problems = too_large(size)
+    if not problems:
+        with source.open("rb") if is_object_storage else open(source, "rb") as stream:
             problems = validate_batch_input_lines(stream, endpoint)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise BatchValidationError(
-            f"The batch input has {len(problems)} problem(s); nothing was uploaded or billed:\n{listed}{more}",
+            f"The batch input ({name}) has {len(problems)} problem(s); nothing was uploaded or billed:\n{listed}{more}",
             [str(p) for p in problems],
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
@@ -11,36 +10,7 @@ from airflow_provider_openai_batch.exceptions import BatchNotSuccessfulError, Ba
 from airflow_provider_openai_batch.links import OpenAIBatchLink
 from airflow_provider_openai_batch.operators.batch import CancelBatchOperator, CreateBatchOperator
 from airflow_provider_openai_batch.sensors.batch import BatchSensor
-
-ENDPOINT = "/v1/chat/completions"
-
-
-class FakeTI:
-    def __init__(self, try_number: int = 1, map_index: int = -1) -> None:
-        self.dag_id, self.task_id, self.run_id = "dag", "create", "manual__1"
-        self.map_index, self.try_number = map_index, try_number
-        self.xcom: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        json.dumps(value)  # XCom values must be JSON-serializable
-        self.xcom[key] = value
-
-
-def ctx(**kwargs: Any) -> dict[str, Any]:
-    return {"ti": FakeTI(**kwargs)}
-
-
-def prompts(n: int = 3, fail: int | None = None) -> list[dict]:
-    return [
-        {
-            "custom_id": f"p{i}",
-            "body": {
-                "model": "fail-m" if i == fail else "gpt-4o-mini",
-                "messages": [{"role": "user", "content": f"q{i}"}],
-            },
-        }
-        for i in range(n)
-    ]
+from tests.helpers import ENDPOINT, ctx, prompts
 
 
 def test_create_from_requests_pushes_id_batch_and_link(openai_batch_connection):

@@ -10,43 +10,7 @@ import pytest
 import requests
 
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
-
-
-def make_batch(handle, lines: int = 3, model: str = "gpt-4o-mini") -> str:
-    http = requests.Session()
-    http.headers["Authorization"] = f"Bearer {handle.api_key}"
-    data = "".join(
-        json.dumps(
-            {
-                "custom_id": f"r{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": model if i == 0 else "gpt-4o-mini", "messages": []},
-            }
-        )
-        + "\n"
-        for i in range(lines)
-    )
-    file_id = http.post(
-        f"{handle.base_url}/files", files={"file": ("a.jsonl", data)}, data={"purpose": "batch"}
-    ).json()["id"]
-    return http.post(
-        f"{handle.base_url}/batches",
-        json={"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"},
-    ).json()["id"]
-
-
-async def events(trigger: BatchTrigger, timeout: float = 20) -> list:
-    async def collect() -> list:
-        return [event async for event in trigger.run()]
-
-    return await asyncio.wait_for(collect(), timeout)
-
-
-def run(trigger: BatchTrigger) -> dict:
-    found = asyncio.run(events(trigger))
-    assert len(found) == 1  # exactly one event, then the trigger ends
-    return found[0].payload
+from tests.helpers import events, make_batch, run
 
 
 def test_serialization_round_trip_is_json_primitives():

@@ -1,0 +1,84 @@
+"""Helpers shared by the tests: a minimal task-instance context, request lists, batches made over HTTP, and
+collecting a trigger's events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import requests
+
+from airflow_provider_openai_batch.triggers.batch import BatchTrigger
+
+ENDPOINT = "/v1/chat/completions"
+
+
+class FakeTI:
+    """The parts of a task instance the operators use: identity, try number and XCom pushes."""
+
+    def __init__(self, try_number: int = 1, map_index: int = -1) -> None:
+        self.dag_id, self.task_id, self.run_id = "dag", "create", "manual__1"
+        self.map_index, self.try_number = map_index, try_number
+        self.xcom: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        json.dumps(value)  # XCom values must be JSON-serializable
+        self.xcom[key] = value
+
+
+def ctx(**kwargs: Any) -> dict[str, Any]:
+    return {"ti": FakeTI(**kwargs)}
+
+
+def prompts(n: int = 3, fail: int | None = None) -> list[dict]:
+    """``n`` chat requests; the one at index ``fail`` asks the emulator to fail it."""
+    return [
+        {
+            "custom_id": f"p{i}",
+            "body": {
+                "model": "fail-m" if i == fail else "gpt-4o-mini",
+                "messages": [{"role": "user", "content": f"q{i}"}],
+            },
+        }
+        for i in range(n)
+    ]
+
+
+def make_batch(handle: Any, lines: int = 3, model: str = "gpt-4o-mini") -> str:
+    """Upload ``lines`` requests and create a batch with plain HTTP, independently of the hook under test."""
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {handle.api_key}"
+    data = "".join(
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": ENDPOINT,
+                "body": {"model": model if i == 0 else "gpt-4o-mini", "messages": []},
+            }
+        )
+        + "\n"
+        for i in range(lines)
+    )
+    file_id = http.post(
+        f"{handle.base_url}/files", files={"file": ("a.jsonl", data)}, data={"purpose": "batch"}
+    ).json()["id"]
+    return http.post(
+        f"{handle.base_url}/batches",
+        json={"input_file_id": file_id, "endpoint": ENDPOINT, "completion_window": "24h"},
+    ).json()["id"]
+
+
+async def events(trigger: BatchTrigger, timeout: float = 20) -> list:
+    async def collect() -> list:
+        return [event async for event in trigger.run()]
+
+    return await asyncio.wait_for(collect(), timeout)
+
+
+def run(trigger: BatchTrigger, timeout: float = 20) -> dict:
+    """Run a trigger to its end and return the payload of its one event."""
+    found = asyncio.run(events(trigger, timeout))
+    assert len(found) == 1  # exactly one event, then the trigger ends
+    return found[0].payload
