@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 EXTRAS ?= test,lint
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test lint demo clean airflow e2e
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,11 @@ clean:
 
 demo: setup
 	bash scripts/demo.sh
+
+airflow: setup
+	bash scripts/airflow.sh
+
+e2e: setup
+	$(UV) pip install --quiet --python $(PY) -e '.[test,lint,e2e]'
+	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+	OPENAI_BATCH_E2E=1 $(PY) -m pytest -m e2e tests/e2e -v

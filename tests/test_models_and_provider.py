@@ -86,7 +86,9 @@ def test_entry_point_and_providers_manager_see_the_provider():
 
     manager = ProvidersManager()
     assert "airflow-provider-openai-batch" in manager.providers
-    hook = manager.hooks["openai_batch"]
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    hook = ProvidersManagerTaskRuntime().hooks["openai_batch"]  # what tasks use to resolve conn types
     assert hook is not None and hook.hook_class_name.endswith("OpenAIBatchHook")
     assert manager.field_behaviours["openai_batch"]["relabeling"]["host"] == "Base URL"
     assert "extra__openai_batch__max_retries" in manager.connection_form_widgets
