@@ -50,9 +50,13 @@ class EmulatorHandle:
         """Forget every batch and file; settings stay as they are."""
         self._call("POST", "/reset")
 
-    def connection_json(self, conn_id: str = "openai_default") -> str:
-        """The value for ``AIRFLOW_CONN_<CONN_ID>`` that points an Airflow connection at this emulator."""
-        return json.dumps({"conn_type": "openai_batch", "host": self.base_url, "password": self.api_key})
+    def connection_json(self, extra: dict[str, Any] | None = None) -> str:
+        """The value for an ``AIRFLOW_CONN_<CONN_ID>`` variable that points a connection at this emulator.
+
+        :param extra: The connection's extra fields, e.g. ``{"max_retries": 0, "timeout": 2}``.
+        """
+        conn = {"conn_type": "openai_batch", "host": self.base_url, "password": self.api_key, "extra": extra or {}}
+        return json.dumps(conn)
 
     def _call(self, method: str, path: str, payload: Any = None) -> Any:
         response = self._http.request(method, self._admin + path, json=payload, timeout=10)

@@ -43,17 +43,7 @@ def test_unsuccessful_endings(openai_batch_connection, status):
 
 
 def test_transient_faults_are_survived(openai_batch_connection, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_OPENAI_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "openai_batch",
-                "host": openai_batch_connection.base_url,
-                "password": "k",
-                "extra": {"max_retries": 8},
-            }
-        ),
-    )
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", openai_batch_connection.connection_json({"max_retries": 8}))
     batch_id = make_batch(openai_batch_connection)
     openai_batch_connection.configure(
         fault_rate=0.5, retry_after=0.05, fault_kinds=["429", "500", "502", "503", "drop"]
@@ -64,17 +54,7 @@ def test_transient_faults_are_survived(openai_batch_connection, monkeypatch):
 
 
 def test_persistent_failure_ends_with_an_error_event(openai_batch_connection, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_OPENAI_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "openai_batch",
-                "host": openai_batch_connection.base_url,
-                "password": "k",
-                "extra": {"max_retries": 0},
-            }
-        ),
-    )
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", openai_batch_connection.connection_json({"max_retries": 0}))
     batch_id = make_batch(openai_batch_connection)
     openai_batch_connection.configure(fault_rate=1.0, fault_kinds=["503"])
     payload = run(BatchTrigger(batch_id, poll_interval=0.01, max_consecutive_errors=3))
