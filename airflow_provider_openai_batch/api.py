@@ -212,10 +212,11 @@ class ApiCall(Generic[T]):
         try:
             model = self.model.model_validate(payload)
         except pydantic.ValidationError as err:  # liberal models, so only a body of the wrong shape gets here
-            first = err.errors()[0] if err.errors() else {}
+            first = err.errors()[0]  # pydantic raises only with at least one error
+            where = ".".join(map(str, first["loc"])) or "the top level"
             raise APIError(
                 f"Expected a {self.model.__name__} from {self.method} {self.path} but got JSON that does not fit "
-                f"it: {first.get('msg', err)} at {'.'.join(map(str, first.get('loc', ()))) or 'the top level'}",
+                f"it: {first['msg']} at {where}",
                 status_code=status_code,
                 request_id=http.request_id,
             ) from None

@@ -71,6 +71,10 @@ class ApiFailure(Exception):
         self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def _fresh_stats() -> dict[str, Any]:
+    return {"requests": {}, "faults": {}, "batches_created": 0, "files_created": 0, "files_uploaded": 0}
+
+
 def _new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(12)
 
@@ -85,7 +89,7 @@ class Store:
         self.batches: dict[str, dict[str, Any]] = {}
         self._private: dict[str, dict[str, Any]] = {}  # per batch: float timestamps, planned results
         self.lock = threading.RLock()
-        self.stats: dict[str, Any] = {"requests": {}, "faults": {}, "batches_created": 0, "files_created": 0}
+        self.stats: dict[str, Any] = _fresh_stats()
         self.data_dir = Path(data_dir) if data_dir else None
         if self.data_dir:
             (self.data_dir / "contents").mkdir(parents=True, exist_ok=True)
@@ -128,7 +132,7 @@ class Store:
             self.contents.clear()
             self.batches.clear()
             self._private.clear()
-            self.stats.update({"requests": {}, "faults": {}, "batches_created": 0, "files_created": 0})
+            self.stats.update(_fresh_stats())
             if self.data_dir:
                 for path in (self.data_dir / "contents").iterdir():
                     path.unlink()
@@ -153,6 +157,8 @@ class Store:
             self.files[file_id] = obj
             self.contents[file_id] = data
             self.stats["files_created"] += 1
+            if purpose != "batch_output":  # uploaded by a client, not written as a batch's results
+                self.stats["files_uploaded"] += 1
             self._save_content(file_id, data)
             self._save()
             return obj

@@ -43,7 +43,8 @@ class EmulatorHandle:
         return self._call("POST", f"/batches/{batch_id}/status", {"status": status})
 
     def stats(self) -> dict[str, Any]:
-        """Requests by route, faults injected, ``batches_created``, ``batches`` and ``files`` held."""
+        """Requests by route, faults injected, ``batches_created``, ``files_created`` (output and error files
+        included), ``files_uploaded`` (by clients), and the ``batches`` and ``files`` held now."""
         return self._call("GET", "/stats")
 
     def reset(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import tempfile
 import time
 import uuid
@@ -257,7 +258,11 @@ class OpenAIBatchHook(BaseHook):
 
         :param source: A local path, an ``ObjectStoragePath``, ``bytes``, or a binary file object.
         :param purpose: ``"batch"`` for batch input files.
-        :param filename: The name the API records; defaults to the source's name or ``batch_input.jsonl``.
+        :param filename: The name the API records. By default the source's name (or ``batch_input.jsonl``)
+            with a short random tag, ``data-1a2b3c4d.jsonl``: the Files API has no idempotency key, so after
+            an ambiguous failure (timeout, reset, 5xx) the retry looks for a file of that exact name among the
+            newest 100 and returns it rather than uploading a second copy. An explicit name is used as is,
+            and then a retry may leave a duplicate behind.
         """
         call = api.upload_file(purpose)
         opener, name, size = _upload_source(source)
@@ -268,9 +273,18 @@ class OpenAIBatchHook(BaseHook):
                 "split the requests into several batches"
             )
         form = {"purpose": purpose}
-        filename = filename or name
+        recognisable = filename is None
+        filename = filename or _tagged(name)
+        attempts = 0
 
         def attempt() -> FileObject:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and recognisable:
+                earlier = next((f for f in self.list_files(purpose, limit=100).data if f.filename == filename), None)
+                if earlier is not None:
+                    self.log.info("Found file %s from an earlier attempt; not uploading again", earlier.id)
+                    return earlier
             with opener() as stream:
                 body = _MultipartBody(form, "file", filename, stream)
                 return self._send(call, data=body, headers={"Content-Type": body.content_type})
@@ -495,6 +509,11 @@ def _upload_source(source: Any) -> tuple[Any, str, int | None]:
     raise ValueError(
         f"source must be a path, an ObjectStoragePath, bytes or a binary file object; got {type(source).__name__}"
     )
+
+
+def _tagged(name: str) -> str:
+    stem, suffix = os.path.splitext(name)
+    return f"{stem}-{secrets.token_hex(4)}{suffix}"
 
 
 def _seekable(obj: Any) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 
 import pytest
 import requests
@@ -193,6 +194,45 @@ def test_ambiguous_create_with_key_retries_when_nothing_was_created(hook, reques
     requests_mock.get(f"{BASE}/batches", json={"data": [], "has_more": False})
     assert hook.create_batch("file-in", "/v1/chat/completions", idempotency_key="k").id == "batch_new"
     assert [r.method for r in requests_mock.request_history] == ["POST", "GET", "POST"]
+
+
+def file_json(file_id: str, filename: str) -> dict:
+    return {"id": file_id, "object": "file", "bytes": 3, "created_at": 1, "filename": filename, "purpose": "batch"}
+
+
+def test_an_ambiguous_upload_finds_its_earlier_attempt_instead_of_uploading_twice(hook, requests_mock, sleeps):
+    stored: list[dict] = []
+
+    def store_then_reset(request, context):  # the server keeps the file, the answer is lost
+        name = re.search(rb'filename="([^"]+)"', request.body.read()).group(1).decode()
+        stored.append(file_json("file-landed", name))
+        raise requests.exceptions.ConnectionError("connection reset by peer")
+
+    requests_mock.post(f"{BASE}/files", json=store_then_reset)
+    requests_mock.get(
+        f"{BASE}/files", json=lambda request, context: {"data": [file_json("file-other", "x.jsonl"), *stored]}
+    )
+    uploaded = hook.upload_file(b"{}\n")
+    assert uploaded.id == "file-landed"
+    assert re.fullmatch(r"batch_input-[0-9a-f]{8}\.jsonl", uploaded.filename)
+    assert [r.method for r in requests_mock.request_history] == ["POST", "GET"]
+    assert requests_mock.request_history[1].qs == {"purpose": ["batch"], "limit": ["100"]}
+
+
+def test_an_upload_that_did_not_land_is_sent_again_and_an_explicit_name_is_kept(hook, requests_mock, sleeps):
+    requests_mock.post(
+        f"{BASE}/files", [{"status_code": 503, "json": {}}, {"json": file_json("file-new", "mine.jsonl")}]
+    )
+    requests_mock.get(f"{BASE}/files", json={"data": []})
+    assert hook.upload_file(b"{}\n").id == "file-new"
+    assert [r.method for r in requests_mock.request_history] == ["POST", "GET", "POST"]
+    sent: list[bytes] = []
+    requests_mock.post(
+        f"{BASE}/files",
+        json=lambda request, context: sent.append(request.body.read()) or file_json("file-mine", "mine.jsonl"),
+    )
+    hook.upload_file(b"{}\n", filename="mine.jsonl")
+    assert b'filename="mine.jsonl"' in sent[0]
 
 
 def test_iter_batches_follows_the_cursor_lazily(hook, requests_mock):

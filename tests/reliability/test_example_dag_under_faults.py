@@ -80,6 +80,7 @@ def test_the_example_dag_succeeds_through_30_percent_faults_with_one_batch(fault
     assert sum(faults.values()) >= 5, faults  # the run really went through faults
     assert {"429", "drop", "slow"} & set(faults), faults
     assert faulty_run.stats["batches_created"] == 1  # retries and ambiguous POSTs never billed twice
+    assert faulty_run.stats["files_uploaded"] == 1  # nor uploaded the input twice
 
 
 def test_the_canary_key_appears_in_no_output_log_xcom_or_rendered_field(faulty_run: DagRun):
