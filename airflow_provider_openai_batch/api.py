@@ -486,31 +486,42 @@ class ClientSettings:
         return headers
 
 
-def settings_from_connection(
-    conn_id: str,
-    *,
-    host: str | None,
-    password: str | None,
-    extra: Mapping[str, Any] | None,
-) -> ClientSettings:
-    """Build :class:`ClientSettings` from an Airflow connection's fields (sync or async look-up alike)."""
-    extra = dict(extra or {})
-    if not password:
+def settings_from_connection(conn: Any) -> ClientSettings:
+    """Build :class:`ClientSettings` from an Airflow connection (however it was looked up, sync or async).
+
+    The base URL is the host when it is a full URL (what the UI's "Base URL" field asks for). A bare host,
+    as a connection URI gives it (``openai-batch://:KEY@127.0.0.1:8089/v1``), is completed with the port,
+    the schema as path (default ``/v1``), and ``http`` for loopback hosts, ``https`` otherwise.
+    """
+    conn_id = str(conn.conn_id)
+    extra = dict(conn.extra_dejson or {})
+    if not conn.password:
         raise ValueError(
             f"Connection {conn_id!r} has no API key: put the key in the connection's password field "
             "('API key' in the UI), e.g. AIRFLOW_CONN_" + conn_id.upper() + "='openai-batch://:<key>@'"
         )
-    base_url = (host or extra.get("base_url") or DEFAULT_BASE_URL).strip()
-    if not re.match(r"^https?://", base_url):
-        base_url = "https://" + base_url
     return ClientSettings(
-        api_key=password,
-        base_url=base_url.rstrip("/"),
+        api_key=conn.password,
+        base_url=_base_url(conn.host or extra.get("base_url"), conn.port, conn.schema),
         organization=extra.get("organization") or None,
         project=extra.get("project") or None,
         timeout=_positive(extra.get("timeout"), DEFAULT_TIMEOUT, "timeout", conn_id),
         max_retries=int(_positive(extra.get("max_retries"), DEFAULT_MAX_RETRIES, "max_retries", conn_id, zero=True)),
     )
+
+
+def _base_url(host: str | None, port: int | None, schema: str | None) -> str:
+    host = (host or "").strip().rstrip("/")
+    if not host:
+        return DEFAULT_BASE_URL
+    if re.match(r"^https?://", host):
+        return host
+    if "/" in host:  # host and path without a scheme
+        return "https://" + host
+    scheme = "http" if host in ("localhost", "127.0.0.1", "::1", "[::1]") else "https"
+    netloc = f"{host}:{port}" if port else host  # port 0 or None: the scheme's default
+    path = "/" + schema.strip("/") if schema and schema.strip("/") else "/v1"
+    return f"{scheme}://{netloc}{path}"
 
 
 def _positive(value: Any, default: float, name: str, conn_id: str, zero: bool = False) -> float:

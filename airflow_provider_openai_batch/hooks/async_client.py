@@ -30,7 +30,10 @@ def shared_session() -> aiohttp.ClientSession:
     if session is None or session.closed:
         # limit: enough parallel polls for thousands of triggers without opening a socket per trigger.
         connector = aiohttp.TCPConnector(limit=100, ttl_dns_cache=300)
-        session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": "airflow-provider-openai-batch"})
+        # trust_env: honour HTTPS_PROXY / NO_PROXY as requests does for the sync hook.
+        session = aiohttp.ClientSession(
+            connector=connector, headers={"User-Agent": "airflow-provider-openai-batch"}, trust_env=True
+        )
         _sessions[loop] = session
     return session
 
@@ -56,10 +59,7 @@ class AsyncBatchClient:
         """Read the Airflow connection without blocking the loop (``BaseHook.aget_connection``)."""
         from airflow.sdk import BaseHook
 
-        conn = await BaseHook.aget_connection(conn_id)
-        return cls(
-            api.settings_from_connection(conn_id, host=conn.host, password=conn.password, extra=conn.extra_dejson)
-        )
+        return cls(api.settings_from_connection(await BaseHook.aget_connection(conn_id)))
 
     async def retrieve_batch(self, batch_id: str) -> Batch:
         return await self.request(api.retrieve_batch(batch_id))

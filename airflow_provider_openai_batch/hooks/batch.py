@@ -92,10 +92,7 @@ class OpenAIBatchHook(BaseHook):
     @cached_property
     def settings(self) -> api.ClientSettings:
         """The connection's settings (key, base URL, headers, timeout, retries), read once."""
-        conn = self.get_connection(self.conn_id)
-        settings = api.settings_from_connection(
-            self.conn_id, host=conn.host, password=conn.password, extra=conn.extra_dejson
-        )
+        settings = api.settings_from_connection(self.get_connection(self.conn_id))
         overrides: dict[str, Any] = {}
         if self._timeout_override is not None:
             overrides["timeout"] = float(self._timeout_override)
@@ -125,15 +122,21 @@ class OpenAIBatchHook(BaseHook):
             del self.__dict__["session"]
 
     def test_connection(self) -> tuple[bool, str]:
-        """One cheap authenticated call (list one batch), for the UI's Test button."""
+        """One cheap authenticated call (list one batch), for the UI's Test button.
+
+        No retries and a timeout of at most 10 s, so a wrong URL answers the button in seconds, not minutes.
+        """
+        probe: OpenAIBatchHook | None = None
         try:
-            page = self.list_batches(limit=1)
+            probe = OpenAIBatchHook(self.conn_id, timeout=min(self.settings.timeout, 10.0), max_retries=0)
+            page = probe.list_batches(limit=1)
         except (OpenAIBatchError, ValueError) as err:
             return False, f"Could not reach the OpenAI Batch API: {err}"
-        return (
-            True,
-            f"Connection works: {self.settings.base_url} answered (request id {page.http and page.http.request_id}).",
-        )
+        finally:
+            if probe is not None:
+                probe.close()
+        request_id = page.http.request_id if page.http else None
+        return True, f"Connection works: {self.settings.base_url} answered (request id {request_id})."
 
     # ------------------------------------------------------------------------------------------ batches
 
@@ -415,6 +418,11 @@ class OpenAIBatchHook(BaseHook):
             ) from None
         except requests.exceptions.ConnectionError as err:
             raise _connection_error(call, settings.base_url, err) from None
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as err:
+            # The answer started and broke off: the request was delivered, so it may have been acted on.
+            raise APIConnectionError(
+                f"{call.method} {call.path}: the answer from {settings.base_url} broke off ({type(err).__name__})"
+            ) from None
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -447,12 +455,30 @@ def _checked_chunks(response: requests.Response, file_id: str) -> Iterator[bytes
         for chunk in response.iter_content(CHUNK_SIZE):
             received += len(chunk)
             yield chunk
-    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as err:
+    except (
+        requests.exceptions.ChunkedEncodingError,
+        requests.exceptions.ConnectionError,
+        requests.exceptions.ContentDecodingError,
+    ) as err:
         raise APIConnectionError(
             f"download of file {file_id} broke after {received} bytes ({type(err).__name__})"
         ) from None
-    if expected is not None and expected.isdigit() and received != int(expected):
-        raise APIConnectionError(f"download of file {file_id} was truncated: {received} of {expected} bytes")
+    # Content-Length counts bytes on the wire, which differ from the decoded ones when a server or proxy
+    # compresses the answer: compare like with like.
+    wire = _wire_bytes(response)
+    arrived = wire if wire is not None else received
+    if expected is not None and expected.isdigit() and arrived != int(expected):
+        raise APIConnectionError(f"download of file {file_id} was truncated: {arrived} of {expected} bytes")
+
+
+def _wire_bytes(response: requests.Response) -> int | None:
+    """Bytes read from the connection (before any decompression), when the transport tells."""
+    tell = getattr(response.raw, "tell", None)
+    try:
+        value = tell() if callable(tell) else None
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 def _iter_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
