@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 class OpenAIBatchLink(BaseOperatorLink):
     """Links a task to its batch: the OpenAI platform page when the connection's base URL is OpenAI's,
-    otherwise the batch's JSON at ``{base_url}/batches/{id}`` (e.g. on the local emulator).
+    otherwise ``{scheme}://{host}/batches/{id}``, the page the local emulator serves.
 
     The operator stores the URL in XCom under :attr:`xcom_key` as soon as the batch is known, so the link
     is there while the task is deferred.

@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from airflow_provider_openai_batch import statuses
+
 
 @dataclass(frozen=True)
 class HttpInfo:
@@ -51,10 +53,8 @@ class BatchStatus(str, Enum):
     CANCELLED = "cancelled"
 
 
-#: The one place that knows which statuses end a batch. Unknown statuses count as still running.
-TERMINAL_STATUSES: frozenset[str] = frozenset(
-    s.value for s in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED)
-)
+#: Which statuses end a batch: defined once, in :mod:`airflow_provider_openai_batch.statuses`.
+TERMINAL_STATUSES: frozenset[str] = statuses.TERMINAL
 
 
 class ApiModel(BaseModel):

@@ -6,11 +6,9 @@ nothing heavy so operator modules stay cheap to import at DAG-parse time.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
-#: Mirrors ``models.TERMINAL_STATUSES``; kept here as plain strings so parsing a DAG never imports pydantic.
-SUCCESS = "completed"
-UNSUCCESSFUL = ("failed", "expired", "cancelled")
+from airflow_provider_openai_batch.statuses import COMPLETED, UNSUCCESSFUL
 
 
 def describe(batch: dict[str, Any]) -> str:
@@ -46,7 +44,7 @@ def judge(batch: dict[str, Any], max_failed_fraction: float) -> None:
         ]
         detail = "; ".join(errors[:10]) or "the API gave no error details"
         raise BatchNotSuccessfulError(f"OpenAI {describe(batch)}. Errors: {detail}", batch)
-    if status != SUCCESS:
+    if status != COMPLETED:
         raise BatchNotSuccessfulError(f"OpenAI {describe(batch)}: not finished", batch)
     counts = batch.get("request_counts") or {}
     total, failed = counts.get("total") or 0, counts.get("failed") or 0
@@ -59,10 +57,13 @@ def judge(batch: dict[str, Any], max_failed_fraction: float) -> None:
 
 
 def batch_url(base_url: str, batch_id: str) -> str:
-    """The batch's page on the OpenAI platform, or its JSON on any other (OpenAI-compatible) base URL."""
-    if urlparse(base_url).hostname == "api.openai.com":
-        return f"https://platform.openai.com/batches/{batch_id}"
-    return f"{base_url.rstrip('/')}/batches/{batch_id}"
+    """The batch's page for a person: on the OpenAI platform when the base URL is OpenAI's, otherwise
+    ``{scheme}://{host}/batches/{id}`` on the server itself, where the emulator serves one (the ``/v1`` API
+    needs a key that a browser does not send). Other OpenAI-compatible servers may have no such page."""
+    parts = urlparse(base_url)
+    if parts.hostname == "api.openai.com":
+        return f"https://platform.openai.com/batches/{quote(batch_id)}"
+    return f"{parts.scheme}://{parts.netloc}/batches/{quote(batch_id)}"
 
 
 def batch_from_event(event: dict[str, Any]) -> dict[str, Any]:

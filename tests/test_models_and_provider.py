@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 
+from airflow_provider_openai_batch import statuses
 from airflow_provider_openai_batch.get_provider_info import get_provider_info
 from airflow_provider_openai_batch.models import TERMINAL_STATUSES, Batch, BatchStatus, ResultRecord
 
@@ -44,6 +45,13 @@ def test_unknown_fields_nulls_and_statuses_are_accepted():
 def test_terminal_statuses_are_defined_once():
     assert {s.value for s in BatchStatus} >= TERMINAL_STATUSES
     assert {"completed", "failed", "expired", "cancelled"} == TERMINAL_STATUSES
+    package = Path(statuses.__file__).parent
+    spelled_out = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.name != "statuses.py" and re.search(r"[\"']expired[\"'],\s*[\"']cancelled[\"']", path.read_text())
+    ]
+    assert spelled_out == []  # everything else asks statuses.py
 
 
 def test_error_messages_and_result_records():

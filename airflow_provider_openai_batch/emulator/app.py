@@ -7,6 +7,7 @@ thousands of status requests per second.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import random
 import secrets
@@ -63,6 +64,9 @@ def create_app(config: EmulatorConfig | None = None, data_dir: str | None = None
         fault = rng.choice(cfg.fault_kinds) if cfg.fault_kinds and rng.random() < cfg.fault_rate else None
         if fault:
             store.stats["faults"][fault] = store.stats["faults"].get(fault, 0) + 1
+        if fault == "slow":  # a correct answer, late: the client's timeout decides what it becomes
+            await asyncio.sleep(cfg.slow_seconds)
+        elif fault:
             if cfg.fault_after_processing and request.method == "POST":
                 await call_next(request)
             return await _fault(request, fault, cfg, request_id)
@@ -190,6 +194,18 @@ def create_app(config: EmulatorConfig | None = None, data_dir: str | None = None
     async def cancel_batch(batch_id: str) -> Response:
         return _json(store.cancel_batch(batch_id))
 
+    # ------------------------------------------------------------------------------- the batch's page
+
+    @app.get("/batches/{batch_id}")
+    async def batch_page(batch_id: str) -> Response:
+        """What platform.openai.com/batches/{id} is to the real API: a page a browser can open from the
+        task's extra link (the /v1 API needs a key a browser does not send)."""
+        try:
+            batch = store.get_batch(batch_id)
+        except ApiFailure as failure:
+            return Response(f"<h1>{html.escape(str(failure))}</h1>", failure.status, media_type="text/html")
+        return Response(_batch_page(batch), media_type="text/html")
+
     # ------------------------------------------------------------------------------------------ admin
 
     @app.get("/_emulator/config")
@@ -228,6 +244,29 @@ def create_app(config: EmulatorConfig | None = None, data_dir: str | None = None
     return app
 
 
+def _batch_page(batch: dict[str, Any]) -> str:
+    counts = batch.get("request_counts") or {}
+    usage = batch.get("usage") or {}
+    done, total, failed = (counts.get(k, 0) for k in ("completed", "total", "failed"))
+    rows = [
+        ("Status", batch["status"]),
+        ("Endpoint", batch["endpoint"]),
+        ("Requests", f"{done} of {total} done, {failed} failed"),
+        ("Tokens", f"{usage.get('input_tokens', 0)} in, {usage.get('output_tokens', 0)} out" if usage else "-"),
+        ("Input file", batch.get("input_file_id")),
+        ("Output file", batch.get("output_file_id") or "-"),
+        ("Error file", batch.get("error_file_id") or "-"),
+        ("Metadata", json.dumps(batch.get("metadata") or {})),
+    ]
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    title = html.escape(f"Batch {batch['id']}")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+        f"<body style='font-family:sans-serif'><h1>{title}</h1><p>OpenAI Batch API emulator</p>"
+        f"<table>{cells}</table></body></html>"
+    )
+
+
 def _route_of(path: str) -> str:
     parts = path.split("/")
     # /v1/batches/{id}[/cancel], /v1/files/{id}[/content]
@@ -244,9 +283,6 @@ async def _fault(request: Request, kind: str, cfg: EmulatorConfig, request_id: s
             transport.abort()
         # Nothing reaches the client after abort(); the answer below only satisfies the framework.
         return Response(b"", status_code=500, headers=headers)
-    if kind == "slow":
-        await asyncio.sleep(cfg.slow_seconds)
-        return _json({"error": {"message": "slow answer", "type": "server_error", "param": None, "code": None}})
     if kind == "429":
         headers["retry-after"] = f"{cfg.retry_after:g}"
         body = ApiFailure(

@@ -18,9 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_openai_batch import statuses
 from airflow_provider_openai_batch.jsonl import validate_batch_input_lines
-
-TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
 @dataclass
@@ -253,7 +252,7 @@ class Store:
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         with self.lock:
             batch = self.get_batch(batch_id)
-            if batch["status"] in TERMINAL:
+            if batch["status"] in statuses.TERMINAL:
                 raise ApiFailure(
                     409, f"Cannot cancel a batch with status '{batch['status']}'.", code="batch_not_cancellable"
                 )
@@ -319,7 +318,7 @@ class Store:
         return min(1.0, (now - start) / max(self.config.phase_seconds, 1e-6))
 
     def _advance(self, batch: dict[str, Any]) -> None:
-        if batch["status"] in TERMINAL:
+        if batch["status"] in statuses.TERMINAL:
             return
         private = self._private[batch["id"]]
         if "forced" in private:

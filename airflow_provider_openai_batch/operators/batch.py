@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
@@ -86,6 +86,7 @@ class CreateBatchOperator(BaseOperator):
         "endpoint",
         "metadata",
         "completion_window",
+        "output_expires_after",
     )
     template_fields_renderers = {"requests": "json", "metadata": "json"}
     operator_extra_links = (OpenAIBatchLink(),)
@@ -143,7 +144,8 @@ class CreateBatchOperator(BaseOperator):
 
     def execute(self, context: Context) -> str:
         from airflow_provider_openai_batch import api
-        from airflow_provider_openai_batch.outcome import UNSUCCESSFUL, describe
+        from airflow_provider_openai_batch.outcome import describe
+        from airflow_provider_openai_batch.statuses import NOT_REATTACHABLE
 
         # Checks that cost nothing come first, so a bad argument never uploads a file.
         api.validate_endpoint(self.endpoint)
@@ -151,16 +153,18 @@ class CreateBatchOperator(BaseOperator):
         api.validate_metadata(self.metadata, reserved=1)
         api.validate_output_expires_after(self.output_expires_after)
         hook = self.hook()
-        key = idempotency_key(context)
-        batch = None
         ti = context["ti"]
-        if (ti.try_number or 1) > 1:
-            found = hook.find_batch_by_idempotency_key(key)
-            if found is not None and found.status not in UNSUCCESSFUL:
-                self.log.info("Re-attaching to batch %s created by an earlier try (%s)", found.id, found.status)
-                batch = found
-        if batch is None:
-            batch = self._create(hook, key)
+        with tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
+            source, digest = self._prepare_input(tmp)
+            key = idempotency_key(context, digest)
+            batch = None
+            if (ti.try_number or 1) > 1:
+                found = hook.find_batch_by_idempotency_key(key)
+                if found is not None and found.status not in NOT_REATTACHABLE:
+                    self.log.info("Re-attaching to batch %s created by an earlier try (%s)", found.id, found.status)
+                    batch = found
+            if batch is None:
+                batch = self._create(hook, key, source)
         self.batch_id = batch.id
         remember_batch_link(self, context, hook.settings.base_url, batch.id)
         self.log.info("OpenAI %s", describe(batch.model_dump(mode="json")))
@@ -169,27 +173,30 @@ class CreateBatchOperator(BaseOperator):
             self._wait(context, hook, batch.id)
         return batch.id
 
-    def _create(self, hook: OpenAIBatchHook, key: str) -> Any:
-        from airflow_provider_openai_batch.exceptions import InvalidRequestError
-
+    def _prepare_input(self, tmp: str) -> tuple[Any, str]:
+        """The file to upload (``None`` for ``input_file_id``), checked, and a digest of its content."""
         if self.input_file_id is not None:
+            return None, hashlib.sha256(self.input_file_id.encode()).hexdigest()
+        source: Any = self.input_file
+        if self.requests is not None:
+            source = os.path.join(tmp, "batch_input.jsonl")
+            write_requests_jsonl(self.requests, self.endpoint, source)
+        name = "input_file" if self.requests is None else "requests; line N is requests[N-1]"
+        return source, check_input_file(source, self.endpoint, name)
+
+    def _create(self, hook: OpenAIBatchHook, key: str, source: Any) -> Any:
+        from airflow_provider_openai_batch.exceptions import APIError, OpenAIBatchError
+
+        if source is None:
             return hook.create_batch(
-                self.input_file_id,
+                str(self.input_file_id),
                 self.endpoint,
                 self.completion_window,
                 self.metadata,
                 self.output_expires_after,
                 idempotency_key=key,
             )
-        with tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
-            source: Any = self.input_file
-            if self.requests is not None:
-                source = os.path.join(tmp, "batch_input.jsonl")
-                write_requests_jsonl(self.requests, self.endpoint, source)
-            check_input_file(
-                source, self.endpoint, "input_file" if self.requests is None else "requests; line N is requests[N-1]"
-            )
-            uploaded = hook.upload_file(source, purpose="batch")
+        uploaded = hook.upload_file(source, purpose="batch")
         try:
             return hook.create_batch(
                 uploaded.id,
@@ -199,9 +206,14 @@ class CreateBatchOperator(BaseOperator):
                 self.output_expires_after,
                 idempotency_key=key,
             )
-        except InvalidRequestError:
-            # The API refused the batch, so nothing will ever use the upload: don't leave it behind.
-            hook.delete_file(uploaded.id)
+        except APIError as err:
+            # A definite refusal (any 4xx) means no batch will ever use the upload: don't leave it behind.
+            # After a 5xx the batch may exist after all, so the file stays.
+            if err.status_code is not None and 400 <= err.status_code < 500:
+                try:
+                    hook.delete_file(uploaded.id)
+                except OpenAIBatchError as cleanup:
+                    self.log.warning("Could not delete the unused input file %s: %s", uploaded.id, cleanup)
             raise
 
     def _wait(self, context: Context, hook: OpenAIBatchHook, batch_id: str) -> None:
@@ -238,7 +250,7 @@ class CreateBatchOperator(BaseOperator):
 
     def on_kill(self) -> None:
         if self.cancel_on_kill and self.batch_id:
-            self.hook().cancel_batch(self.batch_id)
+            cancel_quietly(self, self.batch_id)
 
 
 class CancelBatchOperator(BaseOperator):
@@ -316,10 +328,24 @@ class CancelBatchOperator(BaseOperator):
         return batch
 
 
-def idempotency_key(context: Context) -> str:
-    """A key stable across the tries of one task instance: dag id, task id, run id and map index, hashed."""
+def cancel_quietly(task: Any, batch_id: str) -> None:
+    """Cancel on kill without raising: a batch that already ended (409) or an API hiccup must not turn the
+    kill into a second failure; the outcome is logged either way."""
+    from airflow_provider_openai_batch.exceptions import OpenAIBatchError
+
+    try:
+        batch = task.hook().cancel_batch(batch_id)
+    except (OpenAIBatchError, ValueError) as err:
+        task.log.warning("Could not cancel batch %s on kill: %s", batch_id, err)
+        return
+    task.log.info("Cancelled batch %s on kill (now %s)", batch_id, batch.status)
+
+
+def idempotency_key(context: Context, input_digest: str = "") -> str:
+    """A key stable across the tries of one task instance with the same input: dag id, task id, run id,
+    map index and a digest of the input, hashed. A cleared task whose input changed gets a new batch."""
     ti = context["ti"]
-    identity = json.dumps([ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1)])
+    identity = json.dumps([ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1), input_digest])
     return hashlib.sha256(identity.encode()).hexdigest()
 
 
@@ -331,7 +357,12 @@ def write_requests_jsonl(requests: Any, endpoint: str, path: str) -> int:
         for number, item in enumerate(requests, start=1):
             if not isinstance(item, dict):
                 raise ValueError(f"requests[{number - 1}] must be a dict, got {type(item).__name__}")
-            line = dict(item) if "body" in item else {"body": item}
+            if "body" in item:
+                line = dict(item)
+            else:  # the shorthand: the dict is the body, apart from the line-level keys it may carry
+                body = dict(item)
+                line = {key: body.pop(key) for key in ("custom_id", "method", "url") if key in body}
+                line["body"] = body
             line.setdefault("custom_id", f"request-{number}")
             line.setdefault("method", "POST")
             line.setdefault("url", endpoint)
@@ -339,11 +370,11 @@ def write_requests_jsonl(requests: Any, endpoint: str, path: str) -> int:
     return len(requests)
 
 
-def check_input_file(source: Any, endpoint: str, name: str = "input_file") -> None:
-    """Refuse an input file the API would fail at validation, naming every bad line.
+def check_input_file(source: Any, endpoint: str, name: str = "input_file") -> str:
+    """Refuse an input file the API would fail at validation, naming every bad line; else return the
+    SHA-256 of its content (read once, for both).
 
     :param name: What the file came from, for the message (``input_file`` or ``requests``).
-
     :raises BatchValidationError: with the problems (at most 100 listed).
     """
     from airflow_provider_openai_batch.exceptions import BatchValidationError
@@ -355,9 +386,10 @@ def check_input_file(source: Any, endpoint: str, name: str = "input_file") -> No
     # Refuse an oversized file from its size alone, before reading a byte of it.
     size = source.stat().st_size if is_object_storage else os.path.getsize(source)
     problems = too_large(size)
+    digest = hashlib.sha256()
     if not problems:
         with source.open("rb") if is_object_storage else open(source, "rb") as stream:
-            problems = validate_batch_input_lines(stream, endpoint)
+            problems = validate_batch_input_lines(_hashing(stream, digest), endpoint)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -365,3 +397,10 @@ def check_input_file(source: Any, endpoint: str, name: str = "input_file") -> No
             f"The batch input ({name}) has {len(problems)} problem(s); nothing was uploaded or billed:\n{listed}{more}",
             [str(p) for p in problems],
         )
+    return digest.hexdigest()
+
+
+def _hashing(lines: Iterable[bytes], digest: Any) -> Iterator[bytes]:
+    for line in lines:
+        digest.update(line)
+        yield line

@@ -115,21 +115,22 @@ class BatchSensor(BaseSensorOperator):
         )
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        from airflow_provider_openai_batch.outcome import describe, judge
+        from airflow_provider_openai_batch.outcome import describe
+        from airflow_provider_openai_batch.statuses import TERMINAL
 
         batch = self.hook().retrieve_batch(self.batch_id).model_dump(mode="json")
         if batch["status"] != self._last_status:
             self.log.info("OpenAI %s", describe(batch))
             self._last_status = batch["status"]
-        if batch["status"] not in ("completed", "failed", "expired", "cancelled"):
+        if batch["status"] not in TERMINAL:
             return False
-        judge(batch, self.max_failed_fraction)
+        self._judge_final(batch)
         return PokeReturnValue(is_done=True, xcom_value=batch)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: judge the final batch exactly as :meth:`poke` does."""
         from airflow_provider_openai_batch.exceptions import BatchTimeoutError
-        from airflow_provider_openai_batch.outcome import batch_from_event, describe, judge
+        from airflow_provider_openai_batch.outcome import batch_from_event, describe
 
         try:
             batch = batch_from_event(event)
@@ -138,9 +139,24 @@ class BatchSensor(BaseSensorOperator):
 
             raise AirflowSensorTimeout(str(err)) from err
         self.log.info("OpenAI %s", describe(batch))
-        judge(batch, self.max_failed_fraction)
+        self._judge_final(batch)
         return batch
+
+    def _judge_final(self, batch: dict[str, Any]) -> None:
+        """Judge a finished batch. It never changes again, so a failing verdict fails the task without
+        retries: a retry would only wait for the same batch."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from airflow_provider_openai_batch.exceptions import BatchNotSuccessfulError
+        from airflow_provider_openai_batch.outcome import judge
+
+        try:
+            judge(batch, self.max_failed_fraction)
+        except BatchNotSuccessfulError as err:
+            raise AirflowFailException(str(err)) from err
 
     def on_kill(self) -> None:
         if self.cancel_on_kill:
-            self.hook().cancel_batch(self.batch_id)
+            from airflow_provider_openai_batch.operators.batch import cancel_quietly
+
+            cancel_quietly(self, self.batch_id)

@@ -119,7 +119,11 @@ class BatchTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         if not self.cancel_on_kill:
             return
-        client = await AsyncBatchClient.from_connection(self.conn_id)
+        try:
+            client = await AsyncBatchClient.from_connection(self.conn_id)
+        except Exception as err:  # a kill must not fail for want of a connection; say why nothing was cancelled
+            self.log.warning("Could not cancel batch %s on kill: %s", self.batch_id, err)
+            return
         await self._cancel(client)
 
     async def _cancel(self, client: Any) -> Any:

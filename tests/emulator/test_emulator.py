@@ -287,6 +287,10 @@ def test_latency_and_slow(client, openai_batch_emulator):
     openai_batch_emulator.configure(latency_ms=0, fault_rate=1.0, fault_kinds=["slow"], slow_seconds=5)
     with pytest.raises(requests.ReadTimeout):
         client.http.get(f"{client.base}/batches", timeout=0.3)
+    openai_batch_emulator.configure(slow_seconds=0.3)  # a patient client gets the real answer, late
+    started = time.monotonic()
+    answer = client.http.get(f"{client.base}/batches", timeout=5)
+    assert answer.status_code == 200 and answer.json()["object"] == "list" and time.monotonic() - started >= 0.3
 
 
 def test_openai_sdk_full_flow_with_strict_validation(openai_batch_emulator):

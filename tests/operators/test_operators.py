@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
+import requests
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_openai_batch.exceptions import BatchNotSuccessfulError, BatchValidationError
 from airflow_provider_openai_batch.links import OpenAIBatchLink
-from airflow_provider_openai_batch.operators.batch import CancelBatchOperator, CreateBatchOperator
+from airflow_provider_openai_batch.operators.batch import (
+    CancelBatchOperator,
+    CreateBatchOperator,
+    write_requests_jsonl,
+)
+from airflow_provider_openai_batch.outcome import batch_url
 from airflow_provider_openai_batch.sensors.batch import BatchSensor
-from tests.helpers import ENDPOINT, ctx, prompts
+from tests.helpers import ENDPOINT, ctx, prompts, run
 
 
 def test_create_from_requests_pushes_id_batch_and_link(openai_batch_connection):
@@ -19,7 +26,23 @@ def test_create_from_requests_pushes_id_batch_and_link(openai_batch_connection):
     ti = context["ti"]
     assert ti.xcom["batch"]["id"] == batch_id and ti.xcom["batch"]["status"] == "validating"
     assert ti.xcom["batch"]["metadata"]["airflow_idempotency_key"]
-    assert ti.xcom[OpenAIBatchLink().xcom_key] == f"{openai_batch_connection.base_url}/batches/{batch_id}"
+    page = openai_batch_connection.base_url.removesuffix("/v1") + f"/batches/{batch_id}"
+    assert ti.xcom[OpenAIBatchLink().xcom_key] == page
+    opened = requests.get(page, timeout=5)  # no key: a browser can follow the link
+    assert opened.status_code == 200 and f"Batch {batch_id}" in opened.text and "validating" in opened.text
+
+
+@pytest.mark.parametrize(
+    ("base_url", "expected"),
+    [
+        ("https://api.openai.com/v1", "https://platform.openai.com/batches/batch_1"),
+        ("https://api.openai.com/v1/", "https://platform.openai.com/batches/batch_1"),
+        ("http://127.0.0.1:8089/v1", "http://127.0.0.1:8089/batches/batch_1"),
+        ("https://llm.example.com/openai/v1", "https://llm.example.com/batches/batch_1"),
+    ],
+)
+def test_extra_link_url(base_url, expected):
+    assert batch_url(base_url, "batch_1") == expected
 
 
 def test_shorthand_requests_and_input_file(openai_batch_connection, tmp_path):
@@ -142,8 +165,10 @@ def test_sensor_defers_a_running_batch_and_judges_events(openai_batch_connection
         "request_counts": {},
         "errors": {"data": [{"code": "invalid_json_line", "message": "bad", "line": 7}]},
     }
-    with pytest.raises(BatchNotSuccessfulError, match=r"line 7: \[invalid_json_line\] bad"):
+    # A finished batch never changes: the verdict fails the task outright, no retry to wait for it again.
+    with pytest.raises(AirflowFailException, match=r"line 7: \[invalid_json_line\] bad") as verdict:
         sensor.execute_complete(ctx(), {"status": "terminal", "batch": failed})
+    assert isinstance(verdict.value.__cause__, BatchNotSuccessfulError)
     with pytest.raises(AirflowSensorTimeout):
         sensor.execute_complete(ctx(), {"status": "timeout", "message": "late", "batch": None})
 
@@ -154,7 +179,7 @@ def test_sensor_poke_mode(openai_batch_connection):
     sensor = BatchSensor(task_id="wait", batch_id=batch_id, deferrable=False, mode="reschedule")
     assert sensor.poke(ctx()) is False
     openai_batch_connection.force_status(batch_id, "cancelled")
-    with pytest.raises(BatchNotSuccessfulError, match="cancelled"):
+    with pytest.raises(AirflowFailException, match="cancelled"):
         sensor.poke(ctx())
 
 
@@ -167,3 +192,77 @@ def test_cancel_operator(openai_batch_connection):
     assert result["status"] == "cancelled"
     again = CancelBatchOperator(task_id="cancel", batch_id=batch_id).execute(ctx())  # finished: logged, no error
     assert again["status"] == "cancelled"
+
+
+def test_cancel_operator_defers_until_cancelled(openai_batch_connection):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    openai_batch_connection.configure(phase_seconds=30)
+    batch_id = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx())
+    openai_batch_connection.configure(phase_seconds=0.3)  # still validating; cancelling will be quick
+    cancel = CancelBatchOperator(
+        task_id="cancel", batch_id=batch_id, wait_for_completion=True, deferrable=True, poll_interval=0.05
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        cancel.execute(ctx())
+    trigger = deferred.value.trigger
+    assert trigger.batch_id == batch_id and trigger.end_time is not None
+    assert run(trigger)["batch"]["status"] == "cancelled"  # cancelling takes one phase
+    assert cancel.execute_complete(ctx(), run(trigger))["status"] == "cancelled"
+
+
+def test_shorthand_keeps_line_keys_out_of_the_body(tmp_path):
+    path = tmp_path / "in.jsonl"
+    write_requests_jsonl([{"custom_id": "mine", "model": "m", "messages": []}, {"model": "m"}], ENDPOINT, str(path))
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert first == {"custom_id": "mine", "body": {"model": "m", "messages": []}, "method": "POST", "url": ENDPOINT}
+    assert second["custom_id"] == "request-2" and second["body"] == {"model": "m"}
+
+
+def test_a_retry_never_reattaches_to_a_batch_being_cancelled(openai_batch_connection):
+    openai_batch_connection.configure(phase_seconds=30)
+    first = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=1))
+    openai_batch_connection.force_status(first, "cancelling")  # a user killed the task with cancel_on_kill
+    second = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=2))
+    assert second != first
+
+
+def test_a_cleared_task_reattaches_only_when_its_input_is_unchanged(openai_batch_connection):
+    first = CreateBatchOperator(task_id="create", requests=prompts(3)).execute(ctx(try_number=1))
+    openai_batch_connection.force_status(first, "completed")
+    same = CreateBatchOperator(task_id="create", requests=prompts(3)).execute(ctx(try_number=2))
+    changed = CreateBatchOperator(task_id="create", requests=prompts(4)).execute(ctx(try_number=3))
+    assert same == first  # same input: its results are already paid for
+    assert changed != first and openai_batch_connection.stats()["batches_created"] == 2
+
+
+@pytest.mark.parametrize(("status", "file_kept"), [(400, False), (401, False), (429, False), (500, True), (503, True)])
+def test_an_upload_is_deleted_when_a_create_is_refused(openai_batch_connection, monkeypatch, status, file_kept):
+    from airflow_provider_openai_batch.api import error_from_response
+    from airflow_provider_openai_batch.exceptions import APIError
+    from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+
+    def refuse(*args, **kwargs):
+        raise error_from_response(status, {}, b'{"error": {"message": "no"}}')
+
+    monkeypatch.setattr(OpenAIBatchHook, "create_batch", refuse)
+    with pytest.raises(APIError):
+        CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx())
+    # After a 5xx the batch may exist after all, and it would need its input file.
+    assert openai_batch_connection.stats()["files"] == (1 if file_kept else 0)
+
+
+def test_on_kill_cancels_quietly_even_when_the_batch_already_ended(openai_batch_connection, capfd):
+    op = CreateBatchOperator(task_id="create", requests=prompts(), cancel_on_kill=True)
+    op.execute(ctx())
+    sensor = BatchSensor(task_id="wait", batch_id=op.batch_id, deferrable=False, cancel_on_kill=True)
+    op.on_kill()
+    assert openai_batch_connection.stats()["requests"]["POST /v1/batches/{id}/cancel"] == 1
+    openai_batch_connection.force_status(op.batch_id, "completed")
+    op.on_kill()  # 409 from the API: logged, not raised
+    sensor.on_kill()
+    assert capfd.readouterr().out.count("Could not cancel batch") == 2
+    untouched = CreateBatchOperator(task_id="create", requests=prompts(), cancel_on_kill=False)
+    untouched.execute(ctx(map_index=1))
+    untouched.on_kill()
+    assert openai_batch_connection.stats()["requests"]["POST /v1/batches/{id}/cancel"] == 3

@@ -17,9 +17,14 @@ import pytest
 from airflow_provider_openai_batch import api
 from airflow_provider_openai_batch.emulator.testing import run_emulator_process
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
-from airflow_provider_openai_batch.operators.batch import CreateBatchOperator, idempotency_key
+from airflow_provider_openai_batch.operators.batch import (
+    CreateBatchOperator,
+    check_input_file,
+    idempotency_key,
+    write_requests_jsonl,
+)
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
-from tests.helpers import FakeTI, ctx, events, make_batch, prompts
+from tests.helpers import ENDPOINT, FakeTI, ctx, events, make_batch, prompts
 
 ROOT = Path(__file__).parents[2]
 
@@ -106,7 +111,7 @@ def test_an_emulator_restart_with_data_dir_mid_wait_loses_nothing(tmp_path, monk
         assert hook.retrieve_file(batch["input_file_id"]).purpose == "batch"  # the input survived too
 
 
-def test_fifty_mapped_tasks_at_once_make_fifty_batches_and_keep_every_xcom(openai_batch_connection):
+def test_fifty_mapped_tasks_at_once_make_fifty_batches_and_keep_every_xcom(openai_batch_connection, tmp_path):
     # Ambiguous faults too: some POSTs are processed, then their answer fails, and the hook must find the
     # batch by its key among the 49 others created at the same moment.
     openai_batch_connection.configure(
@@ -125,10 +130,12 @@ def test_fifty_mapped_tasks_at_once_make_fifty_batches_and_keep_every_xcom(opena
     ids = [batch_id for batch_id, _ in first]
     assert len(set(ids)) == 50
     assert [batch_id for batch_id, _ in retried] == ids
+    write_requests_jsonl(prompts(2), ENDPOINT, str(tmp_path / "input.jsonl"))
+    digest = check_input_file(tmp_path / "input.jsonl", ENDPOINT)
     for map_index, (batch_id, ti) in enumerate(first):
         assert ti.xcom["batch"]["id"] == batch_id
         key = ti.xcom["batch"]["metadata"][api.IDEMPOTENCY_METADATA_KEY]
-        assert key == idempotency_key({"ti": FakeTI(map_index=map_index)})
+        assert key == idempotency_key({"ti": FakeTI(map_index=map_index)}, digest)
     stats = openai_batch_connection.stats()
     assert stats["batches_created"] == 50 and stats["files_uploaded"] == 50, stats  # no second batch, no orphan
     assert sum(stats["faults"].values()) > 0  # the faults really happened

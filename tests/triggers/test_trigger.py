@@ -110,3 +110,8 @@ def test_one_http_session_per_event_loop(openai_batch_connection):
     first, second = asyncio.run(sessions())
     assert first is second
     assert asyncio.run(sessions())[0] is not first
+
+
+def test_on_kill_without_a_usable_connection_does_not_raise(monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CONN_NOWHERE", raising=False)
+    asyncio.run(BatchTrigger("batch_1", conn_id="nowhere", cancel_on_kill=True).on_kill())  # logged, not raised
