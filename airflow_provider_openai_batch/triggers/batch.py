@@ -13,6 +13,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_openai_batch.api import is_retryable
 from airflow_provider_openai_batch.exceptions import OpenAIBatchError
 from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient
+from airflow_provider_openai_batch.outcome import describe
 
 
 class BatchTrigger(BaseTrigger):
@@ -94,16 +95,8 @@ class BatchTrigger(BaseTrigger):
                 await asyncio.sleep(min(self.poll_interval, 2.0**failures))
                 continue
             last = batch
-            if batch.status != last_status:
-                counts = batch.request_counts
-                self.log.info(
-                    "Batch %s is %s (%d/%d done, %d failed)",
-                    batch.id,
-                    batch.status,
-                    counts.completed,
-                    counts.total,
-                    counts.failed,
-                )
+            if batch.status != last_status:  # the same line as the operators log, once per status
+                self.log.info("OpenAI %s", describe(batch.model_dump(mode="json")))
                 last_status = batch.status
             if batch.is_terminal:
                 yield self._event("terminal", batch, f"batch {batch.id} is {batch.status}")
