@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 MAX_LINES = 50_000
+#: Embedding batches: at most this many inputs over all lines (a line's ``input`` may be a list).
+MAX_EMBEDDING_INPUTS = 50_000
 MAX_BYTES = 200 * 1024 * 1024
 
 
@@ -47,6 +49,7 @@ def validate_batch_input_lines(
     seen: dict[str, int] = {}
     count = 0
     size = 0
+    embedding_inputs = 0
     for number, raw in enumerate(lines, start=1):
         if len(problems) >= max_problems:
             break
@@ -97,8 +100,21 @@ def validate_batch_input_lines(
                     "url",
                 )
             )
-        if not isinstance(item.get("body"), dict):
+        body = item.get("body")
+        if not isinstance(body, dict):
             problems.append(Problem(number, "invalid_body", "body must be a JSON object", "body"))
+        elif endpoint == "/v1/embeddings":
+            inputs = body.get("input")
+            embedding_inputs += len(inputs) if isinstance(inputs, list) else 1
+    if embedding_inputs > MAX_EMBEDDING_INPUTS:
+        problems.append(
+            Problem(
+                None,
+                "too_many_embedding_inputs",
+                f"the file has {embedding_inputs} embedding inputs in all; at most {MAX_EMBEDDING_INPUTS} are "
+                "allowed per batch: split it",
+            )
+        )
     problems.extend(too_large(size))
     if count == 0 and not problems:
         problems.append(Problem(None, "empty_file", "the file contains no requests"))

@@ -391,6 +391,8 @@ class Store:
             (error_lines if failed else ok_lines).append(line)
             usage["input_tokens"] += tokens[0]
             usage["output_tokens"] += tokens[1]
+        if status == "expired":  # as the Batch guide documents: unfinished requests go to the error file
+            error_lines += [_expired_line(item) for item in requests[len(done) :]]
         # The live API promises no order; a deterministic shuffle keeps tests reproducible.
         rng = random.Random(batch["id"])
         rng.shuffle(ok_lines)
@@ -418,6 +420,18 @@ class Store:
 
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _expired_line(item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "batch_req_" + _digest(item)[:24],
+        "custom_id": item.get("custom_id"),
+        "response": None,
+        "error": {
+            "code": "batch_expired",
+            "message": "This request could not be executed before the completion window expired.",
+        },
+    }
 
 
 def _result_line(endpoint: str, item: dict[str, Any]) -> tuple[dict[str, Any], bool, tuple[int, int]]:

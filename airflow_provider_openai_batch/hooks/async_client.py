@@ -46,7 +46,11 @@ async def close_shared_session() -> None:
 
 
 class AsyncBatchClient:
-    """Batch calls over aiohttp with the shared validation, parsing, error mapping and retry policy.
+    """The calls a trigger needs, over aiohttp, with the validation, parsing, error mapping and retry policy
+    of :mod:`airflow_provider_openai_batch.api` that the sync hook uses too: only the transport differs.
+
+    All clients of one event loop share one HTTP session (see :func:`shared_session`), so thousands of
+    deferred tasks in a triggerer reuse a bounded pool of connections.
 
     :param settings: Connection settings (key, base URL, headers, timeout, retries).
     """
@@ -62,12 +66,15 @@ class AsyncBatchClient:
         return cls(api.settings_from_connection(await BaseHook.aget_connection(conn_id)))
 
     async def retrieve_batch(self, batch_id: str) -> Batch:
+        """Get a batch by id (see :meth:`OpenAIBatchHook.retrieve_batch`)."""
         return await self.request(api.retrieve_batch(batch_id))
 
     async def cancel_batch(self, batch_id: str) -> Batch:
+        """Ask the API to cancel a batch (see :meth:`OpenAIBatchHook.cancel_batch`)."""
         return await self.request(api.cancel_batch(batch_id))
 
     async def request(self, call: api.ApiCall[T]) -> T:
+        """Send a call with the shared retry policy; retries sleep with ``asyncio.sleep``, never blocking."""
         retrying = tenacity.AsyncRetrying(**api.retry_policy(self.settings.max_retries, idempotent=call.idempotent))
         return await retrying(self._send, call)
 

@@ -207,15 +207,27 @@ class OpenAIBatchHook(BaseHook):
         return None
 
     def retrieve_batch(self, batch_id: str) -> Batch:
-        """Get a batch by id."""
+        """Get a batch by id.
+
+        :param batch_id: The batch, e.g. ``batch_abc123``.
+        :raises NotFoundError: when the API does not know it.
+        """
         return self._request(api.retrieve_batch(batch_id))
 
     def list_batches(self, after: str | None = None, limit: int = 20) -> BatchPage:
-        """One page of batches, newest first (``data``, ``first_id``, ``last_id``, ``has_more``)."""
+        """One page of batches, newest first (``data``, ``first_id``, ``last_id``, ``has_more``).
+
+        :param after: A batch id: the page starts after it (the previous page's ``last_id``).
+        :param limit: 1..100 batches per page.
+        """
         return self._request(api.list_batches(after, limit))
 
     def iter_batches(self, after: str | None = None, limit: int = 100) -> Iterator[Batch]:
-        """Every batch, newest first, fetching pages of ``limit`` lazily as the iterator advances."""
+        """Every batch, newest first, fetching pages of ``limit`` lazily as the iterator advances.
+
+        :param after: Start after this batch id.
+        :param limit: 1..100 batches per page request.
+        """
         cursor = after
         while True:
             page = self.list_batches(after=cursor, limit=limit)
@@ -225,7 +237,11 @@ class OpenAIBatchHook(BaseHook):
             cursor = page.last_id or page.data[-1].id
 
     def cancel_batch(self, batch_id: str) -> Batch:
-        """Ask the API to cancel a batch; it stays ``cancelling`` (up to 10 minutes) before ``cancelled``."""
+        """Ask the API to cancel a batch; it stays ``cancelling`` (up to 10 minutes) before ``cancelled``.
+
+        :param batch_id: The batch to cancel.
+        :raises ConflictError: when it already ended.
+        """
         batch = self._request(api.cancel_batch(batch_id))
         self.log.info("Cancel requested for batch %s; it is now %s", batch.id, batch.status)
         return batch
@@ -298,15 +314,26 @@ class OpenAIBatchHook(BaseHook):
         return uploaded
 
     def retrieve_file(self, file_id: str) -> FileObject:
-        """Get a file's metadata."""
+        """Get a file's metadata (name, size, purpose).
+
+        :param file_id: The file, e.g. ``file-abc123``.
+        """
         return self._request(api.retrieve_file(file_id))
 
     def list_files(self, purpose: str | None = None, after: str | None = None, limit: int = 100) -> FilePage:
-        """One page of files."""
+        """One page of files, newest first.
+
+        :param purpose: Only files of this purpose, e.g. ``batch`` or ``batch_output``.
+        :param after: A file id: the page starts after it.
+        :param limit: Files per page.
+        """
         return self._request(api.list_files(purpose, after, limit))
 
     def delete_file(self, file_id: str) -> FileDeleted:
-        """Delete a file."""
+        """Delete a file, e.g. an input file once its batch ended.
+
+        :param file_id: The file to delete.
+        """
         return self._request(api.delete_file(file_id))
 
     def download_file(self, file_id: str, destination: Any) -> DownloadedFile:

@@ -64,7 +64,8 @@ class CreateBatchOperator(BaseOperator):
     Returns the batch id (XCom ``return_value``) and pushes the batch as JSON to XCom key ``batch``.
 
     :param endpoint: The batch endpoint, e.g. ``/v1/chat/completions``.
-    :param requests: Requests to send (templated).
+    :param requests: Requests to send (templated: strings in a literal list are rendered by Jinja, so a
+        prompt containing ``{{`` needs ``{% raw %}``; a list from XCom, e.g. ``build_requests()``, is not).
     :param input_file: A JSONL file (templated).
     :param input_file_id: An uploaded input file id (templated).
     :param completion_window: ``"24h"``.

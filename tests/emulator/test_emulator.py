@@ -237,8 +237,16 @@ def test_cancel_gives_partial_results_and_finished_batches_conflict(client, open
 
 def test_expiry_when_the_window_passes(client, openai_batch_emulator):
     openai_batch_emulator.configure(phase_seconds=0.2, completion_window_seconds=0.3)
-    batch = client.wait(client.create(client.upload([line("a"), line("b")])["id"]).json()["id"])
+    batch = client.wait(client.create(client.upload([line(c) for c in "abcd"])["id"]).json()["id"])
     assert batch["status"] == "expired" and batch["expired_at"] is not None
+    # What finished is in the output file; every unfinished request is in the error file as batch_expired.
+    finished = [json.loads(x) for x in client.get(f"/files/{batch['output_file_id']}/content").text.splitlines()]
+    unfinished = [json.loads(x) for x in client.get(f"/files/{batch['error_file_id']}/content").text.splitlines()]
+    assert sorted(r["custom_id"] for r in finished + unfinished) == ["a", "b", "c", "d"] and finished
+    assert {r["error"]["code"] for r in unfinished} == {"batch_expired"} and all(
+        r["response"] is None for r in unfinished
+    )
+    assert batch["request_counts"] == {"total": 4, "completed": len(finished), "failed": len(unfinished)}
 
 
 def test_admin_force_status_and_stats(client, openai_batch_emulator):

@@ -241,6 +241,16 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
     ),
     ("empty file", create_from_file([]), BatchValidationError, r"the file contains no requests"),
     (
+        "50,001 embedding inputs",
+        lambda e: create(
+            e,
+            endpoint="/v1/embeddings",
+            requests=[{"model": "m", "input": ["text"] * 25_000}, {"model": "m", "input": ["text"] * 25_001}],
+        ),
+        BatchValidationError,
+        r"50001 embedding inputs in all; at most 50000 are allowed per batch: split it",
+    ),
+    (
         "over 200 MB",
         lambda e: create(e, input_file=sparse_file(e.tmp / "huge.jsonl", 200 * 1024 * 1024 + 1)),
         BatchValidationError,
