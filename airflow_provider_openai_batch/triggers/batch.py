@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -82,7 +83,13 @@ class BatchTrigger(BaseTrigger):
         failures = 0
         last_status: str | None = None
         last: Any = None
+        loop = asyncio.get_running_loop()
+        # A restarted triggerer starts all its triggers at once; a random first delay (at most one interval,
+        # and 2 s) spreads their polls so thousands of answers do not arrive, and stall the loop, together.
+        # The sensor checked the batch just before deferring, so nothing is seen later than one interval.
+        await asyncio.sleep(random.uniform(0.0, min(self.poll_interval, 2.0)))
         while True:
+            polled_at = loop.time()
             try:
                 batch = await client.retrieve_batch(self.batch_id)
                 failures = 0
@@ -107,7 +114,10 @@ class BatchTrigger(BaseTrigger):
                     last = await self._cancel(client) or last
                 yield self._event("timeout", last, f"batch {self.batch_id} was still {batch.status} at the deadline")
                 return
-            await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
+            # A fixed cadence: the interval counts from the start of this check, so the time an answer takes
+            # never adds up across polls, and the end of a batch is seen at most one interval late.
+            pause = max(0.0, self.poll_interval - (loop.time() - polled_at))
+            await asyncio.sleep(pause if remaining is None else min(pause, remaining))
 
     async def on_kill(self) -> None:
         if not self.cancel_on_kill:

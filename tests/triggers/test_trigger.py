@@ -115,3 +115,17 @@ def test_one_http_session_per_event_loop(openai_batch_connection):
 def test_on_kill_without_a_usable_connection_does_not_raise(monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_NOWHERE", raising=False)
     asyncio.run(BatchTrigger("batch_1", conn_id="nowhere", cancel_on_kill=True).on_kill())  # logged, not raised
+
+
+def test_the_async_client_uses_the_proxy_requests_would(monkeypatch):
+    from airflow_provider_openai_batch.hooks.async_client import env_proxy
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    env_proxy.cache_clear()
+    try:
+        assert env_proxy("https://api.openai.com/v1") == "http://proxy.internal:3128"
+        assert env_proxy("http://127.0.0.1:8089/v1") is None  # NO_PROXY
+    finally:
+        env_proxy.cache_clear()
