@@ -178,15 +178,19 @@ healthy() { # every part of /api/v2/monitor/health says "healthy" (metadatabase,
   "$PY" -c 'import json, sys; sys.exit(any(v.get("status") != "healthy" for v in json.loads(sys.argv[1]).values()))' \
     "$health" 2>/dev/null
 }
-deadline=$((SECONDS + ${AIRFLOW_UI_START_TIMEOUT:-180}))
-until healthy; do
+all_alive() { # exit, with the tail of its log, when any component has died
+  local name
   for name in "${!PIDS[@]}"; do
     if ! kill -0 "${PIDS[$name]}" 2>/dev/null; then
       tail -n 40 "$AIRFLOW_HOME/$name.log" >&2
-      echo "$name exited during startup; full log: $AIRFLOW_HOME/$name.log" >&2
+      echo "$name exited $1; full log: $AIRFLOW_HOME/$name.log" >&2
       exit 1
     fi
   done
+}
+deadline=$((SECONDS + ${AIRFLOW_UI_START_TIMEOUT:-180}))
+until healthy; do
+  all_alive "during startup"
   if ((SECONDS > deadline)); then
     echo "Airflow was not healthy after ${AIRFLOW_UI_START_TIMEOUT:-180}s; logs in $AIRFLOW_HOME" >&2
     exit 1
@@ -207,13 +211,7 @@ EOF
 
 # Run until a signal arrives or a component dies.
 while true; do
-  for name in "${!PIDS[@]}"; do
-    if ! kill -0 "${PIDS[$name]}" 2>/dev/null; then
-      tail -n 20 "$AIRFLOW_HOME/$name.log" >&2
-      echo "$name exited unexpectedly; full log: $AIRFLOW_HOME/$name.log" >&2
-      exit 1
-    fi
-  done
+  all_alive "unexpectedly"
   sleep 2 & # in the background so that `wait` returns as soon as a signal arrives
   wait $! || true
 done
