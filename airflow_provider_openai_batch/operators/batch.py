@@ -188,19 +188,10 @@ class CreateBatchOperator(BaseOperator):
     def _create(self, hook: OpenAIBatchHook, key: str, source: Any) -> Any:
         from airflow_provider_openai_batch.exceptions import APIError, OpenAIBatchError
 
-        if source is None:
-            return hook.create_batch(
-                str(self.input_file_id),
-                self.endpoint,
-                self.completion_window,
-                self.metadata,
-                self.output_expires_after,
-                idempotency_key=key,
-            )
-        uploaded = hook.upload_file(source, purpose="batch")
+        uploaded = None if source is None else hook.upload_file(source, purpose="batch")
         try:
             return hook.create_batch(
-                uploaded.id,
+                uploaded.id if uploaded is not None else str(self.input_file_id),
                 self.endpoint,
                 self.completion_window,
                 self.metadata,
@@ -208,9 +199,9 @@ class CreateBatchOperator(BaseOperator):
                 idempotency_key=key,
             )
         except APIError as err:
-            # A definite refusal (any 4xx) means no batch will ever use the upload: don't leave it behind.
-            # After a 5xx the batch may exist after all, so the file stays.
-            if err.status_code is not None and 400 <= err.status_code < 500:
+            # A definite refusal (any 4xx) means no batch will ever use our upload: don't leave it behind.
+            # After a 5xx the batch may exist after all, so the file stays. A user's input_file_id is theirs.
+            if uploaded is not None and err.status_code is not None and 400 <= err.status_code < 500:
                 try:
                     hook.delete_file(uploaded.id)
                 except OpenAIBatchError as cleanup:

@@ -266,3 +266,19 @@ def test_on_kill_cancels_quietly_even_when_the_batch_already_ended(openai_batch_
     untouched.execute(ctx(map_index=1))
     untouched.on_kill()
     assert openai_batch_connection.stats()["requests"]["POST /v1/batches/{id}/cancel"] == 3
+
+
+def test_a_refused_create_never_deletes_a_file_the_user_gave(openai_batch_connection, monkeypatch):
+    from airflow_provider_openai_batch.api import error_from_response
+    from airflow_provider_openai_batch.exceptions import InvalidRequestError
+    from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+
+    file_id = OpenAIBatchHook().upload_file(b'{"custom_id": "a", "method": "POST", "url": "x", "body": {}}\n').id
+
+    def refuse(*args, **kwargs):
+        raise error_from_response(400, {}, b'{"error": {"message": "no"}}')
+
+    monkeypatch.setattr(OpenAIBatchHook, "create_batch", refuse)
+    with pytest.raises(InvalidRequestError):
+        CreateBatchOperator(task_id="create", input_file_id=file_id).execute(ctx())
+    assert OpenAIBatchHook().retrieve_file(file_id).id == file_id
