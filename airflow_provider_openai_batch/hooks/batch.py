@@ -126,15 +126,17 @@ class OpenAIBatchHook(BaseHook):
 
         No retries and a timeout of at most 10 s, so a wrong URL answers the button in seconds, not minutes.
         """
-        probe: OpenAIBatchHook | None = None
+        from dataclasses import replace
+
+        probe = OpenAIBatchHook(self.conn_id)
         try:
-            probe = OpenAIBatchHook(self.conn_id, timeout=min(self.settings.timeout, 10.0), max_retries=0)
+            # The connection is read once: the probe takes this hook's settings with the quick limits.
+            probe.settings = replace(self.settings, timeout=min(self.settings.timeout, 10.0), max_retries=0)
             page = probe.list_batches(limit=1)
         except (OpenAIBatchError, ValueError) as err:
             return False, f"Could not reach the OpenAI Batch API: {err}"
         finally:
-            if probe is not None:
-                probe.close()
+            probe.close()
         request_id = page.http.request_id if page.http else None
         return True, f"Connection works: {self.settings.base_url} answered (request id {request_id})."
 

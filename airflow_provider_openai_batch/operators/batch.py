@@ -375,8 +375,12 @@ def check_input_file(source: Any, endpoint: str, name: str = "input_file") -> st
     is_object_storage = hasattr(source, "fs")
     if not is_object_storage and not os.path.isfile(source):
         raise ValueError(f"input_file {str(source)!r} does not exist or is not a file")
-    # Refuse an oversized file from its size alone, before reading a byte of it.
-    size = source.stat().st_size if is_object_storage else os.path.getsize(source)
+    # Refuse an oversized file from its size alone, before reading a byte of it. A remote store that cannot
+    # tell its size cheaply is measured while it is read, as before.
+    try:
+        size = source.stat().st_size if is_object_storage else os.path.getsize(source)
+    except Exception:  # any store's failure to stat is only a missed shortcut
+        size = 0
     problems = too_large(size)
     digest = hashlib.sha256()
     if not problems:

@@ -282,3 +282,23 @@ def test_a_refused_create_never_deletes_a_file_the_user_gave(openai_batch_connec
     with pytest.raises(InvalidRequestError):
         CreateBatchOperator(task_id="create", input_file_id=file_id).execute(ctx())
     assert OpenAIBatchHook().retrieve_file(file_id).id == file_id
+
+
+def test_a_store_that_cannot_tell_its_size_is_checked_while_read():
+    import hashlib
+    import io
+
+    from airflow_provider_openai_batch.operators.batch import check_input_file
+
+    content = (json.dumps({"custom_id": "a", "method": "POST", "url": ENDPOINT, "body": {}}) + "\n").encode()
+
+    class Remote:  # the parts of an ObjectStoragePath the pre-flight uses
+        fs = object()
+
+        def stat(self):
+            raise OSError("size unknown")
+
+        def open(self, mode):
+            return io.BytesIO(content)
+
+    assert check_input_file(Remote(), ENDPOINT) == hashlib.sha256(content).hexdigest()
