@@ -1,28 +1,26 @@
 """The one definition of the OpenAI Batch and Files API that every transport shares.
 
-This module knows URLs, request validation, response parsing, error mapping and the retry policy, and
-performs no I/O. :class:`~airflow_provider_openai_batch.hooks.batch.OpenAIBatchHook` sends these
-:class:`ApiCall` objects with ``requests``; the trigger's async client sends the same objects with an
-async transport. Neither re-implements anything here.
+This module knows URLs, request validation, response parsing and error mapping, and performs no I/O (the
+retry policy is in :mod:`~airflow_provider_openai_batch.retries`, connection parsing in
+:mod:`~airflow_provider_openai_batch.connection`). The sync hook sends these :class:`ApiCall` objects with
+``requests``; the trigger's async client sends the same objects with aiohttp. Neither re-implements anything
+here.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
-import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import pydantic
-import tenacity
 
 from airflow_provider_openai_batch.exceptions import (
-    APIConnectionError,
     APIError,
     AuthenticationError,
     ConflictError,
@@ -41,13 +39,7 @@ from airflow_provider_openai_batch.models import (
     HttpInfo,
 )
 
-log = logging.getLogger(__name__)
-
 T = TypeVar("T", bound=ApiModel)
-
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_MAX_RETRIES = 5
 
 #: Endpoints a batch may target (the input file's ``url`` must equal the batch's endpoint).
 ENDPOINTS: tuple[str, ...] = (
@@ -68,10 +60,6 @@ LIST_LIMIT_RANGE = (1, 100)
 OUTPUT_EXPIRES_RANGE = (3600, 2_592_000)
 #: Metadata key under which an idempotency key is stored on the batch, so a retry can find it again.
 IDEMPOTENCY_METADATA_KEY = "airflow_idempotency_key"
-
-RETRYABLE_STATUS: frozenset[int] = frozenset({429, 500, 502, 503, 504})
-#: Never sleep longer than this for one retry, whatever ``Retry-After`` says.
-MAX_RETRY_WAIT = 60.0
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -103,30 +91,36 @@ def validate_completion_window(window: Any) -> str:
     return str(window)
 
 
-def validate_metadata(metadata: Any, *, reserved: int = 0) -> dict[str, str]:
+def validate_metadata(metadata: Any, *, reserved_keys: tuple[str, ...] = ()) -> dict[str, str]:
     """Check metadata against the API's limits (16 pairs, keys <= 64 chars, values <= 512 chars, all strings).
 
-    :param reserved: pairs this provider adds itself (e.g. the idempotency key), counted against the 16.
+    :param reserved_keys: keys this provider sets itself (e.g. the idempotency key): each takes one of the 16
+        pairs, and a user's own pair under that name is refused rather than silently overwritten.
     """
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
         raise ValueError(f"metadata must be a dict of strings to strings; got {type(metadata).__name__}")
-    limit = METADATA_MAX_PAIRS - reserved
+    limit = METADATA_MAX_PAIRS - len(reserved_keys)
     if len(metadata) > limit:
-        extra = f" ({reserved} used by the provider's idempotency key)" if reserved else ""
+        extra = f" ({', '.join(reserved_keys)} is set by the provider)" if reserved_keys else ""
         raise ValueError(f"metadata has {len(metadata)} pairs; at most {limit} are allowed{extra}: remove some keys")
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValueError(
                 f"metadata[{key!r}] must map a string to a string; got {type(value).__name__}: "
-                "convert values with str() first"
+                "convert keys and values with str() first"
             )
         if not key or len(key) > METADATA_MAX_KEY:
             raise ValueError(f"metadata key {key[:70]!r} must be 1..{METADATA_MAX_KEY} characters long")
         if len(value) > METADATA_MAX_VALUE:
             raise ValueError(
                 f"metadata[{key!r}] is {len(value)} characters; values may have at most {METADATA_MAX_VALUE}"
+            )
+        if key in reserved_keys:
+            raise ValueError(
+                f"metadata key {key!r} is reserved: the provider stores its idempotency key there so a retry finds "
+                "its batch again; rename your key"
             )
     return dict(metadata)
 
@@ -181,6 +175,8 @@ class ApiCall(Generic[T]):
     :param json: JSON body.
     :param idempotent: Whether repeating the request is harmless. A non-idempotent call (create) is retried
         only when the failure proves the server did not act on it (a 429, a refused connection).
+    :param retry_conflict: Whether a 409 is a passing conflict worth retrying (the default, as the official
+        SDK does) or a final verdict on the object's state (cancelling a batch that already ended).
     """
 
     method: str
@@ -189,7 +185,7 @@ class ApiCall(Generic[T]):
     params: dict[str, Any] | None = None
     json: dict[str, Any] | None = None
     idempotent: bool = True
-    extra_headers: dict[str, str] = field(default_factory=dict)
+    retry_conflict: bool = True
 
     def url(self, base_url: str) -> str:
         return base_url.rstrip("/") + self.path
@@ -239,7 +235,7 @@ def create_batch(
         "endpoint": validate_endpoint(endpoint),
         "completion_window": validate_completion_window(completion_window),
     }
-    meta = validate_metadata(metadata, reserved=1 if idempotency_key else 0)
+    meta = validate_metadata(metadata, reserved_keys=(IDEMPOTENCY_METADATA_KEY,) if idempotency_key else ())
     if idempotency_key is not None:
         if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= METADATA_MAX_VALUE:
             raise ValueError(
@@ -269,8 +265,9 @@ def list_batches(after: str | None = None, limit: int = 20) -> ApiCall[BatchPage
 
 
 def cancel_batch(batch_id: str) -> ApiCall[Batch]:
-    """``POST /batches/{batch_id}/cancel``. Repeating it is harmless, so it is retried like a GET."""
-    return ApiCall("POST", f"/batches/{validate_id(batch_id, 'batch_id')}/cancel", Batch)
+    """``POST /batches/{batch_id}/cancel``. Repeating it is harmless, so it is retried like a GET; its 409
+    (the batch already ended) is final."""
+    return ApiCall("POST", f"/batches/{validate_id(batch_id, 'batch_id')}/cancel", Batch, retry_conflict=False)
 
 
 def upload_file(purpose: str = "batch") -> ApiCall[FileObject]:
@@ -399,138 +396,3 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-# ------------------------------------------------------------------------------------------------ retries
-
-
-def is_retryable(exc: BaseException, *, idempotent: bool = True) -> bool:
-    """Whether a failed attempt may be repeated.
-
-    429, 500, 502, 503, 504, connection errors and timeouts are transient; any other 4xx never is. A
-    non-idempotent call is only repeated when the server cannot have acted on it.
-    """
-    if isinstance(exc, APIError):
-        transient = exc.status_code in RETRYABLE_STATUS
-    elif isinstance(exc, APIConnectionError):
-        transient = True
-    else:
-        return False
-    return transient and (idempotent or not getattr(exc, "maybe_processed", True))
-
-
-class wait_retry_after_or_backoff(tenacity.wait.wait_base):
-    """Honour the server's ``Retry-After``; otherwise exponential backoff with full jitter."""
-
-    def __init__(self, initial: float = 0.5, maximum: float = 30.0) -> None:
-        self._backoff = tenacity.wait_random_exponential(multiplier=initial, max=maximum)
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            return float(min(retry_after, MAX_RETRY_WAIT))
-        return float(self._backoff(retry_state))
-
-
-def _log_retry(retry_state: tenacity.RetryCallState) -> None:
-    exc = retry_state.outcome.exception() if retry_state.outcome else None
-    delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
-    log.warning("OpenAI API call failed (attempt %d): %s; retrying in %.1fs", retry_state.attempt_number, exc, delay)
-
-
-def retry_policy(
-    max_retries: int,
-    *,
-    idempotent: bool = True,
-    wait: tenacity.wait.wait_base | None = None,
-) -> dict[str, Any]:
-    """Keyword arguments for ``tenacity.Retrying`` and ``tenacity.AsyncRetrying`` alike."""
-    return {
-        "stop": tenacity.stop_after_attempt(max(0, max_retries) + 1),
-        "wait": wait or wait_retry_after_or_backoff(),
-        "retry": tenacity.retry_if_exception(lambda e: is_retryable(e, idempotent=idempotent)),
-        "before_sleep": _log_retry,
-        "reraise": True,
-    }
-
-
-# ------------------------------------------------------------------------------------------- connection
-
-
-@dataclass(frozen=True)
-class ClientSettings:
-    """What a transport needs from the Airflow connection. ``repr`` hides the key.
-
-    :param api_key: Bearer token (the connection's password).
-    :param base_url: API root including ``/v1`` (the connection's host); any OpenAI-compatible URL works.
-    :param organization: Sent as ``OpenAI-Organization`` when set.
-    :param project: Sent as ``OpenAI-Project`` when set.
-    :param timeout: Seconds to wait for connect and for each read.
-    :param max_retries: Retries after the first attempt for transient failures.
-    """
-
-    api_key: str = field(repr=False)
-    base_url: str = DEFAULT_BASE_URL
-    organization: str | None = None
-    project: str | None = None
-    timeout: float = DEFAULT_TIMEOUT
-    max_retries: int = DEFAULT_MAX_RETRIES
-
-    def headers(self) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
-        if self.organization:
-            headers["OpenAI-Organization"] = self.organization
-        if self.project:
-            headers["OpenAI-Project"] = self.project
-        return headers
-
-
-def settings_from_connection(conn: Any) -> ClientSettings:
-    """Build :class:`ClientSettings` from an Airflow connection (however it was looked up, sync or async).
-
-    The base URL is the host when it is a full URL (what the UI's "Base URL" field asks for). A bare host,
-    as a connection URI gives it (``openai-batch://:KEY@127.0.0.1:8089/v1``), is completed with the port,
-    the schema as path (default ``/v1``), and ``http`` for loopback hosts, ``https`` otherwise.
-    """
-    conn_id = str(conn.conn_id)
-    extra = dict(conn.extra_dejson or {})
-    if not conn.password:
-        raise ValueError(
-            f"Connection {conn_id!r} has no API key: put the key in the connection's password field "
-            "('API key' in the UI), e.g. AIRFLOW_CONN_" + conn_id.upper() + "='openai-batch://:<key>@'"
-        )
-    return ClientSettings(
-        api_key=conn.password,
-        base_url=_base_url(conn.host or extra.get("base_url"), conn.port, conn.schema),
-        organization=extra.get("organization") or None,
-        project=extra.get("project") or None,
-        timeout=_positive(extra.get("timeout"), DEFAULT_TIMEOUT, "timeout", conn_id),
-        max_retries=int(_positive(extra.get("max_retries"), DEFAULT_MAX_RETRIES, "max_retries", conn_id, zero=True)),
-    )
-
-
-def _base_url(host: str | None, port: int | None, schema: str | None) -> str:
-    host = (host or "").strip().rstrip("/")
-    if not host:
-        return DEFAULT_BASE_URL
-    if re.match(r"^https?://", host):
-        return host
-    if "/" in host:  # host and path without a scheme
-        return "https://" + host
-    scheme = "http" if host in ("localhost", "127.0.0.1", "::1", "[::1]") else "https"
-    netloc = f"{host}:{port}" if port else host  # port 0 or None: the scheme's default
-    path = "/" + schema.strip("/") if schema and schema.strip("/") else "/v1"
-    return f"{scheme}://{netloc}{path}"
-
-
-def _positive(value: Any, default: float, name: str, conn_id: str, zero: bool = False) -> float:
-    if value in (None, ""):
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = -1.0
-    if number < 0 or (number == 0 and not zero):
-        raise ValueError(f"Connection {conn_id!r}: extra field {name!r} must be a positive number; got {value!r}")
-    return number

@@ -26,8 +26,6 @@ class APIError(OpenAIBatchError):
     :param body: The decoded JSON body, when there was one.
     """
 
-    #: Whether the server may have acted on the request before failing (decides retries of POSTs).
-    maybe_processed: bool = False
 
     def __init__(
         self,
@@ -50,6 +48,12 @@ class APIError(OpenAIBatchError):
         self.request_id = request_id
         self.retry_after = retry_after
         self.body = body
+
+    @property
+    def maybe_processed(self) -> bool:
+        """Whether the server may have acted on the request before failing (decides retries of POSTs): a 5xx
+        or a gateway's 408 may come after the request was carried out; any other 4xx was refused."""
+        return self.status_code >= 500 or self.status_code == 408
 
     def __str__(self) -> str:
         details = [f"HTTP {self.status_code}"]
@@ -92,8 +96,6 @@ class RateLimitError(APIError):
 
 class ServerError(APIError):
     """5xx: the server failed; the request may or may not have been acted on."""
-
-    maybe_processed = True
 
 
 class APIConnectionError(OpenAIBatchError):

@@ -18,8 +18,10 @@ import aiohttp
 import tenacity
 
 from airflow_provider_openai_batch import api
+from airflow_provider_openai_batch.connection import ClientSettings, settings_from_connection
 from airflow_provider_openai_batch.exceptions import APIConnectionError, APITimeoutError
 from airflow_provider_openai_batch.models import ApiModel, Batch
+from airflow_provider_openai_batch.retries import policy_for
 
 T = TypeVar("T", bound=ApiModel)
 
@@ -67,7 +69,7 @@ class AsyncBatchClient:
     :param settings: Connection settings (key, base URL, headers, timeout, retries).
     """
 
-    def __init__(self, settings: api.ClientSettings) -> None:
+    def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
 
     @classmethod
@@ -75,7 +77,7 @@ class AsyncBatchClient:
         """Read the Airflow connection without blocking the loop (``BaseHook.aget_connection``)."""
         from airflow.sdk import BaseHook
 
-        return cls(api.settings_from_connection(await BaseHook.aget_connection(conn_id)))
+        return cls(settings_from_connection(await BaseHook.aget_connection(conn_id)))
 
     async def retrieve_batch(self, batch_id: str) -> Batch:
         """Get a batch by id (see :meth:`OpenAIBatchHook.retrieve_batch`)."""
@@ -87,7 +89,7 @@ class AsyncBatchClient:
 
     async def request(self, call: api.ApiCall[T]) -> T:
         """Send a call with the shared retry policy; retries sleep with ``asyncio.sleep``, never blocking."""
-        retrying = tenacity.AsyncRetrying(**api.retry_policy(self.settings.max_retries, idempotent=call.idempotent))
+        retrying = tenacity.AsyncRetrying(**policy_for(call, self.settings.max_retries))
         return await retrying(self._send, call)
 
     async def _send(self, call: api.ApiCall[T]) -> T:

@@ -23,6 +23,7 @@ import tenacity
 from airflow.sdk import BaseHook
 
 from airflow_provider_openai_batch import api
+from airflow_provider_openai_batch.connection import ClientSettings, settings_from_connection
 from airflow_provider_openai_batch.exceptions import (
     APIConnectionError,
     APITimeoutError,
@@ -40,6 +41,7 @@ from airflow_provider_openai_batch.models import (
     HttpInfo,
     ResultRecord,
 )
+from airflow_provider_openai_batch.retries import policy_for, retry_policy
 
 T = TypeVar("T", bound=ApiModel)
 
@@ -90,9 +92,9 @@ class OpenAIBatchHook(BaseHook):
     # ------------------------------------------------------------------------------------- connection
 
     @cached_property
-    def settings(self) -> api.ClientSettings:
+    def settings(self) -> ClientSettings:
         """The connection's settings (key, base URL, headers, timeout, retries), read once."""
-        settings = api.settings_from_connection(self.get_connection(self.conn_id))
+        settings = settings_from_connection(self.get_connection(self.conn_id))
         overrides: dict[str, Any] = {}
         if self._timeout_override is not None:
             overrides["timeout"] = float(self._timeout_override)
@@ -188,7 +190,7 @@ class OpenAIBatchHook(BaseHook):
             return self._send(call)
 
         # Every retryable failure may be retried here: the look-up above makes a repeat safe.
-        retrying = tenacity.Retrying(**api.retry_policy(self.settings.max_retries, idempotent=True))
+        retrying = tenacity.Retrying(**retry_policy(self.settings.max_retries, idempotent=True))
         return retrying(attempt)
 
     def find_batch_by_idempotency_key(
@@ -310,7 +312,7 @@ class OpenAIBatchHook(BaseHook):
                 body = _MultipartBody(form, "file", filename, stream)
                 return self._send(call, data=body, headers={"Content-Type": body.content_type})
 
-        policy = api.retry_policy(self.settings.max_retries if _reopenable(source) else 0)
+        policy = retry_policy(self.settings.max_retries if _reopenable(source) else 0)
         uploaded: FileObject = tenacity.Retrying(**policy)(attempt)
         self.log.info("Uploaded %s as file %s (%s bytes, purpose %s)", filename, uploaded.id, uploaded.bytes, purpose)
         return uploaded
@@ -358,7 +360,7 @@ class OpenAIBatchHook(BaseHook):
             return result
 
         retry_all = not hasattr(destination, "write") or _seekable(destination)
-        policy = api.retry_policy(self.settings.max_retries if retry_all else 0)
+        policy = retry_policy(self.settings.max_retries if retry_all else 0)
         downloaded: DownloadedFile = tenacity.Retrying(**policy)(attempt)
         self.log.info("Downloaded file %s (%d bytes) to %s", file_id, downloaded.bytes, destination)
         return downloaded
@@ -372,7 +374,7 @@ class OpenAIBatchHook(BaseHook):
         """
         call = api.file_content(file_id)
         done = 0
-        retrying = tenacity.Retrying(**api.retry_policy(self.settings.max_retries))
+        retrying = tenacity.Retrying(**retry_policy(self.settings.max_retries))
         for attempt in retrying:
             with attempt, self._stream(call) as response:
                 for number, line in enumerate(_iter_lines(_checked_chunks(response, file_id)), start=1):
@@ -405,7 +407,7 @@ class OpenAIBatchHook(BaseHook):
 
     def _request(self, call: api.ApiCall[T]) -> T:
         """Send a call with the shared retry policy."""
-        retrying = tenacity.Retrying(**api.retry_policy(self.settings.max_retries, idempotent=call.idempotent))
+        retrying = tenacity.Retrying(**policy_for(call, self.settings.max_retries))
         return retrying(self._send, call)
 
     def _send(self, call: api.ApiCall[T], **kwargs: Any) -> T:

@@ -151,7 +151,7 @@ class CreateBatchOperator(BaseOperator):
         # Checks that cost nothing come first, so a bad argument never uploads a file.
         api.validate_endpoint(self.endpoint)
         api.validate_completion_window(self.completion_window)
-        api.validate_metadata(self.metadata, reserved=1)
+        api.validate_metadata(self.metadata, reserved_keys=(api.IDEMPOTENCY_METADATA_KEY,))
         api.validate_output_expires_after(self.output_expires_after)
         hook = self.hook()
         ti = context["ti"]

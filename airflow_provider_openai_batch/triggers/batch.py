@@ -11,10 +11,10 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 # Imported here, not inside run(): an import inside the event loop would stall every other trigger.
-from airflow_provider_openai_batch.api import is_retryable
 from airflow_provider_openai_batch.exceptions import OpenAIBatchError
 from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient
 from airflow_provider_openai_batch.outcome import describe
+from airflow_provider_openai_batch.retries import is_retryable
 
 
 class BatchTrigger(BaseTrigger):

@@ -1,16 +1,13 @@
-"""The transport-free API definition: validation, error mapping, Retry-After, retry decisions."""
+"""The transport-free API definition: validation, error mapping, Retry-After."""
 
 from __future__ import annotations
 
 import email.utils
-import json
 
 import pytest
-from airflow.sdk import Connection
 
 from airflow_provider_openai_batch import api
 from airflow_provider_openai_batch.exceptions import (
-    APIConnectionError,
     AuthenticationError,
     ConflictError,
     InvalidRequestError,
@@ -132,65 +129,3 @@ def test_retry_after_seconds_http_date_and_ms():
     assert api.parse_retry_after({"Retry-After": when}, now=1_000_000) == pytest.approx(30.0)
     assert api.parse_retry_after({"Retry-After": "soon"}) is None
     assert api.parse_retry_after({}) is None
-
-
-def test_retry_decisions():
-    def server(status: int) -> Exception:
-        return api.error_from_response(status, {}, b"{}")
-
-    for status in (429, 500, 502, 503, 504):
-        assert api.is_retryable(server(status))
-    for status in (400, 401, 403, 404, 409, 422, 501):
-        assert not api.is_retryable(server(status))
-    assert api.is_retryable(APIConnectionError("reset"))
-    assert not api.is_retryable(ValueError("x"))
-    # A create the server may have acted on is not repeated blindly; a 429 or a refused connection is.
-    assert not api.is_retryable(server(500), idempotent=False)
-    assert not api.is_retryable(APIConnectionError("reset", maybe_processed=True), idempotent=False)
-    assert api.is_retryable(server(429), idempotent=False)
-    assert api.is_retryable(APIConnectionError("refused", maybe_processed=False), idempotent=False)
-
-
-def conn(host: str | None = None, password: str | None = "k", extra: dict | None = None, **more) -> Connection:
-    return Connection(
-        conn_id=more.pop("conn_id", "c"),
-        conn_type="openai_batch",
-        host=host,
-        password=password,
-        extra=json.dumps(extra or {}),
-        **more,
-    )
-
-
-def test_settings_from_connection():
-    s = api.settings_from_connection(
-        conn(
-            "http://127.0.0.1:1/v1/",
-            "secret-zz9",
-            {"organization": "org", "project": "prj", "timeout": "5", "max_retries": 0},
-        )
-    )
-    assert (s.base_url, s.timeout, s.max_retries) == ("http://127.0.0.1:1/v1", 5.0, 0)
-    assert s.headers()["OpenAI-Organization"] == "org" and s.headers()["OpenAI-Project"] == "prj"
-    assert "secret-zz9" not in repr(s)
-    default = api.settings_from_connection(conn())
-    assert default.base_url == api.DEFAULT_BASE_URL and "OpenAI-Organization" not in default.headers()
-    with pytest.raises(ValueError, match="Connection 'my_conn' has no API key"):
-        api.settings_from_connection(conn(password=None, conn_id="my_conn"))
-    with pytest.raises(ValueError, match="'timeout' must be a positive number"):
-        api.settings_from_connection(conn(extra={"timeout": "-1"}))
-
-
-@pytest.mark.parametrize(
-    ("uri", "base_url"),
-    [
-        ("openai-batch://:k@", api.DEFAULT_BASE_URL),
-        ("openai-batch://:k@api.openai.com/v1", "https://api.openai.com/v1"),
-        ("openai-batch://:k@127.0.0.1:8089/v1", "http://127.0.0.1:8089/v1"),
-        ("openai-batch://:k@localhost:8089", "http://localhost:8089/v1"),
-        ("openai-batch://:k@llm.example.com:8443/openai/v1", "https://llm.example.com:8443/openai/v1"),
-        ("openai-batch://:k@http%3A%2F%2F127.0.0.1%3A9%2Fv1", "http://127.0.0.1:9/v1"),
-    ],
-)
-def test_a_connection_uri_gives_the_whole_base_url(uri, base_url):
-    assert api.settings_from_connection(Connection.from_uri(uri, conn_id="c")).base_url == base_url

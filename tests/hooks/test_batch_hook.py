@@ -13,6 +13,7 @@ import requests
 from airflow_provider_openai_batch.exceptions import (
     APIConnectionError,
     AuthenticationError,
+    ConflictError,
     NotFoundError,
     ResultsParseError,
     ServerError,
@@ -106,7 +107,7 @@ def test_timeout_and_retries_from_connection_and_overrides(conn_env, requests_mo
     assert requests_mock.call_count == 1 and requests_mock.last_request.timeout == 3.0
 
 
-@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
 def test_transient_statuses_are_retried(hook, requests_mock, sleeps, status):
     requests_mock.get(
         f"{BASE}/batches/b", [{"status_code": status, "json": {"error": {"message": "x"}}}, {"json": batch_json("b")}]
@@ -115,12 +116,19 @@ def test_transient_statuses_are_retried(hook, requests_mock, sleeps, status):
     assert requests_mock.call_count == 2
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
 def test_other_4xx_are_never_retried(hook, requests_mock, sleeps, status):
     requests_mock.get(f"{BASE}/batches/b", status_code=status, json={"error": {"message": "no"}})
     with pytest.raises(Exception) as err:
         hook.retrieve_batch("b")
     assert getattr(err.value, "status_code", None) == status
+    assert requests_mock.call_count == 1 and sleeps == []
+
+
+def test_a_cancel_of_a_finished_batch_is_not_retried(hook, requests_mock, sleeps):
+    requests_mock.post(f"{BASE}/batches/b/cancel", status_code=409, json={"error": {"message": "already ended"}})
+    with pytest.raises(ConflictError):
+        hook.cancel_batch("b")
     assert requests_mock.call_count == 1 and sleeps == []
 
 
