@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
 
 from airflow.sdk import BaseOperatorLink
 
@@ -32,9 +33,17 @@ class OpenAIBatchLink(BaseOperatorLink):
 
 def remember_batch_link(operator: BaseOperator, context: Any, base_url: str, batch_id: str) -> str:
     """Record the batch's URL for :class:`OpenAIBatchLink` now (visible while deferred) and on the operator."""
-    from airflow_provider_openai_batch.outcome import batch_url
-
     url = batch_url(base_url, batch_id)
     operator._openai_batch_url = url  # type: ignore[attr-defined]
     context["ti"].xcom_push(key=OpenAIBatchLink().xcom_key, value=url)
     return url
+
+
+def batch_url(base_url: str, batch_id: str) -> str:
+    """The batch's page for a person: on the OpenAI platform when the base URL is OpenAI's, otherwise
+    ``{scheme}://{host}/batches/{id}`` on the server itself, where the emulator serves one (the ``/v1`` API
+    needs a key that a browser does not send). Other OpenAI-compatible servers may have no such page."""
+    parts = urlsplit(base_url)
+    if parts.hostname == "api.openai.com":
+        return f"https://platform.openai.com/batches/{quote(batch_id)}"
+    return f"{parts.scheme}://{parts.netloc}/batches/{quote(batch_id)}"

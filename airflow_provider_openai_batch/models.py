@@ -2,7 +2,9 @@
 
 The live API adds fields and statuses over time and sends ``null`` for unset optional fields, so every model
 accepts unknown fields (kept, reachable as attributes and in :attr:`ApiModel.raw`), every optional field
-accepts ``null``, and ``status`` is a plain string compared against :class:`BatchStatus`.
+accepts ``null``, and ``status`` is a plain string compared against
+:class:`~airflow_provider_openai_batch.statuses.BatchStatus`. A batch without ``status`` is refused as
+malformed: guessing one would wait out a deadline on a batch whose state nobody knows.
 
 Every object a hook call returns also carries :attr:`ApiModel.http`: the HTTP status code, the response
 headers and the ``x-request-id`` of the response it came from (the seed client's ``*_with_http_info``).
@@ -13,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from airflow_provider_openai_batch import statuses
+from airflow_provider_openai_batch.statuses import BatchStatus as BatchStatus  # re-exported: users import it here
+from airflow_provider_openai_batch.statuses import is_terminal
 
 
 @dataclass(frozen=True)
@@ -38,23 +40,6 @@ class HttpInfo:
         """Return a response header by case-insensitive name."""
         lowered = name.lower()
         return next((v for k, v in self.headers.items() if k.lower() == lowered), None)
-
-
-class BatchStatus(str, Enum):
-    """The documented batch statuses. ``Batch.status`` stays a ``str`` so a new status never breaks parsing."""
-
-    VALIDATING = "validating"
-    FAILED = "failed"
-    IN_PROGRESS = "in_progress"
-    FINALIZING = "finalizing"
-    COMPLETED = "completed"
-    EXPIRED = "expired"
-    CANCELLING = "cancelling"
-    CANCELLED = "cancelled"
-
-
-#: Which statuses end a batch: defined once, in :mod:`airflow_provider_openai_batch.statuses`.
-TERMINAL_STATUSES: frozenset[str] = statuses.TERMINAL
 
 
 class ApiModel(BaseModel):
@@ -151,7 +136,7 @@ class Batch(ApiModel):
     errors: BatchErrors | None = None
     input_file_id: str | None = None
     completion_window: str | None = None
-    status: str = "validating"
+    status: str  # required: an answer without it is malformed, not a batch still validating
     output_file_id: str | None = None
     error_file_id: str | None = None
     created_at: int | None = None
@@ -175,7 +160,7 @@ class Batch(ApiModel):
     @property
     def is_terminal(self) -> bool:
         """``True`` once the batch can no longer change (completed, failed, expired or cancelled)."""
-        return self.status in TERMINAL_STATUSES
+        return is_terminal(self.status)
 
     @property
     def error_messages(self) -> list[str]:

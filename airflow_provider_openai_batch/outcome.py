@@ -1,12 +1,11 @@
-"""How a finished batch is judged and described, in one place for the sensor, the create operator and the
-trigger's events. Works on the batch as a JSON dict (what XCom and trigger events carry), and imports
-nothing heavy so operator modules stay cheap to import at DAG-parse time.
+"""How a batch is described in a log line and how a finished one is judged, in one place for the sensor, the
+create operator, the hook and the trigger. Works on the batch as a JSON dict (what XCom and trigger events
+carry), and imports nothing heavy so operator modules stay cheap to import at DAG-parse time.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, urlparse
 
 from airflow_provider_openai_batch.statuses import COMPLETED, UNSUCCESSFUL
 
@@ -54,25 +53,3 @@ def judge(batch: dict[str, Any], max_failed_fraction: float) -> None:
             f"{max_failed_fraction:g} allows; see error file {batch.get('error_file_id')}",
             batch,
         )
-
-
-def batch_url(base_url: str, batch_id: str) -> str:
-    """The batch's page for a person: on the OpenAI platform when the base URL is OpenAI's, otherwise
-    ``{scheme}://{host}/batches/{id}`` on the server itself, where the emulator serves one (the ``/v1`` API
-    needs a key that a browser does not send). Other OpenAI-compatible servers may have no such page."""
-    parts = urlparse(base_url)
-    if parts.hostname == "api.openai.com":
-        return f"https://platform.openai.com/batches/{quote(batch_id)}"
-    return f"{parts.scheme}://{parts.netloc}/batches/{quote(batch_id)}"
-
-
-def batch_from_event(event: dict[str, Any]) -> dict[str, Any]:
-    """The final batch from a :class:`BatchTrigger` event; raises when the wait ended in an error or timeout."""
-    from airflow_provider_openai_batch.exceptions import BatchTimeoutError, OpenAIBatchError
-
-    status = event.get("status")
-    if status == "terminal" and event.get("batch"):
-        return dict(event["batch"])
-    if status == "timeout":
-        raise BatchTimeoutError(str(event.get("message")))
-    raise OpenAIBatchError(str(event.get("message") or f"unexpected trigger event {event!r}"))

@@ -231,7 +231,8 @@ class CreateBatchOperator(BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
         """Resume after the trigger: record and judge the final batch."""
-        from airflow_provider_openai_batch.outcome import batch_from_event, describe, judge
+        from airflow_provider_openai_batch.events import batch_from_event
+        from airflow_provider_openai_batch.outcome import describe, judge
 
         batch = batch_from_event(event)
         self.batch_id = batch["id"]
@@ -313,7 +314,8 @@ class CancelBatchOperator(BaseOperator):
         return batch.model_dump(mode="json")
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        from airflow_provider_openai_batch.outcome import batch_from_event, describe
+        from airflow_provider_openai_batch.events import batch_from_event
+        from airflow_provider_openai_batch.outcome import describe
 
         batch = batch_from_event(event)
         self.log.info("OpenAI %s", describe(batch))

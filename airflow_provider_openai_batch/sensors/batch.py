@@ -129,8 +129,9 @@ class BatchSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: judge the final batch exactly as :meth:`poke` does."""
+        from airflow_provider_openai_batch.events import batch_from_event
         from airflow_provider_openai_batch.exceptions import BatchTimeoutError
-        from airflow_provider_openai_batch.outcome import batch_from_event, describe
+        from airflow_provider_openai_batch.outcome import describe
 
         try:
             batch = batch_from_event(event)

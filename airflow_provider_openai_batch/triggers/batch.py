@@ -11,6 +11,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 # Imported here, not inside run(): an import inside the event loop would stall every other trigger.
+from airflow_provider_openai_batch.events import event_payload
 from airflow_provider_openai_batch.exceptions import OpenAIBatchError
 from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient
 from airflow_provider_openai_batch.outcome import describe
@@ -139,11 +140,5 @@ class BatchTrigger(BaseTrigger):
         return batch
 
     def _event(self, status: str, batch: Any, message: str) -> TriggerEvent:
-        return TriggerEvent(
-            {
-                "status": status,
-                "batch_id": self.batch_id,
-                "batch": batch.model_dump(mode="json") if batch is not None else None,
-                "message": message,
-            }
-        )
+        as_json = batch.model_dump(mode="json") if batch is not None else None
+        return TriggerEvent(event_payload(status, self.batch_id, as_json, message))

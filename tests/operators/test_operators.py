@@ -9,13 +9,12 @@ import requests
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_openai_batch.exceptions import BatchNotSuccessfulError, BatchValidationError
-from airflow_provider_openai_batch.links import OpenAIBatchLink
+from airflow_provider_openai_batch.links import OpenAIBatchLink, batch_url
 from airflow_provider_openai_batch.operators.batch import (
     CancelBatchOperator,
     CreateBatchOperator,
     write_requests_jsonl,
 )
-from airflow_provider_openai_batch.outcome import batch_url
 from airflow_provider_openai_batch.sensors.batch import BatchSensor
 from tests.helpers import ENDPOINT, ctx, prompts, run
 
