@@ -205,4 +205,3 @@ def _retries(value: Any, conn_id: str) -> int:
             f"{MAX_RETRIES_LIMIT}; got {value!r}"
         )
     return int(number)
-

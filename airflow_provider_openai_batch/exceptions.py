@@ -26,7 +26,6 @@ class APIError(OpenAIBatchError):
     :param body: The decoded JSON body, when there was one.
     """
 
-
     def __init__(
         self,
         message: str,
