@@ -194,7 +194,7 @@ class ApiCall(Generic[T]):
         """Turn a response into the call's model, or raise the mapped :class:`APIError`."""
         http = http_info(status_code, headers)
         if status_code >= 400:
-            raise error_from_response(status_code, headers, body)
+            raise error_from_response(status_code, headers, body, f"{self.method} {self.path}")
         if self.model is None:
             raise TypeError(f"{self.method} {self.path} has no JSON model; read its content as a stream")
         try:
@@ -340,8 +340,14 @@ def _error_class(status_code: int) -> type[APIError]:
     return APIError
 
 
-def error_from_response(status_code: int, headers: Mapping[str, str], body: bytes) -> APIError:
-    """Map an HTTP error answer to the exception hierarchy, whatever its body looks like."""
+def error_from_response(
+    status_code: int, headers: Mapping[str, str], body: bytes, where: str | None = None
+) -> APIError:
+    """Map an HTTP error answer to the exception hierarchy, whatever its body looks like.
+
+    :param where: The call, e.g. ``GET /batches/batch_1``, named in messages built from a body that is not the
+        API's error shape (a proxy's page, a server that does not serve the Batch API at this base URL).
+    """
     info = http_info(status_code, headers)
     cls = _error_class(status_code)
     retry_after = parse_retry_after(info.headers)
@@ -363,8 +369,14 @@ def error_from_response(status_code: int, headers: Mapping[str, str], body: byte
             retry_after=retry_after,
             body=payload,
         )
+    message = f"The server answered with {_summarize_body(body, info.headers)}"
+    if status_code == 404:  # not the API's "no such batch": the base URL points at something else
+        message = (
+            f"{where or 'The request'} is not served at this base URL ({message[0].lower()}{message[1:]}): check "
+            "the connection's Base URL; it should end in /v1, e.g. https://api.openai.com/v1"
+        )
     return cls(
-        f"The server answered with {_summarize_body(body, info.headers)}",
+        message,
         status_code=status_code,
         request_id=info.request_id,
         retry_after=retry_after,

@@ -103,11 +103,14 @@ class APIConnectionError(OpenAIBatchError):
     :param message: What went wrong, without any header or credential.
     :param maybe_processed: ``True`` when the request may have reached the server (the connection broke
         after it was sent), so a non-idempotent call must not be blindly repeated.
+    :param transient: ``False`` when repeating cannot help (a URL or header value the HTTP stack refuses to
+        send): the call fails at once instead of being retried.
     """
 
-    def __init__(self, message: str, *, maybe_processed: bool = True) -> None:
+    def __init__(self, message: str, *, maybe_processed: bool = True, transient: bool = True) -> None:
         super().__init__(message)
         self.maybe_processed = maybe_processed
+        self.transient = transient
 
 
 class APITimeoutError(APIConnectionError):

@@ -37,7 +37,7 @@ def is_retryable(exc: BaseException, *, idempotent: bool = True, retry_conflict:
     if isinstance(exc, APIError):
         transient = exc.status_code in RETRYABLE_STATUS and (retry_conflict or exc.status_code != 409)
     elif isinstance(exc, APIConnectionError):
-        transient = True
+        transient = exc.transient
     else:
         return False
     return transient and (idempotent or not getattr(exc, "maybe_processed", True))

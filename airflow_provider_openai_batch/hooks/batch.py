@@ -6,17 +6,11 @@ All request building, validation, parsing, error mapping and retry policy lives 
 
 from __future__ import annotations
 
-import io
-import os
-import secrets
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from functools import cached_property
-from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import requests
 import tenacity
@@ -30,6 +24,16 @@ from airflow_provider_openai_batch.exceptions import (
     OpenAIBatchError,
     ResultsParseError,
 )
+from airflow_provider_openai_batch.hooks.transfer import (
+    MultipartBody,
+    checked_chunks,
+    iter_lines,
+    reopenable,
+    seekable,
+    tagged_name,
+    upload_source,
+    write_destination,
+)
 from airflow_provider_openai_batch.models import (
     ApiModel,
     Batch,
@@ -42,16 +46,18 @@ from airflow_provider_openai_batch.models import (
     ResultRecord,
 )
 from airflow_provider_openai_batch.retries import policy_for, retry_policy
+from airflow_provider_openai_batch.statuses import NOT_REATTACHABLE
 
 T = TypeVar("T", bound=ApiModel)
 
-CHUNK_SIZE = 1024 * 1024
 #: The Files API refuses uploads over 512 MB, and batch input files over 200 MB.
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 MAX_BATCH_INPUT_BYTES = 200 * 1024 * 1024
 #: When an ambiguous create is retried, batches created this long before the first attempt are
 #: still searched for the idempotency key (allows for clock skew between us and the API).
 CREATE_LOOKUP_SLACK_SECONDS = 300
+#: How often a late duplicate is looked for after an ambiguous create.
+RECONCILE_POLL_SECONDS = 2.0
 
 
 class OpenAIBatchHook(BaseHook):
@@ -70,6 +76,11 @@ class OpenAIBatchHook(BaseHook):
     :param conn_id: The Airflow connection id.
     :param timeout: Overrides the connection's request timeout (seconds).
     :param max_retries: Overrides the connection's number of retries of transient failures.
+    :param reconcile_seconds: How long to watch for a late duplicate after an ambiguous create (see
+        :meth:`create_batch`); default twice the request timeout, 10 s to 180 s.
+
+    Use it as a context manager (``with OpenAIBatchHook() as hook:``), or call :meth:`close`, to release
+    its pooled HTTP connections.
     """
 
     conn_name_attr = "conn_id"
@@ -83,11 +94,27 @@ class OpenAIBatchHook(BaseHook):
         *,
         timeout: float | None = None,
         max_retries: int | None = None,
+        reconcile_seconds: float | None = None,
     ) -> None:
         super().__init__()
         self.conn_id = conn_id
         self._timeout_override = timeout
         self._max_retries_override = max_retries
+        self._reconcile_override = reconcile_seconds
+
+    def __enter__(self) -> OpenAIBatchHook:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def reconcile_seconds(self) -> float:
+        """How long to watch for a late duplicate after an ambiguous create: twice the request timeout (a
+        buffering gateway forwards a timed-out request within about that), from 10 s to 180 s."""
+        if self._reconcile_override is not None:
+            return float(self._reconcile_override)
+        return min(max(2 * self.settings.timeout, 10.0), 180.0)
 
     # ------------------------------------------------------------------------------------- connection
 
@@ -159,7 +186,9 @@ class OpenAIBatchHook(BaseHook):
         (429, refused connection); an ambiguous failure (timeout, reset, 5xx) is raised. With
         ``idempotency_key`` the key is stored in the batch metadata, and before each retry of an ambiguous
         failure the hook looks for a recent batch carrying the key and returns it instead of creating a
-        second one.
+        second one. Because a timed-out create can still be carried out late (a gateway that forwards it after
+        we hung up), a create that needed such a retry then watches for ``reconcile_seconds`` for a twin
+        carrying the key and cancels it while it is still validating, when cancelling costs nothing.
 
         :param input_file_id: Id of a file uploaded with purpose ``batch``.
         :param endpoint: One of :data:`api.ENDPOINTS`; every line of the file must use the same url.
@@ -177,38 +206,105 @@ class OpenAIBatchHook(BaseHook):
 
     def _create_idempotently(self, call: api.ApiCall[Batch], key: str) -> Batch:
         started = time.time()
-        attempts = 0
+        since = started - CREATE_LOOKUP_SLACK_SECONDS
+        ambiguous = False
 
         def attempt() -> Batch:
-            nonlocal attempts
-            attempts += 1
-            if attempts > 1:
-                existing = self.find_batch_by_idempotency_key(key, created_after=started - CREATE_LOOKUP_SLACK_SECONDS)
-                if existing is not None:
-                    self.log.info("Found batch %s from an earlier attempt; not creating another", existing.id)
-                    return existing
-            return self._send(call)
+            nonlocal ambiguous
+            if ambiguous:
+                # One pass over the batches created since the first attempt, without retries of its own: a
+                # failed look-up fails this attempt and the policy below decides on another, so one create
+                # makes at most (max_retries + 1) look-ups, not (max_retries + 1) squared.
+                found = self._batches_with_key(key, created_after=since, retry=False)
+                usable = [b for b in found if b.status not in NOT_REATTACHABLE]
+                if usable:
+                    self.log.info("Found batch %s from an earlier attempt; not creating another", usable[0].id)
+                    return usable[0]
+            try:
+                return self._send(call)
+            except OpenAIBatchError as err:
+                ambiguous = ambiguous or bool(getattr(err, "maybe_processed", False))
+                raise
 
         # Every retryable failure may be retried here: the look-up above makes a repeat safe.
-        retrying = tenacity.Retrying(**retry_policy(self.settings.max_retries, idempotent=True))
-        return retrying(attempt)
+        batch: Batch = tenacity.Retrying(**retry_policy(self.settings.max_retries, idempotent=True))(attempt)
+        if ambiguous:
+            self._cancel_duplicates(key, batch, since)
+        return batch
+
+    def _cancel_duplicates(self, key: str, keep: Batch, since: float) -> None:
+        """After an ambiguous create, watch for a late twin and cancel it.
+
+        A gateway that buffers requests can forward a create whose client already timed out, so a batch with
+        our key may appear after the look-up that preceded our successful POST. For ``reconcile_seconds``
+        every batch carrying the key other than ``keep`` is cancelled; cancelled while ``validating``, it is
+        never billed. A twin processed later than that is not caught (docs/reliability.md).
+        """
+        # Counted in polls, not read off a clock: a slow machine then only makes this slower, never shorter.
+        polls = 1 + int(self.reconcile_seconds // RECONCILE_POLL_SECONDS)
+        handled: set[str] = {keep.id}
+        for poll in range(polls):
+            if poll:
+                time.sleep(RECONCILE_POLL_SECONDS)
+            try:
+                twins = [b for b in self._batches_with_key(key, created_after=since) if b.id not in handled]
+            except OpenAIBatchError as err:
+                self.log.warning("Could not check for a duplicate of batch %s: %s", keep.id, err)
+                return
+            for twin in twins:
+                handled.add(twin.id)
+                if twin.status in NOT_REATTACHABLE:
+                    continue
+                self.log.warning(
+                    "Batch %s carries the same idempotency key as batch %s: a create that timed out was carried "
+                    "out late. Cancelling it so it is not billed (status %s).",
+                    twin.id,
+                    keep.id,
+                    twin.status,
+                )
+                try:
+                    self.cancel_batch(twin.id)
+                except OpenAIBatchError as err:
+                    self.log.warning("Could not cancel the duplicate batch %s: %s", twin.id, err)
 
     def find_batch_by_idempotency_key(
-        self, idempotency_key: str, *, created_after: float | None = None, max_pages: int = 20
+        self, idempotency_key: str, *, created_after: float | None = None, max_pages: int | None = None
     ) -> Batch | None:
         """Return the newest batch whose metadata carries ``idempotency_key``, or ``None``.
 
-        Pages through the batch list (newest first) until a batch older than ``created_after`` (a Unix
-        time) or ``max_pages`` pages of 100.
+        Pages through the batch list (newest first, 100 a page) until it reaches a batch created before
+        ``created_after`` (a Unix time), so the look-up is complete for that window and costs one list call per
+        100 batches created since. Without ``created_after`` it stops after ``max_pages`` pages (default 20).
+
+        :param idempotency_key: The key stored under ``airflow_idempotency_key`` in the batch metadata.
+        :param created_after: Only batches created at or after this Unix time are searched.
+        :param max_pages: At most this many pages; ``None`` means no limit when ``created_after`` is given.
         """
-        for index, batch in enumerate(self.iter_batches(limit=100)):
-            if (batch.metadata or {}).get(api.IDEMPOTENCY_METADATA_KEY) == idempotency_key:
-                return batch
-            if created_after is not None and batch.created_at is not None and batch.created_at < created_after:
-                return None
-            if index + 1 >= max_pages * 100:
-                return None
-        return None
+        if created_after is None and max_pages is None:
+            max_pages = 20
+        found = self._batches_with_key(idempotency_key, created_after=created_after, max_pages=max_pages)
+        return found[0] if found else None
+
+    def _batches_with_key(
+        self, key: str, *, created_after: float | None, max_pages: int | None = None, retry: bool = True
+    ) -> list[Batch]:
+        """Batches carrying ``key``, newest first, among those created since ``created_after``."""
+        found: list[Batch] = []
+        cursor: str | None = None
+        pages = 0
+        while max_pages is None or pages < max_pages:
+            call = api.list_batches(after=cursor, limit=100)
+            page = self._request(call) if retry else self._send(call)
+            pages += 1
+            for batch in page.data:
+                if created_after is not None and batch.created_at is not None and batch.created_at < created_after:
+                    return found
+                if (batch.metadata or {}).get(api.IDEMPOTENCY_METADATA_KEY) == key:
+                    found.append(batch)
+            if not page.has_more or not page.data:
+                break
+            cursor = page.last_id or page.data[-1].id
+        return found
 
     def retrieve_batch(self, batch_id: str) -> Batch:
         """Get a batch by id.
@@ -288,7 +384,7 @@ class OpenAIBatchHook(BaseHook):
             and then a retry may leave a duplicate behind.
         """
         call = api.upload_file(purpose)
-        opener, name, size = _upload_source(source)
+        opener, name, size = upload_source(source)
         limit = MAX_BATCH_INPUT_BYTES if purpose == "batch" else MAX_UPLOAD_BYTES
         if size is not None and size > limit:
             raise ValueError(
@@ -297,7 +393,7 @@ class OpenAIBatchHook(BaseHook):
             )
         form = {"purpose": purpose}
         recognisable = filename is None
-        filename = filename or _tagged(name)
+        filename = filename or tagged_name(name)
         attempts = 0
 
         def attempt() -> FileObject:
@@ -309,10 +405,10 @@ class OpenAIBatchHook(BaseHook):
                     self.log.info("Found file %s from an earlier attempt; not uploading again", earlier.id)
                     return earlier
             with opener() as stream:
-                body = _MultipartBody(form, "file", filename, stream)
+                body = MultipartBody(form, "file", filename, stream)
                 return self._send(call, data=body, headers={"Content-Type": body.content_type})
 
-        policy = retry_policy(self.settings.max_retries if _reopenable(source) else 0)
+        policy = retry_policy(self.settings.max_retries if reopenable(source) else 0)
         uploaded: FileObject = tenacity.Retrying(**policy)(attempt)
         self.log.info("Uploaded %s as file %s (%s bytes, purpose %s)", filename, uploaded.id, uploaded.bytes, purpose)
         return uploaded
@@ -344,22 +440,29 @@ class OpenAIBatchHook(BaseHook):
         """Stream a file's content to ``destination`` in 1 MiB chunks; memory does not grow with its size.
 
         A local destination is written to a temporary file beside it and renamed into place only once the
-        whole content arrived, so a failed or truncated download never leaves a partial file behind.
+        whole content arrived, so a failed or truncated download never leaves a partial file behind. A file
+        object is written from its current position, so bytes already written to it stay; a transient failure
+        is retried only when the handle can seek back to that position.
 
         :param file_id: The file to download (e.g. ``batch.output_file_id``).
         :param destination: A local path, an ``ObjectStoragePath``, or a writable binary file object.
         """
         call = api.file_content(file_id)
+        # A file object is written from where its handle stands; a retry rewinds to there, never further.
+        start = destination.tell() if hasattr(destination, "write") and seekable(destination) else None
 
         def attempt() -> DownloadedFile:
+            if start is not None:
+                destination.seek(start)
+                destination.truncate()
             with self._stream(call) as response:
                 http = api.http_info(response.status_code, response.headers)
-                written = _write_destination(destination, _checked_chunks(response, file_id))
+                written = write_destination(destination, checked_chunks(response, file_id))
             result = DownloadedFile(file_id=file_id, destination=str(destination), bytes=written)
             result.with_http(http)
             return result
 
-        retry_all = not hasattr(destination, "write") or _seekable(destination)
+        retry_all = not hasattr(destination, "write") or seekable(destination)
         policy = retry_policy(self.settings.max_retries if retry_all else 0)
         downloaded: DownloadedFile = tenacity.Retrying(**policy)(attempt)
         self.log.info("Downloaded file %s (%d bytes) to %s", file_id, downloaded.bytes, destination)
@@ -377,7 +480,7 @@ class OpenAIBatchHook(BaseHook):
         retrying = tenacity.Retrying(**retry_policy(self.settings.max_retries))
         for attempt in retrying:
             with attempt, self._stream(call) as response:
-                for number, line in enumerate(_iter_lines(_checked_chunks(response, file_id)), start=1):
+                for number, line in enumerate(iter_lines(checked_chunks(response, file_id)), start=1):
                     if number <= done:
                         continue
                     done = number
@@ -420,7 +523,9 @@ class OpenAIBatchHook(BaseHook):
         response = self._http(call, stream=True)
         try:
             if response.status_code >= 400:
-                raise api.error_from_response(response.status_code, response.headers, response.content)
+                raise api.error_from_response(
+                    response.status_code, response.headers, response.content, f"{call.method} {call.path}"
+                )
             yield response
         finally:
             response.close()
@@ -454,6 +559,26 @@ class OpenAIBatchHook(BaseHook):
             raise APIConnectionError(
                 f"{call.method} {call.path}: the answer from {settings.base_url} broke off ({type(err).__name__})"
             ) from None
+        except (requests.exceptions.RequestException, ValueError, UnicodeError) as err:
+            # Anything else the HTTP stack raises (a URL or header value it cannot send, too many redirects) may
+            # quote a header or URL in its message: only its type is kept, never its text.
+            before_sending = isinstance(
+                err,
+                (
+                    requests.exceptions.InvalidURL,
+                    requests.exceptions.InvalidHeader,
+                    requests.exceptions.MissingSchema,
+                    requests.exceptions.InvalidSchema,
+                    ValueError,
+                    UnicodeError,
+                ),
+            )
+            raise APIConnectionError(
+                f"{call.method} {call.path}: the request to {settings.base_url} could not be sent "
+                f"({type(err).__name__}); check the connection's base URL and header fields",
+                maybe_processed=not before_sending,
+                transient=not before_sending,
+            ) from None
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -478,50 +603,6 @@ def _connection_error(
     )
 
 
-def _checked_chunks(response: requests.Response, file_id: str) -> Iterator[bytes]:
-    """Yield the body in chunks, raising when fewer bytes arrive than ``Content-Length`` promised."""
-    expected = response.headers.get("Content-Length")
-    received = 0
-    try:
-        for chunk in response.iter_content(CHUNK_SIZE):
-            received += len(chunk)
-            yield chunk
-    except (
-        requests.exceptions.ChunkedEncodingError,
-        requests.exceptions.ConnectionError,
-        requests.exceptions.ContentDecodingError,
-    ) as err:
-        raise APIConnectionError(
-            f"download of file {file_id} broke after {received} bytes ({type(err).__name__})"
-        ) from None
-    # Content-Length counts bytes on the wire, which differ from the decoded ones when a server or proxy
-    # compresses the answer: compare like with like.
-    wire = _wire_bytes(response)
-    arrived = wire if wire is not None else received
-    if expected is not None and expected.isdigit() and arrived != int(expected):
-        raise APIConnectionError(f"download of file {file_id} was truncated: {arrived} of {expected} bytes")
-
-
-def _wire_bytes(response: requests.Response) -> int | None:
-    """Bytes read from the connection (before any decompression), when the transport tells."""
-    tell = getattr(response.raw, "tell", None)
-    try:
-        value = tell() if callable(tell) else None
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, int) else None
-
-
-def _iter_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    pending = b""
-    for chunk in chunks:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        yield from (line for line in lines if line.strip())
-    if pending.strip():
-        yield pending
-
-
 def _parse_record(line: bytes, file_id: str, number: int, source: str | None) -> ResultRecord:
     try:
         record = ResultRecord.model_validate_json(line)
@@ -533,156 +614,6 @@ def _parse_record(line: bytes, file_id: str, number: int, source: str | None) ->
         ) from None
     record.source = source
     return record
-
-
-def _upload_source(source: Any) -> tuple[Any, str, int | None]:
-    """Return (opener, filename, size) for an upload source; the opener yields a binary stream."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        return (lambda: io.BytesIO(data)), "batch_input.jsonl", len(data)
-    if hasattr(source, "fs"):  # ObjectStoragePath
-        size = None
-        try:
-            size = int(source.stat().st_size)
-        except Exception:  # a remote store may not report a size cheaply; the API still enforces it
-            size = None
-        return (lambda: source.open("rb")), str(source.name), size
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"source {str(path)!r} is not a readable file: pass an existing path")
-        return (lambda: open(path, "rb")), path.name, path.stat().st_size
-    if hasattr(source, "read"):
-        start = source.tell() if _seekable(source) else None
-
-        @contextmanager
-        def reuse() -> Iterator[IO[bytes]]:
-            if start is not None:
-                source.seek(start)
-            yield source
-
-        name = os.path.basename(str(getattr(source, "name", "") or "")) or "batch_input.jsonl"
-        return reuse, name, None
-    raise ValueError(
-        f"source must be a path, an ObjectStoragePath, bytes or a binary file object; got {type(source).__name__}"
-    )
-
-
-def _tagged(name: str) -> str:
-    stem, suffix = os.path.splitext(name)
-    return f"{stem}-{secrets.token_hex(4)}{suffix}"
-
-
-def _seekable(obj: Any) -> bool:
-    try:
-        return bool(obj.seekable())
-    except Exception:
-        return False
-
-
-def _reopenable(source: Any) -> bool:
-    return not hasattr(source, "read") or _seekable(source)
-
-
-def _write_destination(destination: Any, chunks: Iterator[bytes]) -> int:
-    written = 0
-    if hasattr(destination, "write"):
-        if _seekable(destination):
-            destination.seek(0)
-            destination.truncate()
-        for chunk in chunks:
-            destination.write(chunk)
-            written += len(chunk)
-        return written
-    if isinstance(destination, (str, os.PathLike)) and not hasattr(destination, "fs"):
-        target = Path(destination)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as tmp:
-                for chunk in chunks:
-                    tmp.write(chunk)
-                    written += len(chunk)
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        return written
-    # ObjectStoragePath: write to a sibling, then move, so readers never see a half-written object.
-    partial = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.part")
-    try:
-        with partial.open("wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-                written += len(chunk)
-        partial.rename(destination)
-    except BaseException:
-        with suppress(Exception):
-            partial.unlink()
-        raise
-    return written
-
-
-class _MultipartBody:
-    """A ``multipart/form-data`` body read lazily from the file stream, with a known length.
-
-    ``requests`` alone would build the whole body in memory; this lets the HTTP client stream it in
-    blocks while still sending ``Content-Length`` (``requests`` reads ``__len__`` and ``tell``).
-    """
-
-    def __init__(self, fields: Mapping[str, str], file_field: str, filename: str, stream: IO[bytes]) -> None:
-        boundary = uuid.uuid4().hex
-        self.content_type = f"multipart/form-data; boundary={boundary}"
-        safe_name = filename.replace('"', "%22").replace("\r", " ").replace("\n", " ")
-        head = b"".join(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-            for k, v in fields.items()
-        )
-        head += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{safe_name}"\r\n'
-            "Content-Type: application/jsonl\r\n\r\n"
-        ).encode()
-        tail = f"\r\n--{boundary}--\r\n".encode()
-        self._length = len(head) + _remaining(stream) + len(tail)
-        self._parts: list[IO[bytes]] = [io.BytesIO(head), stream, io.BytesIO(tail)]
-        self._position = 0
-
-    def __len__(self) -> int:
-        return self._length
-
-    def tell(self) -> int:
-        return self._position
-
-    def read(self, size: int | None = -1) -> bytes:
-        want = self._length if size is None or size < 0 else size
-        out = bytearray()
-        while self._parts and len(out) < want:
-            chunk = self._parts[0].read(min(want - len(out), CHUNK_SIZE))
-            if chunk:
-                out += chunk
-            else:
-                self._parts.pop(0)
-        self._position += len(out)
-        return bytes(out)
-
-    def __iter__(self) -> Iterator[bytes]:
-        while chunk := self.read(CHUNK_SIZE):
-            yield chunk
-
-
-def _remaining(stream: IO[bytes]) -> int:
-    if _seekable(stream):
-        here = stream.tell()
-        end = stream.seek(0, io.SEEK_END)
-        stream.seek(here)
-        return end - here
-    try:
-        return os.fstat(stream.fileno()).st_size - stream.tell()
-    except (OSError, AttributeError, io.UnsupportedOperation):
-        raise ValueError(
-            "source file object is neither seekable nor a real file, so its size is unknown: "
-            "pass a path or bytes instead"
-        ) from None
 
 
 __all__ = ["HttpInfo", "OpenAIBatchHook"]

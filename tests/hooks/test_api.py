@@ -122,6 +122,23 @@ def test_html_error_body_still_gives_a_clear_error():
     assert "empty body" in str(empty)
 
 
+def test_a_404_page_that_is_not_the_apis_names_the_base_url_as_the_fix():
+    """A base URL missing /v1 (or pointing at a web site) answers 404 with a page or another JSON shape; the
+    message must say which call was not served and what to fix, not only quote an HTML body."""
+    page = b"<html><body><h1>404 Not Found</h1></body></html>"
+    call = api.retrieve_batch("batch_1")
+    for body, kind in ((page, "text/html"), (b'{"detail": "Not Found"}', "application/json")):
+        with pytest.raises(NotFoundError) as err:
+            call.parse(404, {"Content-Type": kind}, body)
+        assert "GET /batches/batch_1 is not served at this base URL" in str(err.value)
+        assert "check the connection's Base URL; it should end in /v1" in str(err.value)
+    # The API's own 404 (an unknown batch) keeps the API's message.
+    own = b'{"error": {"message": "No batch found with id batch_1.", "type": "invalid_request_error"}}'
+    with pytest.raises(NotFoundError, match="No batch found") as err:
+        call.parse(404, {}, own)
+    assert "Base URL" not in str(err.value)
+
+
 def test_retry_after_seconds_http_date_and_ms():
     assert api.parse_retry_after({"Retry-After": "7"}) == 7.0
     assert api.parse_retry_after({"retry-after-ms": "250"}) == 0.25

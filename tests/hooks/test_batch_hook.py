@@ -201,7 +201,44 @@ def test_ambiguous_create_with_key_retries_when_nothing_was_created(hook, reques
     requests_mock.post(f"{BASE}/batches", [{"status_code": 500, "json": {}}, {"json": batch_json("batch_new")}])
     requests_mock.get(f"{BASE}/batches", json={"data": [], "has_more": False})
     assert hook.create_batch("file-in", "/v1/chat/completions", idempotency_key="k").id == "batch_new"
-    assert [r.method for r in requests_mock.request_history] == ["POST", "GET", "POST"]
+    methods = [r.method for r in requests_mock.request_history]
+    # The POST, one look-up that finds nothing, the second POST; then, since the first POST was ambiguous,
+    # a watch for a late twin: one list call per poll over reconcile_seconds (120 s at the 60 s timeout).
+    assert methods[:3] == ["POST", "GET", "POST"] and set(methods[3:]) == {"GET"}
+    assert len(methods[3:]) == 1 + int(hook.reconcile_seconds // 2.0) == 61
+    assert sleeps[1:] == [2.0] * 60  # after the one back-off, the polls' pauses
+
+
+def test_a_late_twin_of_an_ambiguous_create_is_cancelled(hook, requests_mock, sleeps, capfd):
+    """A gateway forwards the create whose client timed out after the retry's look-up ran: two batches carry
+    the key. The retry keeps its own and cancels the twin while it is still validating (so it costs nothing)."""
+    ours = batch_json("batch_ours", created_at=4_000_000_001, metadata={"airflow_idempotency_key": "k"})
+    twin = batch_json("batch_twin", created_at=4_000_000_002, metadata={"airflow_idempotency_key": "k"})
+    requests_mock.post(f"{BASE}/batches", [{"exc": requests.exceptions.ReadTimeout}, {"json": ours}])
+    requests_mock.get(
+        f"{BASE}/batches",
+        [
+            {"json": {"data": [], "has_more": False}},  # the retry's look-up: the late create has not landed
+            {"json": {"data": [ours], "has_more": False}},  # the first watch: only ours
+            {"json": {"data": [twin, ours], "has_more": False}},  # the late create landed
+        ],
+    )
+    cancel = requests_mock.post(f"{BASE}/batches/batch_twin/cancel", json={**twin, "status": "cancelling"})
+    hook = OpenAIBatchHook(reconcile_seconds=4)
+    assert hook.create_batch("file-in", "/v1/chat/completions", idempotency_key="k").id == "batch_ours"
+    assert cancel.call_count == 1
+    assert "batch_twin carries the same idempotency key as batch batch_ours" in "".join(capfd.readouterr())
+    assert len([r for r in requests_mock.request_history if r.method == "GET"]) == 4  # look-up + 3 watches
+
+
+def test_a_look_up_fails_the_attempt_instead_of_retrying_inside_it(hook, requests_mock, sleeps):
+    """Look-ups run inside the create's retries without retries of their own: at most max_retries + 1 list
+    calls for one create, not (max_retries + 1) squared."""
+    requests_mock.post(f"{BASE}/batches", status_code=503, json={})
+    lists = requests_mock.get(f"{BASE}/batches", status_code=503, json={})
+    with pytest.raises(ServerError):
+        OpenAIBatchHook(max_retries=3).create_batch("file-in", "/v1/chat/completions", idempotency_key="k")
+    assert lists.call_count <= 3
 
 
 def file_json(file_id: str, filename: str) -> dict:
@@ -398,3 +435,32 @@ def test_the_key_never_appears_in_errors_or_logs(hook, requests_mock, caplog, sl
         repr(hook.settings),
     ]
     assert not [t for t in texts if KEY in t]
+
+
+def test_download_into_a_file_object_keeps_what_it_already_holds(hook, requests_mock, sleeps):
+    """Bytes the caller wrote before (a header, an earlier download) stay; a retry rewinds only to there."""
+    requests_mock.get(
+        f"{BASE}/files/file-o/content",
+        [
+            {"content": b"partial", "headers": {"Content-Length": "100"}},  # cut short: retried
+            {"content": b"second\n"},
+        ],
+    )
+    requests_mock.get(f"{BASE}/files/file-p/content", content=b"first\n")
+    buffer = io.BytesIO()
+    buffer.write(b"# header\n")
+    hook.download_file("file-p", buffer)
+    hook.download_file("file-o", buffer)
+    assert buffer.getvalue() == b"# header\nfirst\nsecond\n"
+
+
+def test_a_header_the_http_stack_refuses_is_wrapped_without_quoting_it(hook, requests_mock, sleeps):
+    """requests' InvalidHeader quotes the header value, i.e. the key: only our own message may escape."""
+    from dataclasses import replace
+
+    secret = "sk-test-never-shown-77"
+    hook.settings = replace(hook.settings, api_key=secret + "\nX-Evil: 1")
+    with pytest.raises(APIConnectionError, match="could not be sent") as err:
+        hook.retrieve_batch("batch_1")
+    assert secret not in str(err.value) and err.value.__cause__ is None and err.value.maybe_processed is False
+    assert sleeps == []  # repeating cannot make the header sendable: no retries
