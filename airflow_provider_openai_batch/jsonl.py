@@ -1,8 +1,6 @@
-"""The Batch API's rules for a JSONL input file, as a pure function.
-
-Shared by the emulator (which fails a batch at ``validating`` with these problems) and by
-``CreateBatchOperator``'s pre-flight check (which refuses to spend money on a file the API would reject).
-No web framework is imported here.
+"""The Batch API's rules for a JSONL input file, as a pure function: ``CreateBatchOperator``'s pre-flight
+check, which refuses to spend money on a file the API would reject. (The emulator judges files by its own
+reading of the contract, so a drift between this and the real API shows in the tests.)
 """
 
 from __future__ import annotations
@@ -54,7 +52,17 @@ def validate_batch_input_lines(
         if len(problems) >= max_problems:
             break
         size += len(raw)
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as err:
+            problems.append(
+                Problem(
+                    number,
+                    "invalid_encoding",
+                    f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); save the file as UTF-8",
+                )
+            )
+            continue
         if not text.strip():
             continue
         count += 1
@@ -104,8 +112,7 @@ def validate_batch_input_lines(
         if not isinstance(body, dict):
             problems.append(Problem(number, "invalid_body", "body must be a JSON object", "body"))
         elif endpoint == "/v1/embeddings":
-            inputs = body.get("input")
-            embedding_inputs += len(inputs) if isinstance(inputs, list) else 1
+            embedding_inputs += count_embedding_inputs(body.get("input"))
     if embedding_inputs > MAX_EMBEDDING_INPUTS:
         problems.append(
             Problem(
@@ -119,6 +126,14 @@ def validate_batch_input_lines(
     if count == 0 and not problems:
         problems.append(Problem(None, "empty_file", "the file contains no requests"))
     return problems
+
+
+def count_embedding_inputs(value: object) -> int:
+    """How many inputs one embeddings request carries, as the API counts them: a string or one token array
+    (a list of ints) is one input; a list of strings or of token arrays is one input per element."""
+    if isinstance(value, list) and value and not all(isinstance(item, int) for item in value):
+        return len(value)
+    return 1
 
 
 def too_large(size: int) -> list[Problem]:

@@ -27,8 +27,31 @@ class FakeTI:
         self.xcom[key] = value
 
 
-def ctx(**kwargs: Any) -> dict[str, Any]:
-    return {"ti": FakeTI(**kwargs)}
+class FakeStateStore:
+    """The task state store of Airflow 3.3 (``context["task_state_store"]``): per task instance, kept across
+    its tries. Pass the same one to the contexts of several tries; ``fail=True`` makes every call raise."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.values: dict[str, Any] = {}
+        self.fail = fail
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if self.fail:
+            raise RuntimeError("state store unavailable")
+        return json.loads(json.dumps(self.values.get(key, default)))
+
+    def set(self, key: str, value: Any, **_: Any) -> None:
+        if self.fail:
+            raise RuntimeError("state store unavailable")
+        self.values[key] = json.loads(json.dumps(value))  # JSON in, JSON out, as the real store
+
+
+def ctx(state: FakeStateStore | None = None, **kwargs: Any) -> dict[str, Any]:
+    """A context with a fake task instance; with ``state``, also a task state store (Airflow 3.3+)."""
+    context: dict[str, Any] = {"ti": FakeTI(**kwargs)}
+    if state is not None:
+        context["task_state_store"] = state
+    return context
 
 
 def prompts(n: int = 3, fail: int | None = None) -> list[dict]:

@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator, conf
 
@@ -43,20 +43,32 @@ class CreateBatchOperator(BaseOperator):
     - ``input_file_id``: a file already uploaded with purpose ``batch``.
 
     Before anything is uploaded or billed, the input (``requests`` or ``input_file``) is checked against the
-    Batch API's rules (unique ``custom_id``, method ``POST``, ``url`` equal to ``endpoint``, an object
+    Batch API's rules (UTF-8, unique ``custom_id``, method ``POST``, ``url`` equal to ``endpoint``, an object
     ``body``, at most 50,000 lines and 200 MB); a
     :class:`~airflow_provider_openai_batch.exceptions.BatchValidationError` names every offending line.
 
     **Retries never bill twice.** The batch's metadata carries an idempotency key derived from the dag id,
-    task id, run id and map index. When the create POST fails ambiguously the hook finds the batch by that
-    key instead of creating another; and a retried try (including one after a worker died right after the
-    POST) re-attaches to the batch the earlier try created, unless that batch ended ``failed``, ``expired``
-    or ``cancelled`` (then a new batch is created, which is the point of retrying).
+    task id, run id, map index and a digest of the input, and the task state store records the create (see
+    :mod:`~airflow_provider_openai_batch.operators.reattach`). When the create POST fails ambiguously the
+    hook finds the batch by its key instead of creating another, and cancels a late twin. A retried try (one
+    after a worker died right after the POST too) or a cleared task with the same input re-attaches to the
+    batch created before (``reattach="auto"``), in whatever status it is, completed included: those results
+    are paid for. ``reattach="never"`` makes every try create its own batch.
+
+    **A retry after a batch that ended without its results.** If the earlier batch ``failed`` (refused at
+    validation) or ended with no request completed, nothing was billed and a new batch is created. If it
+    ended ``expired`` or ``cancelled`` after completing some requests, those were billed, and re-submitting
+    the whole input would bill them again: the task fails without retrying and says so, unless
+    ``rebill_completed_requests=True`` (then the whole input is sent again, and the log says how many
+    requests are billed twice).
 
     **Waiting.** With ``wait_for_completion`` the task waits for the batch to end: deferred to the
     triggerer (no worker slot) when ``deferrable``, else polling. The finished batch is judged like
-    :class:`~airflow_provider_openai_batch.sensors.batch.BatchSensor` does (``max_failed_fraction``).
-    ``timeout`` is a wall-clock deadline; the batch keeps running at the API when it passes.
+    :class:`~airflow_provider_openai_batch.sensors.batch.BatchSensor` does (``max_failed_fraction``); a
+    failing verdict is final and fails the task without retries (the batch will not change). ``timeout``
+    counts from the batch's creation, so it holds across retries and triggerer restarts; when it passes the
+    task fails without retries and the batch keeps running at the API. A wait that ended in an outage (the
+    API kept failing) is an ordinary failure: the retry re-attaches and waits again, within the same deadline.
 
     **Kill.** With ``cancel_on_kill`` the batch is cancelled when the task is killed (marked failed or
     cleared by a user, or its worker stopped gracefully); otherwise it keeps running and billing.
@@ -69,15 +81,19 @@ class CreateBatchOperator(BaseOperator):
     :param input_file: A JSONL file (templated).
     :param input_file_id: An uploaded input file id (templated).
     :param completion_window: ``"24h"``.
-    :param metadata: Up to 15 string pairs stored on the batch (one pair is the idempotency key).
+    :param metadata: Up to 15 string pairs stored on the batch (``airflow_idempotency_key`` is reserved).
     :param output_expires_after: Seconds (3600..2592000) after which output files expire.
     :param conn_id: Airflow connection id (type ``openai_batch``).
     :param wait_for_completion: Wait until the batch ends.
     :param deferrable: Wait in the triggerer; defaults to ``[operators] default_deferrable``.
     :param poll_interval: Seconds between status checks while waiting.
-    :param timeout: Seconds to wait at most (``None``: the 24h window plus an hour).
-    :param max_failed_fraction: Largest share of failed requests a completed batch may have (see the sensor).
+    :param timeout: Seconds from the batch's creation to wait at most (``None``: the 24h window plus an hour).
+    :param max_failed_fraction: Largest share of failed requests (0.0..1.0) a completed batch may have.
     :param cancel_on_kill: Cancel the batch when the task is killed.
+    :param reattach: ``"auto"`` (default): re-attach to the batch an earlier try or run created for the same
+        input. ``"never"``: every try creates a new batch (and is billed for it).
+    :param rebill_completed_requests: Allow a retry to re-submit the whole input after an ``expired`` or
+        ``cancelled`` batch whose completed requests were already billed (default ``False``: fail instead).
     """
 
     template_fields: Sequence[str] = (
@@ -110,6 +126,8 @@ class CreateBatchOperator(BaseOperator):
         timeout: float | None = None,
         max_failed_fraction: float = 1.0,
         cancel_on_kill: bool = False,
+        reattach: str = "auto",
+        rebill_completed_requests: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -122,6 +140,11 @@ class CreateBatchOperator(BaseOperator):
             raise ValueError(
                 f"{self.task_id}: give exactly one of requests, input_file or input_file_id; got {given or 'none'}"
             )
+        check_fraction(max_failed_fraction, self.task_id)
+        if reattach not in ("auto", "never"):
+            raise ValueError(f"{self.task_id}: reattach must be 'auto' or 'never'; got {reattach!r}")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"{self.task_id}: timeout must be a positive number of seconds; got {timeout!r}")
         self.endpoint = endpoint
         self.requests = requests
         self.input_file = input_file
@@ -136,43 +159,83 @@ class CreateBatchOperator(BaseOperator):
         self.wait_timeout = timeout
         self.max_failed_fraction = max_failed_fraction
         self.cancel_on_kill = cancel_on_kill
+        self.reattach = reattach
+        self.rebill_completed_requests = rebill_completed_requests
         self.batch_id: str | None = None
 
     def hook(self) -> OpenAIBatchHook:
+        """A new hook for this task's connection; use it as a context manager so its sessions close."""
         from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 
         return OpenAIBatchHook(conn_id=self.conn_id)
 
     def execute(self, context: Context) -> str:
         from airflow_provider_openai_batch import api
+        from airflow_provider_openai_batch.operators.reattach import CreateLedger, idempotency_key
         from airflow_provider_openai_batch.outcome import describe
-        from airflow_provider_openai_batch.statuses import NOT_REATTACHABLE
 
         # Checks that cost nothing come first, so a bad argument never uploads a file.
         api.validate_endpoint(self.endpoint)
         api.validate_completion_window(self.completion_window)
         api.validate_metadata(self.metadata, reserved_keys=(api.IDEMPOTENCY_METADATA_KEY,))
         api.validate_output_expires_after(self.output_expires_after)
-        hook = self.hook()
         ti = context["ti"]
-        with tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
+        with self.hook() as hook, tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
             source, digest = self._prepare_input(tmp)
-            key = idempotency_key(context, digest)
-            batch = None
-            if (ti.try_number or 1) > 1:
-                found = hook.find_batch_by_idempotency_key(key)
-                if found is not None and found.status not in NOT_REATTACHABLE:
-                    self.log.info("Re-attaching to batch %s created by an earlier try (%s)", found.id, found.status)
-                    batch = found
+            ledger = CreateLedger(context, idempotency_key(context, digest, self.reattach), self.log)
+            batch = self._earlier_batch(hook, ledger, ti.try_number or 1) if self.reattach == "auto" else None
             if batch is None:
-                batch = self._create(hook, key, source)
-        self.batch_id = batch.id
-        remember_batch_link(self, context, hook.settings.base_url, batch.id)
-        self.log.info("OpenAI %s", describe(batch.model_dump(mode="json")))
-        ti.xcom_push(key="batch", value=batch.model_dump(mode="json"))
-        if self.wait_for_completion:
-            self._wait(context, hook, batch.id)
+                started = time.time()
+                ledger.creating()
+                batch = self._create(hook, ledger.key, source)
+                ledger.created(batch.id, started)
+            self.batch_id = batch.id
+            remember_batch_link(self, context, hook.settings.base_url, batch.id)
+            self.log.info("OpenAI %s", describe(batch.model_dump(mode="json")))
+            ti.xcom_push(key="batch", value=batch.model_dump(mode="json"))
+            if self.wait_for_completion:
+                self._wait(context, hook, batch)
         return batch.id
+
+    def _earlier_batch(self, hook: OpenAIBatchHook, ledger: Any, try_number: int) -> Any:
+        """The batch to re-attach to, or ``None`` to create one; fails the task rather than bill twice."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from airflow_provider_openai_batch.operators.reattach import find_earlier_batch
+        from airflow_provider_openai_batch.statuses import NOT_REATTACHABLE
+
+        batch = find_earlier_batch(hook, ledger, try_number)
+        if batch is None:
+            return None
+        if batch.status not in NOT_REATTACHABLE:
+            self.log.info("Re-attaching to batch %s created earlier for the same input (%s)", batch.id, batch.status)
+            return batch
+        done, total = batch.request_counts.completed, batch.request_counts.total
+        if batch.status == "failed" or done == 0:
+            self.log.info(
+                "The earlier batch %s ended %s with no request completed, so nothing was billed: creating a new one",
+                batch.id,
+                batch.status,
+            )
+            return None
+        if not self.rebill_completed_requests:
+            raise AirflowFailException(
+                f"The earlier batch {batch.id} for this input ended {batch.status} with {done} of {total} requests "
+                f"completed and billed (results in output file {batch.output_file_id}). Sending the whole input "
+                f"again would bill those {done} requests a second time, so this try stops without creating a batch. "
+                "Set rebill_completed_requests=True to re-submit everything anyway, or send only the unfinished "
+                "requests as a new input."
+            )
+        self.log.warning(
+            "The earlier batch %s ended %s with %d of %d requests completed; re-submitting the whole input as "
+            "rebill_completed_requests=True asks: those %d requests are billed a second time",
+            batch.id,
+            batch.status,
+            done,
+            total,
+            done,
+        )
+        return None
 
     def _prepare_input(self, tmp: str) -> tuple[Any, str]:
         """The file to upload (``None`` for ``input_file_id``), checked, and a digest of its content."""
@@ -208,38 +271,55 @@ class CreateBatchOperator(BaseOperator):
                     self.log.warning("Could not delete the unused input file %s: %s", uploaded.id, cleanup)
             raise
 
-    def _wait(self, context: Context, hook: OpenAIBatchHook, batch_id: str) -> None:
-        from airflow_provider_openai_batch.outcome import judge
+    def _wait(self, context: Context, hook: OpenAIBatchHook, batch: Any) -> None:
+        from airflow_provider_openai_batch.exceptions import BatchTimeoutError
 
+        # From the batch's creation, not from this try: a retry or a re-attach never extends the deadline.
         timeout = self.wait_timeout if self.wait_timeout is not None else 25 * 3600.0
-        if self.deferrable:
+        end_time = float(batch.created_at or time.time()) + timeout
+        if self.deferrable and not batch.is_terminal:
             from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 
             self.defer(
                 trigger=BatchTrigger(
-                    batch_id,
+                    batch.id,
                     self.conn_id,
                     self.poll_interval,
-                    end_time=time.time() + timeout,
+                    end_time=end_time,
                     cancel_on_kill=self.cancel_on_kill,
                 ),
                 method_name="execute_complete",
             )
-        batch = hook.wait_for_batch(batch_id, self.poll_interval, timeout).model_dump(mode="json")
-        context["ti"].xcom_push(key="batch", value=batch)
-        judge(batch, self.max_failed_fraction)
+        try:
+            final = hook.wait_for_batch(batch.id, self.poll_interval, max(0.0, end_time - time.time()))
+        except BatchTimeoutError as err:
+            fail_for_good(err, f"the deadline (timeout={timeout:g}s from the batch's creation) passed")
+        self._finish(context, final.model_dump(mode="json"))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
         """Resume after the trigger: record and judge the final batch."""
         from airflow_provider_openai_batch.events import batch_from_event
-        from airflow_provider_openai_batch.outcome import describe, judge
+        from airflow_provider_openai_batch.exceptions import BatchTimeoutError
+        from airflow_provider_openai_batch.outcome import describe
 
-        batch = batch_from_event(event)
+        try:
+            batch = batch_from_event(event)
+        except BatchTimeoutError as err:
+            fail_for_good(err, "the deadline passed")
         self.batch_id = batch["id"]
         self.log.info("OpenAI %s", describe(batch))
-        context["ti"].xcom_push(key="batch", value=batch)
-        judge(batch, self.max_failed_fraction)
+        self._finish(context, batch)
         return str(batch["id"])
+
+    def _finish(self, context: Context, batch: dict[str, Any]) -> None:
+        from airflow_provider_openai_batch.exceptions import BatchNotSuccessfulError
+        from airflow_provider_openai_batch.outcome import judge
+
+        context["ti"].xcom_push(key="batch", value=batch)
+        try:
+            judge(batch, self.max_failed_fraction)
+        except BatchNotSuccessfulError as err:
+            fail_for_good(err, "the batch ended and will not change")
 
     def on_kill(self) -> None:
         if self.cancel_on_kill and self.batch_id:
@@ -287,29 +367,29 @@ class CancelBatchOperator(BaseOperator):
         from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
         from airflow_provider_openai_batch.outcome import describe
 
-        hook = OpenAIBatchHook(conn_id=self.conn_id)
-        remember_batch_link(self, context, hook.settings.base_url, self.batch_id)
-        batch = hook.retrieve_batch(self.batch_id)
-        if batch.is_terminal:
-            self.log.info("Nothing to cancel: OpenAI %s", describe(batch.model_dump(mode="json")))
-            return batch.model_dump(mode="json")
-        try:
-            batch = hook.cancel_batch(self.batch_id)
-        except ConflictError:  # it finished between our check and the cancel
+        with OpenAIBatchHook(conn_id=self.conn_id) as hook:
+            remember_batch_link(self, context, hook.settings.base_url, self.batch_id)
             batch = hook.retrieve_batch(self.batch_id)
-            self.log.info("Batch finished before it could be cancelled: %s", batch.status)
-            return batch.model_dump(mode="json")
-        if self.wait_for_completion and not batch.is_terminal:
-            if self.deferrable:
-                from airflow_provider_openai_batch.triggers.batch import BatchTrigger
+            if batch.is_terminal:
+                self.log.info("Nothing to cancel: OpenAI %s", describe(batch.model_dump(mode="json")))
+                return batch.model_dump(mode="json")
+            try:
+                batch = hook.cancel_batch(self.batch_id)
+            except ConflictError:  # it finished between our check and the cancel
+                batch = hook.retrieve_batch(self.batch_id)
+                self.log.info("Batch finished before it could be cancelled: %s", batch.status)
+                return batch.model_dump(mode="json")
+            if self.wait_for_completion and not batch.is_terminal:
+                if self.deferrable:
+                    from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 
-                self.defer(
-                    trigger=BatchTrigger(
-                        self.batch_id, self.conn_id, self.poll_interval, end_time=time.time() + self.wait_timeout
-                    ),
-                    method_name="execute_complete",
-                )
-            batch = hook.wait_for_batch(self.batch_id, self.poll_interval, self.wait_timeout)
+                    self.defer(
+                        trigger=BatchTrigger(
+                            self.batch_id, self.conn_id, self.poll_interval, end_time=time.time() + self.wait_timeout
+                        ),
+                        method_name="execute_complete",
+                    )
+                batch = hook.wait_for_batch(self.batch_id, self.poll_interval, self.wait_timeout)
         self.log.info("OpenAI %s", describe(batch.model_dump(mode="json")))
         return batch.model_dump(mode="json")
 
@@ -322,32 +402,43 @@ class CancelBatchOperator(BaseOperator):
         return batch
 
 
+def check_fraction(value: Any, task_id: str) -> None:
+    """Refuse a ``max_failed_fraction`` outside 0.0..1.0 when the DAG is parsed, not when a batch ends."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"{task_id}: max_failed_fraction must be a number from 0.0 (fail on any failed request) to 1.0 "
+            f"(never fail on request errors); got {value!r}"
+        )
+
+
+def fail_for_good(err: Exception, why: str) -> NoReturn:
+    """Fail the task without its retries: a retry would meet the same final verdict (and a retried wait
+    would only re-attach to the same batch)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException(f"{err} (not retried: {why})") from err
+
+
 def cancel_quietly(task: Any, batch_id: str) -> None:
     """Cancel on kill without raising: a batch that already ended (409) or an API hiccup must not turn the
-    kill into a second failure; the outcome is logged either way."""
+    kill into a second failure; the outcome is logged either way. A hook of its own, closed at once: a kill
+    may interrupt the task's hook in the middle of a request."""
     from airflow_provider_openai_batch.exceptions import OpenAIBatchError
 
     try:
-        batch = task.hook().cancel_batch(batch_id)
+        with task.hook() as hook:
+            batch = hook.cancel_batch(batch_id)
     except (OpenAIBatchError, ValueError) as err:
         task.log.warning("Could not cancel batch %s on kill: %s", batch_id, err)
         return
     task.log.info("Cancelled batch %s on kill (now %s)", batch_id, batch.status)
 
 
-def idempotency_key(context: Context, input_digest: str = "") -> str:
-    """A key stable across the tries of one task instance with the same input: dag id, task id, run id,
-    map index and a digest of the input, hashed. A cleared task whose input changed gets a new batch."""
-    ti = context["ti"]
-    identity = json.dumps([ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1), input_digest])
-    return hashlib.sha256(identity.encode()).hexdigest()
-
-
 def write_requests_jsonl(requests: Any, endpoint: str, path: str) -> int:
     """Write request dicts as a batch input file, filling ``method``, ``url`` and ``custom_id`` shorthands."""
     if not isinstance(requests, (list, tuple)) or not requests:
         raise ValueError(f"requests must be a non-empty list of request dicts; got {type(requests).__name__}")
-    with open(path, "w", encoding="utf-8") as out:
+    with open(path, "wb") as out:
         for number, item in enumerate(requests, start=1):
             if not isinstance(item, dict):
                 raise ValueError(f"requests[{number - 1}] must be a dict, got {type(item).__name__}")
@@ -360,7 +451,15 @@ def write_requests_jsonl(requests: Any, endpoint: str, path: str) -> int:
             line.setdefault("custom_id", f"request-{number}")
             line.setdefault("method", "POST")
             line.setdefault("url", endpoint)
-            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            try:
+                encoded = (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
+            except UnicodeEncodeError as err:  # a lone surrogate: no valid UTF-8 (nor JSON for the API) exists
+                bad = err.object[err.start : err.end]
+                raise ValueError(
+                    f"requests[{number - 1}] contains text that is not valid Unicode ({bad!r}, a lone surrogate, "
+                    "often from decoding bytes with errors='surrogateescape'): fix that string"
+                ) from None
+            out.write(encoded)
     return len(requests)
 
 

@@ -67,8 +67,9 @@ class BatchSensor(BaseSensorOperator):
     ) -> None:
         kwargs.setdefault("poke_interval", poll_interval)
         super().__init__(**kwargs)
-        if not 0.0 <= max_failed_fraction <= 1.0:
-            raise ValueError(f"max_failed_fraction must be between 0.0 and 1.0; got {max_failed_fraction!r}")
+        from airflow_provider_openai_batch.operators.batch import check_fraction
+
+        check_fraction(max_failed_fraction, self.task_id)
         self.batch_id = batch_id
         self.conn_id = conn_id
         self.deferrable = deferrable
@@ -78,16 +79,26 @@ class BatchSensor(BaseSensorOperator):
         self.cancel_on_kill = cancel_on_kill
         self.max_consecutive_errors = max_consecutive_errors
         self._last_status: str | None = None
+        self._hook: OpenAIBatchHook | None = None
 
     def hook(self) -> OpenAIBatchHook:
+        """A new hook for this task's connection; use it as a context manager so its sessions close."""
         from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 
         return OpenAIBatchHook(conn_id=self.conn_id)
 
     def execute(self, context: Context) -> Any:
+        # One hook (one connection look-up, one HTTP session) for every poke of this try, closed when it ends.
+        with self.hook() as hook:
+            self._hook = hook
+            try:
+                return self._execute(context, hook)
+            finally:
+                self._hook = None
+
+    def _execute(self, context: Context, hook: OpenAIBatchHook) -> Any:
         from airflow.sdk.exceptions import AirflowSensorTimeout
 
-        hook = self.hook()
         remember_batch_link(self, context, hook.settings.base_url, self.batch_id)
         if not self.deferrable:
             try:
@@ -118,7 +129,11 @@ class BatchSensor(BaseSensorOperator):
         from airflow_provider_openai_batch.outcome import describe
         from airflow_provider_openai_batch.statuses import TERMINAL
 
-        batch = self.hook().retrieve_batch(self.batch_id).model_dump(mode="json")
+        if self._hook is not None:
+            batch = self._hook.retrieve_batch(self.batch_id).model_dump(mode="json")
+        else:  # poke() called on its own, outside execute()
+            with self.hook() as hook:
+                batch = hook.retrieve_batch(self.batch_id).model_dump(mode="json")
         if batch["status"] != self._last_status:
             self.log.info("OpenAI %s", describe(batch))
             self._last_status = batch["status"]

@@ -97,9 +97,10 @@ def test_a_retried_try_reattaches_instead_of_billing_again(openai_batch_connecti
 
 
 def test_a_retry_after_a_failed_batch_creates_a_new_one(openai_batch_connection):
+    """A batch refused at validation billed nothing: the retry makes a new one."""
     openai_batch_connection.configure(phase_seconds=30)
     first = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=1))
-    openai_batch_connection.force_status(first, "expired")
+    openai_batch_connection.force_status(first, "failed")
     second = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=2))
     assert second != first
 
@@ -119,8 +120,10 @@ def test_wait_polls_and_judges_partial_failures(openai_batch_connection):
         poll_interval=0.05,
         max_failed_fraction=0.0,
     )
-    with pytest.raises(BatchNotSuccessfulError, match=r"25\.0% of requests failed"):
+    # A final verdict: the batch will not change, so the task fails without its retries.
+    with pytest.raises(AirflowFailException, match=r"25\.0% of requests failed.*not retried") as verdict:
         strict.execute(ctx(map_index=3))
+    assert isinstance(verdict.value.__cause__, BatchNotSuccessfulError)
 
 
 def test_deferrable_create_defers_with_an_absolute_deadline(openai_batch_connection):

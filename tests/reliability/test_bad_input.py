@@ -41,9 +41,13 @@ class Env:
     tmp: Path
 
     def jsonl(self, lines: list[Any], name: str = "input.jsonl") -> Path:
-        """A JSONL file of ``lines``: dicts are dumped, strings written as they are."""
+        """A JSONL file of ``lines``: dicts are dumped, strings and bytes written as they are."""
         path = self.tmp / name
-        path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+        as_bytes = [
+            line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode()
+            for line in lines
+        ]
+        path.write_bytes(b"".join(line + b"\n" for line in as_bytes))
         return path
 
 
@@ -291,7 +295,25 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         "sensor fraction 1.5",
         lambda e: BatchSensor(task_id="s", batch_id="b", max_failed_fraction=1.5),
         ValueError,
-        r"max_failed_fraction must be between 0\.0 and 1\.0; got 1\.5",
+        r"s: max_failed_fraction must be a number from 0\.0 .* to 1\.0 .*; got 1\.5",
+    ),
+    (
+        "operator fraction -0.5",
+        lambda e: CreateBatchOperator(task_id="c", requests=prompts(), max_failed_fraction=-0.5),
+        ValueError,
+        r"c: max_failed_fraction must be a number from 0\.0 .*; got -0\.5",
+    ),
+    (
+        "requests with a lone surrogate (cannot be UTF-8)",
+        lambda e: create(e, requests=[{"custom_id": "a", "body": {"messages": [{"content": "bad \udc80"}]}}]),
+        ValueError,
+        r"requests\[0\] contains text that is not valid Unicode .*lone surrogate.*fix that string",
+    ),
+    (
+        "an input file that is not UTF-8",
+        lambda e: create_from_file(with_line(2, b'{"custom_id": "caf\xe9", "method": "POST"}'))(e),
+        BatchValidationError,
+        r"line 2: not valid UTF-8 \(byte 0xe9 at column \d+\); save the file as UTF-8",
     ),
 ]
 

@@ -1,0 +1,114 @@
+"""Finding the batch an earlier try of the same task instance created, so a retry never bills twice.
+
+Two records lead back to it. The task state store (Airflow 3.3+, ``context["task_state_store"]``), which
+outlives a killed worker: before the create POST the operator writes "creating since T", after it the batch
+id. And the batch's own metadata, which carries the idempotency key. A retry reads the store: a batch id is
+one ``GET``; "creating since T" (the worker died around the POST) is one list pass over the batches created
+since T; nothing means no earlier try created a batch for this input. Only without a state store is the API's
+batch list searched more widely, over the 24 h completion window plus slack.
+
+Import-light: operator modules import this at execute time only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+    from airflow_provider_openai_batch.models import Batch
+
+#: The task state store key holding this task instance's create record.
+STATE_KEY = "openai_batch"
+#: Without a task state store, a retry searches the batches created this long ago: the 24 h completion
+#: window, in which an earlier try's batch may still be running, plus an hour of slack.
+FALLBACK_WINDOW_SECONDS = 25 * 3600
+#: Clock skew allowed between this worker and the API when comparing creation times.
+SKEW_SECONDS = 300
+
+REATTACH_CHOICES = ("auto", "never")
+
+
+def idempotency_key(context: Context, input_digest: str = "", reattach: str = "auto") -> str:
+    """A key stable across the tries of one task instance with the same input: dag id, task id, run id,
+    map index and a digest of the input, hashed. A cleared task whose input changed gets a new batch.
+
+    With ``reattach="never"`` the try number is part of the key, so every try makes its own batch.
+    """
+    ti = context["ti"]
+    identity: list[Any] = [ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1), input_digest]
+    if reattach == "never":
+        identity.append(ti.try_number or 1)
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+
+
+class CreateLedger:
+    """This task instance's create record in the task state store; every failure of the store is logged and
+    survived, since the batch's metadata still leads back to it.
+
+    :param context: The task's context (``task_state_store`` is absent before Airflow 3.3 and in bare tests).
+    :param key: The idempotency key of this input.
+    :param log: Where to say what the store could not do.
+    """
+
+    def __init__(self, context: Context, key: str, log: Any) -> None:
+        self._store = context.get("task_state_store")  # type: ignore[call-overload]
+        self.key = key
+        self.log = log
+
+    @property
+    def available(self) -> bool:
+        return self._store is not None
+
+    def read(self) -> dict[str, Any] | None:
+        """The record for this key, or ``None`` (no record, another input's record, or no store)."""
+        if self._store is None:
+            return None
+        try:
+            record = self._store.get(STATE_KEY)
+        except Exception as err:  # the store is an optimisation: the metadata search still works
+            self.log.warning("Could not read the task state store (%s); searching the batch list instead", err)
+            self._store = None
+            return None
+        if isinstance(record, dict) and record.get("idempotency_key") == self.key:
+            return record
+        return None
+
+    def creating(self) -> None:
+        """Say, before the POST, that a create for this key is under way and since when."""
+        self._write({"idempotency_key": self.key, "create_started_at": time.time(), "batch_id": None})
+
+    def created(self, batch_id: str, started_at: float) -> None:
+        self._write({"idempotency_key": self.key, "create_started_at": started_at, "batch_id": batch_id})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.set(STATE_KEY, record)
+        except Exception as err:
+            self.log.warning("Could not write the task state store (%s); a retry will search the batch list", err)
+
+
+def find_earlier_batch(hook: OpenAIBatchHook, ledger: CreateLedger, try_number: int) -> Batch | None:
+    """The batch an earlier try (or an earlier run of a cleared task) created for the same input, if any."""
+    from airflow_provider_openai_batch.exceptions import NotFoundError
+
+    record = ledger.read()
+    if record and record.get("batch_id"):
+        try:
+            return hook.retrieve_batch(str(record["batch_id"]))
+        except NotFoundError:  # deleted, or another project's: look for the key instead
+            pass
+    if record:
+        since = float(record.get("create_started_at") or time.time()) - SKEW_SECONDS
+        return hook.find_batch_by_idempotency_key(ledger.key, created_after=since)
+    if not ledger.available and try_number > 1:
+        since = time.time() - FALLBACK_WINDOW_SECONDS
+        return hook.find_batch_by_idempotency_key(ledger.key, created_after=since)
+    return None

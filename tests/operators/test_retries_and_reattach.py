@@ -1,0 +1,175 @@
+"""What a retried, cleared or killed CreateBatchOperator does with money: re-attach, never re-bill silently,
+keep its deadline, and fail for good on final verdicts. Against the emulator, with a fake task state store."""
+
+from __future__ import annotations
+
+import gc
+import time
+import warnings
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+
+from airflow_provider_openai_batch.exceptions import BatchTimeoutError
+from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
+from airflow_provider_openai_batch.operators.reattach import STATE_KEY
+from airflow_provider_openai_batch.sensors.batch import BatchSensor
+from tests.helpers import FakeStateStore, ctx, prompts
+
+
+def create(**kwargs) -> CreateBatchOperator:
+    return CreateBatchOperator(task_id="create", requests=prompts(), **kwargs)
+
+
+def list_calls(emulator) -> int:
+    return emulator.stats()["requests"].get("GET /v1/batches", 0)
+
+
+def test_with_a_state_store_a_retry_reattaches_with_one_get_and_no_list_scan(openai_batch_connection):
+    store = FakeStateStore()
+    first = create().execute(ctx(state=store, try_number=1))
+    assert store.values[STATE_KEY]["batch_id"] == first
+    second = create().execute(ctx(state=store, try_number=2))
+    stats = openai_batch_connection.stats()
+    assert second == first and stats["batches_created"] == 1
+    assert list_calls(openai_batch_connection) == 0 and stats["requests"]["GET /v1/batches/{id}"] == 1
+
+
+def test_a_worker_killed_between_post_and_record_is_found_by_one_bounded_list_pass(openai_batch_connection):
+    class DiesAfterThePost(FakeStateStore):
+        def set(self, key, value, **kw):
+            if value.get("batch_id") is None:  # only "creating since T" lands; the kill comes before the id
+                super().set(key, value, **kw)
+
+    store = DiesAfterThePost()
+    first = create().execute(ctx(state=store, try_number=1))
+    assert store.values[STATE_KEY]["batch_id"] is None
+    second = create().execute(ctx(state=store, try_number=2))
+    assert second == first and openai_batch_connection.stats()["batches_created"] == 1
+    assert list_calls(openai_batch_connection) == 1  # batches created since the first try's create: one page
+
+
+def test_with_a_state_store_a_first_run_never_scans(openai_batch_connection):
+    create().execute(ctx(state=FakeStateStore(), try_number=3))
+    assert list_calls(openai_batch_connection) == 0 and openai_batch_connection.stats()["batches_created"] == 1
+
+
+def test_a_failing_state_store_falls_back_to_the_metadata_search(openai_batch_connection):
+    first = create().execute(ctx(state=FakeStateStore(fail=True), try_number=1))
+    second = create().execute(ctx(state=FakeStateStore(fail=True), try_number=2))
+    assert second == first and openai_batch_connection.stats()["batches_created"] == 1
+
+
+def test_a_cleared_task_reattaches_by_default_and_makes_a_new_batch_with_reattach_never(openai_batch_connection):
+    store = FakeStateStore()
+    first = create().execute(ctx(state=store, try_number=1))
+    openai_batch_connection.force_status(first, "completed")
+    assert create().execute(ctx(state=store, try_number=2)) == first  # auto: those results are paid for
+    fresh = create(reattach="never").execute(ctx(state=store, try_number=2))
+    assert fresh != first
+    # "never" means every try: a retry of that try makes yet another batch.
+    assert create(reattach="never").execute(ctx(state=store, try_number=3)) not in (first, fresh)
+    assert openai_batch_connection.stats()["batches_created"] == 3
+    with pytest.raises(ValueError, match="reattach must be 'auto' or 'never'"):
+        create(reattach="sometimes")
+
+
+@pytest.mark.parametrize("status", ["expired", "cancelled"])
+def test_a_retry_after_a_partly_billed_batch_fails_instead_of_billing_twice(openai_batch_connection, status):
+    openai_batch_connection.configure(phase_seconds=30)
+    store = FakeStateStore()
+    first = create().execute(ctx(state=store, try_number=1))
+    ended = openai_batch_connection.force_status(first, status)
+    done = ended["request_counts"]["completed"]
+    assert done > 0
+    with pytest.raises(AirflowFailException, match=rf"ended {status} with {done} of 3 requests completed and billed"):
+        create().execute(ctx(state=store, try_number=2))
+    assert openai_batch_connection.stats()["batches_created"] == 1
+    # The explicit choice re-submits everything, and says what it costs.
+    again = create(rebill_completed_requests=True).execute(ctx(state=store, try_number=3))
+    assert again != first and openai_batch_connection.stats()["batches_created"] == 2
+
+
+def test_the_deferred_deadline_counts_from_the_batchs_creation_across_tries(openai_batch_connection):
+    openai_batch_connection.configure(phase_seconds=30)
+    store = FakeStateStore()
+    op = create(wait_for_completion=True, deferrable=True, timeout=1000)
+    with pytest.raises(TaskDeferred) as first:
+        op.execute(ctx(state=store, try_number=1))
+    created_at = first.value.trigger.serialize()[1]["end_time"] - 1000
+    time.sleep(1.1)  # a later try; only its own clock moved
+    with pytest.raises(TaskDeferred) as second:
+        create(wait_for_completion=True, deferrable=True, timeout=1000).execute(ctx(state=store, try_number=2))
+    assert second.value.trigger.serialize()[1]["end_time"] == first.value.trigger.serialize()[1]["end_time"]
+    assert abs(created_at - time.time()) < 600
+
+
+def test_a_passed_deadline_fails_for_good_in_both_waits(openai_batch_connection):
+    openai_batch_connection.configure(phase_seconds=30)
+    op = create(wait_for_completion=True, deferrable=False, timeout=0.2, poll_interval=0.05)
+    with pytest.raises(AirflowFailException, match="not retried: the deadline") as err:
+        op.execute(ctx())
+    assert isinstance(err.value.__cause__, BatchTimeoutError)
+    timed_out = {"status": "timeout", "batch_id": "b", "batch": None, "message": "batch b was still in_progress"}
+    with pytest.raises(AirflowFailException, match=r"still in_progress.*not retried"):
+        create().execute_complete(ctx(), timed_out)
+
+
+def test_an_outage_event_stays_retryable(openai_batch_connection):
+    from airflow_provider_openai_batch.exceptions import OpenAIBatchError
+
+    error = {"status": "error", "batch_id": "b", "batch": None, "message": "checking batch b failed: 503"}
+    with pytest.raises(OpenAIBatchError, match="503"):
+        create().execute_complete(ctx(), error)
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, "0.5", True])
+def test_max_failed_fraction_is_range_checked_at_parse_time(fraction):
+    with pytest.raises(ValueError, match=r"max_failed_fraction must be a number from 0\.0"):
+        create(max_failed_fraction=fraction)
+
+
+def test_operators_and_sensor_close_their_sessions(openai_batch_connection, monkeypatch):
+    """One hook per task, closed at the end: no session (nor socket) is left for the garbage collector."""
+    opened: list[OpenAIBatchHook] = []
+    closed: list[OpenAIBatchHook] = []
+    real_init, real_close = OpenAIBatchHook.__init__, OpenAIBatchHook.close
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        opened.append(self)
+
+    def close(self):
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(OpenAIBatchHook, "__init__", init)
+    monkeypatch.setattr(OpenAIBatchHook, "close", close)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        batch_id = create(wait_for_completion=True, deferrable=False, poll_interval=0.05).execute(ctx())
+        sensor = BatchSensor(task_id="wait", batch_id=batch_id, deferrable=False, poke_interval=0.01, timeout=30)
+        sensor.execute(ctx())
+        gc.collect()
+    assert len(opened) == 2 and set(map(id, closed)) == set(map(id, opened))
+    # (The in-process emulator's own warnings, about its upload buffers, are not ours to judge here.)
+    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning) and "socket" in str(w.message)]
+    assert leaked == []
+
+
+def test_a_poking_sensor_reads_its_connection_once(openai_batch_connection, monkeypatch):
+    openai_batch_connection.configure(phase_seconds=0.3)
+    batch_id = create().execute(ctx())
+    looked_up: list[str] = []
+    real = OpenAIBatchHook.get_connection
+
+    def get_connection(conn_id):
+        looked_up.append(conn_id)
+        return real(conn_id)
+
+    monkeypatch.setattr(OpenAIBatchHook, "get_connection", staticmethod(get_connection))
+    sensor = BatchSensor(task_id="wait", batch_id=batch_id, deferrable=False, poke_interval=0.05, timeout=60)
+    sensor.execute(ctx())
+    pokes = openai_batch_connection.stats()["requests"]["GET /v1/batches/{id}"]
+    assert pokes > 2 and looked_up == ["openai_default"]
