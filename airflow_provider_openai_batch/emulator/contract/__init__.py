@@ -1,0 +1,35 @@
+"""The emulator's own reading of the OpenAI Batch and Files API contract.
+
+The emulator is an independent judge: it never imports the provider's client rules. It judges requests by
+the official OpenAPI schemas vendored here (``openai-batch-files.v1.json``, ``batch-jsonl-lines.json``; MIT,
+see ``LICENSE``) plus the rules the spec states only in prose (:mod:`.guide`), and refuses what the real
+API refuses, in the real API's error shape.
+"""
+
+from __future__ import annotations
+
+from airflow_provider_openai_batch.emulator.contract import guide
+from airflow_provider_openai_batch.emulator.contract.input_file import (
+    InputReport,
+    Problem,
+    judge_input_file,
+    parse_requests,
+)
+from airflow_provider_openai_batch.emulator.contract.judge import (
+    create_batch_body,
+    list_batches_query,
+    list_files_query,
+    upload_form,
+)
+
+__all__ = [
+    "InputReport",
+    "Problem",
+    "create_batch_body",
+    "guide",
+    "judge_input_file",
+    "list_batches_query",
+    "list_files_query",
+    "parse_requests",
+    "upload_form",
+]
