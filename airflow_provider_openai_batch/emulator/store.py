@@ -7,67 +7,30 @@ holding 10,000 idle batches costs only their dicts. With ``data_dir`` every chan
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_openai_batch import statuses
-from airflow_provider_openai_batch.jsonl import validate_batch_input_lines
+from airflow_provider_openai_batch.emulator.config import EmulatorConfig
+from airflow_provider_openai_batch.emulator.contract import (
+    InputReport,
+    Problem,
+    guide,
+    judge_input_file,
+    parse_requests,
+)
+from airflow_provider_openai_batch.emulator.errors import ApiFailure
+from airflow_provider_openai_batch.emulator.results import expired_line, result_line
 
+__all__ = ["ApiFailure", "EmulatorConfig", "Store"]  # EmulatorConfig and ApiFailure are still importable here
 
-@dataclass
-class EmulatorConfig:
-    """Run-time settings, changeable through ``PATCH /_emulator/config``.
-
-    :param phase_seconds: How long each of validating, in_progress, finalizing and cancelling lasts.
-    :param completion_window_seconds: The (shortened) 24h window; an unfinished batch then expires.
-    :param latency_ms: Added to every ``/v1`` answer.
-    :param fault_rate: Fraction of ``/v1`` requests answered with a transient fault.
-    :param fault_kinds: Faults to draw from: ``429``, ``500``, ``502``, ``503``, ``drop``, ``slow``.
-    :param retry_after: ``Retry-After`` seconds sent with a 429.
-    :param slow_seconds: How long a ``slow`` fault waits before answering.
-    :param fault_after_processing: Process the request first, then fault the answer (an ambiguous failure).
-    :param api_key: When set, the only key accepted.
-    """
-
-    phase_seconds: float = 1.0
-    completion_window_seconds: float = 86_400.0
-    latency_ms: float = 0.0
-    fault_rate: float = 0.0
-    fault_kinds: list[str] = field(default_factory=lambda: ["429", "500", "502", "503", "drop"])
-    retry_after: float = 1.0
-    slow_seconds: float = 30.0
-    fault_after_processing: bool = False
-    api_key: str | None = field(default=None, repr=False)
-
-    def public(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["api_key"] = "set" if self.api_key else None
-        return data
-
-
-class ApiFailure(Exception):
-    """An error answer in the OpenAI shape."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+#: Statuses a batch never leaves (the emulator's own list: it shares nothing with the client).
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
 def _fresh_stats() -> dict[str, Any]:
@@ -87,6 +50,8 @@ class Store:
         self.contents: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self._private: dict[str, dict[str, Any]] = {}  # per batch: float timestamps, planned results
+        # Files never change, so one verdict per (file, endpoint) serves every batch made from them.
+        self._verdicts: dict[tuple[str, str], InputReport] = {}
         self.lock = threading.RLock()
         self.stats: dict[str, Any] = _fresh_stats()
         self.data_dir = Path(data_dir) if data_dir else None
@@ -131,6 +96,7 @@ class Store:
             self.contents.clear()
             self.batches.clear()
             self._private.clear()
+            self._verdicts.clear()
             self.stats.update(_fresh_stats())
             if self.data_dir:
                 for path in (self.data_dir / "contents").iterdir():
@@ -139,15 +105,20 @@ class Store:
 
     # ------------------------------------------------------------------------------------------ files
 
-    def add_file(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
+    def add_file(self, data: bytes, filename: str, purpose: str, expires_after: int | None = None) -> dict[str, Any]:
+        """Hold a file. ``expires_after`` (seconds from now) sets ``expires_at``; without it an uploaded batch
+        input file expires after 30 days, as the spec says, and any other file never does."""
         with self.lock:
             file_id = _new_id("file-")
+            created = int(time.time())
+            if expires_after is None and purpose == "batch":
+                expires_after = guide.BATCH_FILE_TTL_SECONDS
             obj = {
                 "id": file_id,
                 "object": "file",
                 "bytes": len(data),
-                "created_at": int(time.time()),
-                "expires_at": None,
+                "created_at": created,
+                "expires_at": created + expires_after if expires_after is not None else None,
                 "filename": filename,
                 "purpose": purpose,
                 "status": "processed",
@@ -173,6 +144,7 @@ class Store:
             self.get_file(file_id)
             del self.files[file_id]
             self.contents.pop(file_id, None)
+            self._verdicts = {key: v for key, v in self._verdicts.items() if key[0] != file_id}
             if self.data_dir:
                 (self.data_dir / "contents" / file_id).unlink(missing_ok=True)
             self._save()
@@ -181,8 +153,17 @@ class Store:
     # ---------------------------------------------------------------------------------------- batches
 
     def create_batch(
-        self, input_file_id: str, endpoint: str, completion_window: str, metadata: dict[str, str] | None
+        self,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str,
+        metadata: dict[str, str] | None,
+        output_expires_after: int | None = None,
     ) -> dict[str, Any]:
+        """A new batch, ``validating``; the request was judged by the contract before it got here.
+
+        :param output_expires_after: Seconds after which its output and error files expire.
+        """
         with self.lock:
             if input_file_id not in self.files:
                 raise ApiFailure(
@@ -218,7 +199,12 @@ class Store:
                 "metadata": metadata,
             }
             self.batches[batch_id] = batch
-            self._private[batch_id] = {"t0": now, "cancel_at": None, "done_fraction": 0.0}
+            self._private[batch_id] = {
+                "t0": now,
+                "cancel_at": None,
+                "done_fraction": 0.0,
+                "output_expires_after": output_expires_after,
+            }
             self.stats["batches_created"] += 1
             self._save()
             return batch
@@ -252,7 +238,7 @@ class Store:
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         with self.lock:
             batch = self.get_batch(batch_id)
-            if batch["status"] in statuses.TERMINAL:
+            if batch["status"] in TERMINAL:
                 raise ApiFailure(
                     409, f"Cannot cancel a batch with status '{batch['status']}'.", code="batch_not_cancellable"
                 )
@@ -307,8 +293,7 @@ class Store:
     # -------------------------------------------------------------------------------------- lifecycle
 
     def _requests(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        data = self.contents.get(batch["input_file_id"], b"")
-        return [json.loads(line) for line in data.splitlines() if line.strip()]
+        return parse_requests(self.contents.get(batch["input_file_id"], b""))
 
     def _progress(self, batch: dict[str, Any], now: float) -> float:
         private = self._private[batch["id"]]
@@ -318,7 +303,7 @@ class Store:
         return min(1.0, (now - start) / max(self.config.phase_seconds, 1e-6))
 
     def _advance(self, batch: dict[str, Any]) -> None:
-        if batch["status"] in statuses.TERMINAL:
+        if batch["status"] in TERMINAL:
             return
         private = self._private[batch["id"]]
         if "forced" in private:
@@ -335,23 +320,18 @@ class Store:
             self._finish(batch, "expired", t0 + window, self._progress(batch, t0 + window))
             return
         if now >= t0 + phase and batch["in_progress_at"] is None and batch["status"] == "validating":
-            problems = self._validate(batch)
-            if problems:
+            report = self._validate(batch)
+            if report.problems:
                 batch.update(
                     status="failed",
                     failed_at=int(t0 + phase),
-                    errors={
-                        "object": "list",
-                        "data": [
-                            {"code": p.code, "message": p.message, "param": p.param, "line": p.line} for p in problems
-                        ],
-                    },
+                    errors={"object": "list", "data": [p.as_error() for p in report.problems]},
                 )
                 self._save()
                 return
             batch["status"] = "in_progress"
             batch["in_progress_at"] = int(t0 + phase)
-            batch["request_counts"]["total"] = len(self._requests(batch))
+            batch["request_counts"]["total"] = report.requests
         if batch["status"] == "in_progress":
             total = batch["request_counts"]["total"]
             batch["request_counts"]["completed"] = int(total * self._progress(batch, now))
@@ -361,23 +341,18 @@ class Store:
         if batch["status"] == "finalizing" and now >= t0 + 3 * phase:
             self._finish(batch, "completed", t0 + 3 * phase, 1.0)
 
-    def _validate(self, batch: dict[str, Any]) -> list[Any]:
-        from airflow_provider_openai_batch.jsonl import Problem
-
-        source = self.files.get(batch["input_file_id"])
+    def _validate(self, batch: dict[str, Any]) -> InputReport:
+        file_id = batch["input_file_id"]
+        source = self.files.get(file_id)
         if source is None:
-            return [Problem(None, "file_not_found", "the input file was deleted")]
+            return InputReport([Problem(None, "file_not_found", "The input file was deleted.", "input_file_id")])
         if source["purpose"] != "batch":
-            return [
-                Problem(
-                    None,
-                    "invalid_file_purpose",
-                    f"the input file has purpose {source['purpose']!r}; upload it with purpose 'batch'",
-                )
-            ]
-        return validate_batch_input_lines(
-            self.contents.get(batch["input_file_id"], b"").split(b"\n"), batch["endpoint"]
-        )
+            message = f"The input file has purpose {source['purpose']!r}; upload it with purpose 'batch'."
+            return InputReport([Problem(None, "invalid_file_purpose", message, "input_file_id")])
+        key = (file_id, batch["endpoint"])
+        if key not in self._verdicts:
+            self._verdicts[key] = judge_input_file(self.contents.get(file_id, b""), batch["endpoint"])
+        return self._verdicts[key]
 
     def _finish(self, batch: dict[str, Any], status: str, when: float, fraction: float) -> None:
         """End a batch: results for the first ``fraction`` of its requests, files, counts and usage."""
@@ -387,20 +362,22 @@ class Store:
         error_lines: list[dict[str, Any]] = []
         usage = {"input_tokens": 0, "output_tokens": 0}
         for item in done:
-            line, failed, tokens = _result_line(batch["endpoint"], item)
+            line, failed, tokens = result_line(batch["endpoint"], item)
             (error_lines if failed else ok_lines).append(line)
             usage["input_tokens"] += tokens[0]
             usage["output_tokens"] += tokens[1]
         if status == "expired":  # as the Batch guide documents: unfinished requests go to the error file
-            error_lines += [_expired_line(item) for item in requests[len(done) :]]
+            error_lines += [expired_line(item) for item in requests[len(done) :]]
         # The live API promises no order; a deterministic shuffle keeps tests reproducible.
         rng = random.Random(batch["id"])
         rng.shuffle(ok_lines)
         rng.shuffle(error_lines)
+        expires_after = self._private[batch["id"]].get("output_expires_after")
         for key, lines in (("output_file_id", ok_lines), ("error_file_id", error_lines)):
             if lines:
                 data = "".join(json.dumps(line) + "\n" for line in lines).encode()
-                batch[key] = self.add_file(data, f"{batch['id']}_{key.split('_')[0]}.jsonl", "batch_output")["id"]
+                name = f"{batch['id']}_{key.split('_')[0]}.jsonl"
+                batch[key] = self.add_file(data, name, "batch_output", expires_after)["id"]
         batch["status"] = status
         batch[f"{status}_at"] = int(when)
         if status in ("completed",) and batch["finalizing_at"] is None:
@@ -416,179 +393,3 @@ class Store:
         models = {str(item.get("body", {}).get("model")) for item in requests if isinstance(item.get("body"), dict)}
         batch["model"] = sorted(models)[0] if models else None
         self._save()
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-
-def _expired_line(item: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": "batch_req_" + _digest(item)[:24],
-        "custom_id": item.get("custom_id"),
-        "response": None,
-        "error": {
-            "code": "batch_expired",
-            "message": "This request could not be executed before the completion window expired.",
-        },
-    }
-
-
-def _result_line(endpoint: str, item: dict[str, Any]) -> tuple[dict[str, Any], bool, tuple[int, int]]:
-    """A deterministic output line for one request; a ``model`` starting with ``fail`` fails it."""
-    body = item.get("body") or {}
-    model = str(body.get("model", "gpt-4o-mini"))
-    digest = _digest(item)
-    request_id = "req_" + digest[:24]
-    line_id = "batch_req_" + digest[24:48]
-    if model.startswith("fail"):
-        error = {
-            "message": f"The model '{model}' does not exist or you do not have access to it.",
-            "type": "invalid_request_error",
-            "param": "model",
-            "code": "model_not_found",
-        }
-        return (
-            {
-                "id": line_id,
-                "custom_id": item.get("custom_id"),
-                "response": {"status_code": 400, "request_id": request_id, "body": {"error": error}},
-                "error": None,
-            },
-            True,
-            (0, 0),
-        )
-    response, tokens = _fake_body(endpoint, model, body, digest)
-    return (
-        {
-            "id": line_id,
-            "custom_id": item.get("custom_id"),
-            "response": {"status_code": 200, "request_id": request_id, "body": response},
-            "error": None,
-        },
-        False,
-        tokens,
-    )
-
-
-def _fake_body(endpoint: str, model: str, body: dict[str, Any], digest: str) -> tuple[dict[str, Any], tuple[int, int]]:
-    created = 1_700_000_000
-    prompt = json.dumps(body.get("messages") or body.get("input") or body.get("prompt") or "")
-    prompt_tokens = max(1, len(prompt) // 4)
-    if endpoint == "/v1/embeddings":
-        inputs = body.get("input")
-        inputs = inputs if isinstance(inputs, list) else [inputs]
-        data = [
-            {
-                "object": "embedding",
-                "index": i,
-                "embedding": [int(digest[j : j + 2], 16) / 255 for j in range(0, 16, 2)],
-            }
-            for i in range(len(inputs))
-        ]
-        return (
-            {
-                "object": "list",
-                "data": data,
-                "model": model,
-                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-            },
-            (prompt_tokens, 0),
-        )
-    answer = f"Emulated answer {digest[:8]} to: {_last_user_text(body)[:80]}"
-    completion_tokens = max(1, len(answer) // 4)
-    if endpoint == "/v1/chat/completions":
-        return (
-            {
-                "id": "chatcmpl-" + digest[:20],
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": answer, "refusal": None},
-                        "logprobs": None,
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-                "system_fingerprint": None,
-            },
-            (prompt_tokens, completion_tokens),
-        )
-    if endpoint == "/v1/responses":
-        return (
-            {
-                "id": "resp_" + digest[:20],
-                "object": "response",
-                "created_at": created,
-                "status": "completed",
-                "model": model,
-                "output": [
-                    {
-                        "type": "message",
-                        "id": "msg_" + digest[:16],
-                        "status": "completed",
-                        "role": "assistant",
-                        "content": [{"type": "output_text", "text": answer, "annotations": []}],
-                    }
-                ],
-                "usage": {
-                    "input_tokens": prompt_tokens,
-                    "output_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            },
-            (prompt_tokens, completion_tokens),
-        )
-    if endpoint == "/v1/moderations":
-        return (
-            {
-                "id": "modr-" + digest[:20],
-                "model": model,
-                "results": [{"flagged": False, "categories": {}, "category_scores": {}}],
-            },
-            (prompt_tokens, 0),
-        )
-    if endpoint == "/v1/completions":
-        return (
-            {
-                "id": "cmpl-" + digest[:20],
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "text": answer, "logprobs": None, "finish_reason": "stop"}],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            },
-            (prompt_tokens, completion_tokens),
-        )
-    return (
-        {
-            "id": "obj_" + digest[:20],
-            "object": "emulated",
-            "created": created,
-            "model": model,
-            "data": [{"url": f"https://example.invalid/{digest[:16]}"}],
-        },
-        (prompt_tokens, completion_tokens),
-    )
-
-
-def _last_user_text(body: dict[str, Any]) -> str:
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in reversed(messages):
-            if isinstance(message, dict) and message.get("role") == "user":
-                content = message.get("content")
-                return content if isinstance(content, str) else json.dumps(content)
-    value = body.get("input") or body.get("prompt") or ""
-    return value if isinstance(value, str) else json.dumps(value)

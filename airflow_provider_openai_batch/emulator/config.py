@@ -1,0 +1,85 @@
+"""The emulator's run-time settings, and the one place that checks a change to them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+#: Faults the gateway can inject. ``slow`` answers correctly, late; ``drop`` closes the connection unanswered.
+FAULT_KINDS: tuple[str, ...] = ("429", "500", "502", "503", "drop", "slow")
+
+
+@dataclass
+class EmulatorConfig:
+    """Run-time settings, changeable through ``PATCH /_emulator/config`` (``EmulatorHandle.configure``).
+
+    :param phase_seconds: How long each of validating, in_progress, finalizing and cancelling lasts.
+    :param completion_window_seconds: The (shortened) 24h window; an unfinished batch then expires.
+    :param latency_ms: Added to every ``/v1`` answer.
+    :param fault_rate: Fraction of ``/v1`` requests answered with a transient fault, drawn at random.
+    :param fault_kinds: Faults to draw from: ``429``, ``500``, ``502``, ``503``, ``drop``, ``slow``.
+    :param retry_after: ``Retry-After`` seconds sent with a 429.
+    :param slow_seconds: How long a ``slow`` fault holds a request before processing it. The request is
+        processed even if its client hung up meanwhile, as a buffering gateway would forward it.
+    :param fault_after_processing: Process a faulted POST first, then fault the answer (an ambiguous failure).
+    :param api_key: When set, the only key accepted.
+    :param seed: Seed of the random fault draw. Setting it (even to the same value) re-seeds the draw, so a
+        test that sets it sees the same faults on every run; ``None`` seeds from the system.
+    :param fault_script: Faults for the next ``/v1`` requests, one per request (after auth), in order, before
+        the random draw applies: e.g. ``["500", "", "drop"]`` faults the first with a 500, lets the second
+        through (``""`` is no fault) and drops the third. Entries are used up; the rest shows in the config.
+    """
+
+    phase_seconds: float = 1.0
+    completion_window_seconds: float = 86_400.0
+    latency_ms: float = 0.0
+    fault_rate: float = 0.0
+    fault_kinds: list[str] = field(default_factory=lambda: ["429", "500", "502", "503", "drop"])
+    retry_after: float = 1.0
+    slow_seconds: float = 30.0
+    fault_after_processing: bool = False
+    api_key: str | None = field(default=None, repr=False)
+    seed: int | None = None
+    fault_script: list[str] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        """The settings as JSON, with the key only said to be set."""
+        data = asdict(self)
+        data["api_key"] = "set" if self.api_key else None
+        return data
+
+    def apply(self, changes: dict[str, Any]) -> None:
+        """Check every change, then apply them all (a refused change leaves the settings as they were).
+
+        :raises ValueError: naming the setting, for an unknown name or a value of the wrong kind.
+        """
+        checked = {name: _check(name, value) for name, value in changes.items()}
+        for name, value in checked.items():
+            setattr(self, name, value)
+
+
+_NUMBERS = {"phase_seconds", "completion_window_seconds", "latency_ms", "fault_rate", "retry_after", "slow_seconds"}
+
+
+def _check(name: str, value: Any) -> Any:
+    known = {f.name for f in fields(EmulatorConfig)}
+    if name not in known:
+        raise ValueError(f"unknown setting {name!r}; known: {sorted(known)}")
+    if name in _NUMBERS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name} must be a number >= 0; got {value!r}")
+        if name == "fault_rate" and value > 1:
+            raise ValueError(f"fault_rate must be between 0 and 1; got {value!r}")
+        return float(value)
+    if name in ("fault_kinds", "fault_script"):
+        allowed = set(FAULT_KINDS) | ({""} if name == "fault_script" else set())
+        if not isinstance(value, list) or not all(isinstance(kind, str) and kind in allowed for kind in value):
+            raise ValueError(f"{name} must be a list of {', '.join(FAULT_KINDS)}; got {value!r}")
+        return list(value)
+    if name == "seed" and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"seed must be an integer or null; got {value!r}")
+    if name == "fault_after_processing" and not isinstance(value, bool):
+        raise ValueError(f"fault_after_processing must be true or false; got {value!r}")
+    if name == "api_key" and value is not None and not isinstance(value, str):
+        raise ValueError("api_key must be a string or null")
+    return value

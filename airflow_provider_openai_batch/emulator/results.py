@@ -1,0 +1,190 @@
+"""What a finished batch's requests return: deterministic output and error lines per endpoint.
+
+Nothing is computed for real: a line's answer derives from a digest of the request, so the same input gives
+the same results on every run, and a ``model`` whose name starts with ``fail`` makes that request fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from airflow_provider_openai_batch.emulator.contract import guide
+
+
+def digest(value: Any) -> str:
+    """A stable digest of a request: the seed of its answer."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def expired_line(item: dict[str, Any]) -> dict[str, Any]:
+    """The error line of a request the completion window ended before it ran (as the Batch guide says)."""
+    return {
+        "id": "batch_req_" + digest(item)[:24],
+        "custom_id": item.get("custom_id"),
+        "response": None,
+        "error": {
+            "code": "batch_expired",
+            "message": "This request could not be executed before the completion window expired.",
+        },
+    }
+
+
+def result_line(endpoint: str, item: dict[str, Any]) -> tuple[dict[str, Any], bool, tuple[int, int]]:
+    """A deterministic output line for one request; a ``model`` starting with ``fail`` fails it."""
+    raw = item.get("body")
+    body: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    model = str(body.get("model", "gpt-4o-mini"))
+    seed = digest(item)
+    request_id = "req_" + seed[:24]
+    line_id = "batch_req_" + seed[24:48]
+    if model.startswith("fail"):
+        error = {
+            "message": f"The model '{model}' does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+        return (
+            {
+                "id": line_id,
+                "custom_id": item.get("custom_id"),
+                "response": {"status_code": 400, "request_id": request_id, "body": {"error": error}},
+                "error": None,
+            },
+            True,
+            (0, 0),
+        )
+    response, tokens = _fake_body(endpoint, model, body, seed)
+    return (
+        {
+            "id": line_id,
+            "custom_id": item.get("custom_id"),
+            "response": {"status_code": 200, "request_id": request_id, "body": response},
+            "error": None,
+        },
+        False,
+        tokens,
+    )
+
+
+def _fake_body(endpoint: str, model: str, body: dict[str, Any], seed: str) -> tuple[dict[str, Any], tuple[int, int]]:
+    created = 1_700_000_000
+    prompt = json.dumps(body.get("messages") or body.get("input") or body.get("prompt") or "")
+    prompt_tokens = max(1, len(prompt) // 4)
+    if endpoint == "/v1/embeddings":
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": [int(seed[j : j + 2], 16) / 255 for j in range(0, 16, 2)],
+            }
+            for i in range(max(1, guide.embedding_inputs(body)))  # a token array is one input
+        ]
+        return (
+            {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+            },
+            (prompt_tokens, 0),
+        )
+    answer = f"Emulated answer {seed[:8]} to: {_last_user_text(body)[:80]}"
+    completion_tokens = max(1, len(answer) // 4)
+    if endpoint == "/v1/chat/completions":
+        return (
+            {
+                "id": "chatcmpl-" + seed[:20],
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+                "system_fingerprint": None,
+            },
+            (prompt_tokens, completion_tokens),
+        )
+    if endpoint == "/v1/responses":
+        return (
+            {
+                "id": "resp_" + seed[:20],
+                "object": "response",
+                "created_at": created,
+                "status": "completed",
+                "model": model,
+                "output": [
+                    {
+                        "type": "message",
+                        "id": "msg_" + seed[:16],
+                        "status": "completed",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": answer, "annotations": []}],
+                    }
+                ],
+                "usage": {
+                    "input_tokens": prompt_tokens,
+                    "output_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+            (prompt_tokens, completion_tokens),
+        )
+    if endpoint == "/v1/moderations":
+        return (
+            {
+                "id": "modr-" + seed[:20],
+                "model": model,
+                "results": [{"flagged": False, "categories": {}, "category_scores": {}}],
+            },
+            (prompt_tokens, 0),
+        )
+    if endpoint == "/v1/completions":
+        return (
+            {
+                "id": "cmpl-" + seed[:20],
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "text": answer, "logprobs": None, "finish_reason": "stop"}],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+            (prompt_tokens, completion_tokens),
+        )
+    return (
+        {
+            "id": "obj_" + seed[:20],
+            "object": "emulated",
+            "created": created,
+            "model": model,
+            "data": [{"url": f"https://example.invalid/{seed[:16]}"}],
+        },
+        (prompt_tokens, completion_tokens),
+    )
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                content = message.get("content")
+                return content if isinstance(content, str) else json.dumps(content)
+    value = body.get("input") or body.get("prompt") or ""
+    return value if isinstance(value, str) else json.dumps(value)
