@@ -8,10 +8,10 @@ import sys
 import uvicorn
 
 from airflow_provider_openai_batch.emulator.app import create_app
+from airflow_provider_openai_batch.emulator.config import FAULT_KINDS, EmulatorConfig
 from airflow_provider_openai_batch.emulator.server import uvicorn_config
-from airflow_provider_openai_batch.emulator.store import EmulatorConfig
 
-FAULT_KINDS = ("429", "500", "502", "503", "drop", "slow")
+__all__ = ["FAULT_KINDS", "main", "parse_args"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="process a faulted POST before answering with the fault (an ambiguous failure, as after a timeout)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault draw, for reproducible runs")
+    parser.add_argument(
+        "--fault-script",
+        default="",
+        help="comma-separated faults for the first /v1 requests, one each, before the random draw; an empty "
+        "item is no fault (e.g. '500,,drop')",
+    )
     parser.add_argument("--data-dir", default=None, help="persist state here so a restart loses nothing")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
@@ -56,7 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--fault-kinds: unknown kinds {sorted(unknown)}; choose from {', '.join(FAULT_KINDS)}")
     if not 0 <= args.fault_rate <= 1:
         parser.error("--fault-rate must be between 0 and 1")
+    script = args.fault_script.split(",") if args.fault_script else []
+    unknown = set(script) - set(FAULT_KINDS) - {""}
+    if unknown:
+        parser.error(f"--fault-script: unknown kinds {sorted(unknown)}; choose from {', '.join(FAULT_KINDS)}")
     args.fault_kinds = kinds
+    args.fault_script = script
     return args
 
 
@@ -72,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         slow_seconds=args.slow_seconds,
         fault_after_processing=args.fault_after_processing,
         api_key=args.api_key,
+        seed=args.seed,
+        fault_script=args.fault_script,
     )
-    app = create_app(config, data_dir=args.data_dir, seed=args.seed)
+    app = create_app(config, data_dir=args.data_dir)
     print(f"OpenAI Batch API emulator on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     uvicorn.Server(uvicorn_config(app, args.host, args.port, args.log_level)).run()
     return 0

@@ -8,19 +8,28 @@ Installed with the package (entry point ``pytest11``), so any project's tests ca
         assert openai_batch_emulator.stats()["batches_created"] == 1
 
 ``openai_batch_emulator`` is one server per test session (in a background thread, on a free loopback
-port), reset before each test with fast phases (0.1 s) and no faults.
+port), reset before each test with fast phases (0.1 s), no faults, ``seed=0`` and an empty ``fault_script``.
+
+Faults a test can rely on, whatever the machine's speed: ``fault_script`` decides the next requests one by
+one, ``seed`` makes the random draw repeat exactly::
+
+    openai_batch_emulator.configure(fault_script=["503", "", "drop"])  # 1st request 503, 2nd fine, 3rd dropped
+    openai_batch_emulator.configure(seed=42, fault_rate=0.3)           # the same draws on every run
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from airflow_provider_openai_batch.emulator.store import EmulatorConfig
+from airflow_provider_openai_batch.emulator.config import EmulatorConfig
 from airflow_provider_openai_batch.emulator.testing import EmulatorHandle
 
-DEFAULTS = {
+#: The settings every test starts from (see :class:`~airflow_provider_openai_batch.emulator.config.EmulatorConfig`).
+DEFAULTS: dict[str, Any] = {
     "phase_seconds": 0.1,
     "fault_rate": 0.0,
     "latency_ms": 0.0,
@@ -30,6 +39,8 @@ DEFAULTS = {
     "slow_seconds": 30.0,
     "fault_kinds": ["429", "500", "502", "503", "drop"],
     "api_key": None,
+    "seed": 0,  # setting it re-seeds the fault draw: every test sees the same faults on every run
+    "fault_script": [],
 }
 
 
@@ -37,7 +48,7 @@ DEFAULTS = {
 def _openai_batch_emulator_server() -> Iterator[EmulatorHandle]:
     from airflow_provider_openai_batch.emulator.server import ThreadedEmulator
 
-    server = ThreadedEmulator(EmulatorConfig(**DEFAULTS)).start()  # type: ignore[arg-type]
+    server = ThreadedEmulator(EmulatorConfig(**copy.deepcopy(DEFAULTS))).start()
     try:
         yield EmulatorHandle(f"http://{server.host}:{server.port}/v1")
     finally:
@@ -46,7 +57,13 @@ def _openai_batch_emulator_server() -> Iterator[EmulatorHandle]:
 
 @pytest.fixture
 def openai_batch_emulator(_openai_batch_emulator_server: EmulatorHandle) -> EmulatorHandle:
-    """A running emulator, emptied and set to fast, fault-free defaults for this test."""
+    """A running emulator, emptied and set to fast, fault-free defaults for this test (:data:`DEFAULTS`).
+
+    Change settings with ``configure(...)``: ``phase_seconds``, ``fault_rate``, ``fault_kinds``,
+    ``latency_ms``, ``slow_seconds``, ``fault_after_processing``, ``api_key``, and for reproducible faults
+    ``seed`` (re-seeds the random draw) and ``fault_script`` (e.g. ``["500", "", "drop"]``: the next
+    requests' faults, one per ``/v1`` request after auth, ``""`` for none, before the random draw applies).
+    """
     handle = _openai_batch_emulator_server
     handle.reset()
     handle.configure(**DEFAULTS)

@@ -12,7 +12,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from airflow_provider_openai_batch.emulator.app import create_app
-from airflow_provider_openai_batch.emulator.store import EmulatorConfig
+from airflow_provider_openai_batch.emulator.config import EmulatorConfig
 
 
 class _TransportAwareProtocol(H11Protocol):
@@ -51,6 +51,7 @@ class ThreadedEmulator:
     :param config: Initial settings.
     :param host: Interface to bind (loopback by default).
     :param port: Port, or ``None`` for a free one.
+    :param data_dir: Persist state here.
     """
 
     def __init__(

@@ -35,7 +35,11 @@ class EmulatorHandle:
         self._http = requests.Session()
 
     def configure(self, **settings: Any) -> dict[str, Any]:
-        """Change settings at run time: ``fault_rate``, ``fault_kinds``, ``latency_ms``, ``phase_seconds``, ..."""
+        """Change settings at run time (see :class:`~airflow_provider_openai_batch.emulator.config.EmulatorConfig`):
+        ``fault_rate``, ``fault_kinds``, ``latency_ms``, ``phase_seconds``, ``slow_seconds``, ... For faults that
+        repeat exactly: ``seed`` (re-seeds the random draw) and ``fault_script`` (the next requests' faults,
+        one per ``/v1`` request, ``""`` for none, e.g. ``["500", "", "drop"]``). Returns the settings now.
+        """
         return self._call("PATCH", "/config", settings)
 
     def force_status(self, batch_id: str, status: str) -> dict[str, Any]:
@@ -70,6 +74,11 @@ class EmulatorProcess(EmulatorHandle):
 
     Its stdout and stderr go to ``log_path`` (a temporary file by default; read it with :meth:`log_text`),
     never to a pipe that could fill up and stall it.
+
+    :param port: Port on 127.0.0.1, or ``None`` for a free one.
+    :param data_dir: Persist state here (needed for :meth:`restart` to keep batches).
+    :param log_path: Where its output goes.
+    :param flags: Command-line flags by name (``fault_script=["503", ""]`` becomes ``--fault-script 503,``).
     """
 
     def __init__(
@@ -142,7 +151,8 @@ def run_emulator_process(
     :param data_dir: Persist state here (needed for :meth:`EmulatorProcess.restart` to keep batches).
     :param log_path: Where its output goes (default: a temporary file).
     :param flags: Further command-line flags, e.g. ``phase_seconds=0.2``, ``fault_rate=0.3``,
-        ``fault_kinds=["429", "drop"]``, ``fault_after_processing=True``.
+        ``fault_kinds=["429", "drop"]``, ``fault_after_processing=True``, ``seed=7``,
+        ``fault_script=["503", "", "drop"]``.
     """
     emulator = EmulatorProcess(
         port, str(data_dir) if data_dir else None, str(log_path) if log_path else None, **flags

@@ -1,0 +1,177 @@
+"""The gateway in front of the routes: what the real API's edge does before a request reaches the service.
+
+In order: a request id on every answer; then, under ``/v1`` only, request counting, latency, auth and
+faults. It is plain ASGI (no ``BaseHTTPMiddleware``) because the ``slow`` fault needs to outlive its client's
+connection: the request is buffered and processed late even if the client has hung up, as a buffering proxy
+forwards a request whose client timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from airflow_provider_openai_batch.emulator.errors import ApiFailure, is_api_path, server_error
+from airflow_provider_openai_batch.emulator.faults import FaultInjector, send_fault
+from airflow_provider_openai_batch.emulator.store import Store
+
+log = logging.getLogger(__name__)
+
+_NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer "
+    "auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+_WRONG_KEY = "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
+
+
+class Gateway:
+    """ASGI middleware: request ids, counting, latency, auth and fault injection.
+
+    :param app: The routes.
+    :param store: Its ``config`` (read per request, so changes apply at once) and ``stats``.
+    :param faults: Decides each request's fault.
+    """
+
+    def __init__(self, app: ASGIApp, store: Store, faults: FaultInjector) -> None:
+        self.app = app
+        self.store = store
+        self.faults = faults
+        self._held: set[asyncio.Task[Any]] = set()  # slow requests in flight; a reference keeps each alive
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = _with_request_id(send, "req_" + secrets.token_hex(16))
+        if not is_api_path(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        cfg = self.store.config
+        route = f"{scope['method']} {_route_of(scope['path'])}"
+        counts = self.store.stats["requests"]
+        counts[route] = counts.get(route, 0) + 1
+        if cfg.latency_ms:
+            await asyncio.sleep(cfg.latency_ms / 1000)
+        refusal = _auth_refusal(scope, cfg.api_key)
+        if refusal is not None:
+            await refusal.response()(scope, receive, send)
+            return
+        # Faults come after auth, so an ambiguous POST (processed, then faulted) is always an authorised one.
+        fault = self.faults.draw()
+        if fault:
+            faults = self.store.stats["faults"]
+            faults[fault] = faults.get(fault, 0) + 1
+        if fault == "slow":  # a correct answer, late: the client's timeout decides what it becomes
+            await self._late(scope, receive, send, cfg.slow_seconds)
+        elif fault:
+            if cfg.fault_after_processing and scope["method"] == "POST":
+                await self._serve(scope, receive, _discard)
+            await send_fault(fault, cfg, scope, receive, send)
+        else:
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the routes; a bug in them still answers in the API's shape (a 500), never a bare text page."""
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except ClientDisconnect:
+            return  # the client left while sending its body: nobody to answer, nothing to process
+        except Exception:
+            log.exception("The emulator failed on %s %s", scope["method"], scope["path"])
+            if not started:
+                await server_error().response()(scope, receive, send)
+
+    async def _late(self, scope: Scope, receive: Receive, send: Send, delay: float) -> None:
+        """Hold a request ``delay`` seconds, then process it whether or not its client is still there."""
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client left before its request was even complete: there is nothing to forward
+        task = asyncio.get_running_loop().create_task(self._process_late(scope, body, delay))
+        self._held.add(task)
+        task.add_done_callback(self._held.discard)
+        # shield(): if the server cancels this connection's handler, the request is still carried out.
+        for message in await asyncio.shield(task):
+            await send(message)  # to a client that left, the server drops these
+
+    async def _process_late(self, scope: Scope, body: bytes, delay: float) -> list[Message]:
+        await asyncio.sleep(delay)
+        answer: list[Message] = []
+
+        async def keep(message: Message) -> None:
+            answer.append(message)
+
+        await self._serve(scope, _replay(body), keep)
+        return answer
+
+
+def _with_request_id(send: Send, request_id: str) -> Send:
+    header = (b"x-request-id", request_id.encode())
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), header]}
+        await send(message)
+
+    return send_with_id
+
+
+def _auth_refusal(scope: Scope, api_key: str | None) -> ApiFailure | None:
+    auth = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+    key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if not key:
+        return ApiFailure(401, _NO_KEY, code="invalid_api_key")
+    if api_key is not None and not secrets.compare_digest(key.encode(), api_key.encode()):
+        return ApiFailure(401, _WRONG_KEY, code="invalid_api_key")
+    return None
+
+
+def _route_of(path: str) -> str:
+    parts = path.split("/")
+    # /v1/batches/{id}[/cancel], /v1/files/{id}[/content]
+    if len(parts) >= 4 and parts[3]:
+        parts[3] = "{id}"
+    return "/".join(parts)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or ``None`` if the client disconnected before sending it all."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    """A ``receive`` that hands over a buffered body, then never reports a disconnect: the gateway, not the
+    client, is now the other end of the request."""
+    delivered = False
+
+    async def receive() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.get_running_loop().create_future()  # never resolves
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+async def _discard(message: Message) -> None:
+    """The answer of a request processed before its fault: nobody receives it."""
