@@ -1,4 +1,5 @@
-"""Emulator scale on this machine: status requests per second, and 10,000 batches held at once.
+"""Emulator scale on this machine: status requests per second, 10,000 batches held at once, and the time it
+takes to judge a full-size (50,000-request) input file against the contract.
 
 The emulator runs as its own process (as in `make demo`); the load comes from this process with an
 asyncio + aiohttp client keeping --concurrency requests in flight.
@@ -18,7 +19,7 @@ import time
 import aiohttp
 import requests
 
-from airflow_provider_openai_batch.emulator.testing import run_emulator_process
+from airflow_provider_openai_batch.emulator.testing import EmulatorProcess, run_emulator_process
 
 HEADERS = {"Authorization": "Bearer bench-key"}
 
@@ -43,6 +44,29 @@ async def load(url: str, seconds: float, concurrency: int) -> tuple[int, list[fl
     return done, latencies
 
 
+def validation_seconds(http: requests.Session, emulator: EmulatorProcess, lines: int) -> float:
+    """From create to the first answer past ``validating`` for a file of ``lines`` requests (the emulator
+    judges every line against the spec's line schema, once per file and endpoint)."""
+    body = b"".join(
+        json.dumps(
+            {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}}
+        ).encode()
+        + b"\n"
+        for i in range(lines)
+    )
+    file_id = http.post(
+        f"{emulator.base_url}/files", files={"file": ("big.jsonl", body)}, data={"purpose": "batch"}
+    ).json()["id"]
+    emulator.configure(phase_seconds=0.01)
+    create = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    started = time.perf_counter()
+    batch = http.post(f"{emulator.base_url}/batches", json=create).json()
+    while batch["status"] == "validating":
+        batch = http.get(f"{emulator.base_url}/batches/{batch['id']}").json()
+    assert batch["status"] == "in_progress", batch
+    return time.perf_counter() - started
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         return int(status.read().split("VmRSS:")[1].split()[0]) / 1024
@@ -53,6 +77,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--batches", type=int, default=10_000)
+    parser.add_argument("--lines", type=int, default=50_000, help="requests in the file whose validation is timed")
     args = parser.parse_args()
     with run_emulator_process(phase_seconds=3600) as emulator:
         http = requests.Session()
@@ -79,6 +104,7 @@ def main() -> int:
         http.get(f"{emulator.base_url}/batches/{page['data'][-1]['id']}").raise_for_status()
         get_ms = (time.perf_counter() - t0) * 1000
         held = emulator.stats()["batches"]
+        validate_s = validation_seconds(http, emulator, args.lines)
     latencies.sort()
     print("| metric | value |")
     print("|---|---|")
@@ -97,6 +123,7 @@ def main() -> int:
     )
     print(f"| creates per second (sequential) | {create_rate:,.0f} |")
     print(f"| list 100 newest / retrieve one, with {held:,} held (ms) | {list_ms:.1f} / {get_ms:.1f} |")
+    print(f"| validate a {args.lines:,}-request input file (s) | {validate_s:.2f} |")
     return 0
 
 
