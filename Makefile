@@ -7,13 +7,20 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 EXTRAS ?= test,lint
 
-.PHONY: setup test lint demo clean airflow e2e
+.PHONY: setup bytecode test lint demo clean airflow e2e
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv
 	$(UV) pip install --quiet --python $(PY) -e '.[$(EXTRAS)]'
+	$(MAKE) --no-print-directory bytecode
 	touch $(STAMP)
+
+# Where PYTHONDONTWRITEBYTECODE is set (containers, CI) nothing else ever writes .pyc, and every Airflow
+# process would compile Airflow from source at start-up: `import airflow.sdk` 4-6 s instead of 1.5-2 s.
+# compileall skips what is already compiled, so a re-run costs a second or two.
+bytecode:
+	$(PY) -m compileall -q -j 0 $(VENV)/lib
 
 setup: $(STAMP)
 
@@ -36,5 +43,6 @@ airflow: setup
 
 e2e: setup
 	$(UV) pip install --quiet --python $(PY) -e '.[test,lint,e2e]'
+	$(MAKE) --no-print-directory bytecode
 	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	OPENAI_BATCH_E2E=1 $(PY) -m pytest -m e2e tests/e2e -v

@@ -1,5 +1,5 @@
 """Shared test set-up. The emulator fixtures (``openai_batch_emulator``, ``openai_batch_connection``) come
-from the package's own pytest plugin, as they would for a user."""
+from the package's own pytest plugin, enabled the way the README tells a user to."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import time
 
 import pytest
+
+pytest_plugins = ["airflow_provider_openai_batch.emulator.pytest_plugin"]
 
 BASE = "http://127.0.0.1:9/v1"
 KEY = "test-key-canary-7f3a"

@@ -113,3 +113,17 @@ def test_entry_point_and_providers_manager_see_the_provider():
     assert hook is not None and hook.hook_class_name.endswith("OpenAIBatchHook")
     assert manager.field_behaviours["openai_batch"]["relabeling"]["host"] == "Base URL"
     assert "extra__openai_batch__max_retries" in manager.connection_form_widgets
+
+
+def test_the_package_requires_what_its_promises_need_ships_hints_and_keeps_its_fixtures_opt_in():
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    airflow = next(Requirement(r) for r in requires("airflow-provider-openai-batch") or [] if r.startswith("apache"))
+    # cancel_on_kill of deferred tasks and the task state store both arrived in Airflow 3.3.
+    assert airflow.name == "apache-airflow" and "3.2.9" not in airflow.specifier and "3.3.0" in airflow.specifier
+    assert (Path(statuses.__file__).parent / "py.typed").is_file()  # PEP 561: users' type checkers see our hints
+    # Installing the provider must not load the emulator's fixtures into every other project's pytest run.
+    ours = [ep.value for ep in entry_points(group="pytest11") if ep.value.startswith("airflow_provider_openai_batch")]
+    assert ours == []
