@@ -71,7 +71,8 @@ def validate_id(value: Any, field_name: str) -> str:
     :raises ValueError: naming ``field_name`` when the id is empty, not a string, or could change the path.
     """
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{field_name} must be a non-empty string such as 'batch_abc123', got {value!r}")
+        example = "file-abc123" if "file" in field_name else "batch_abc123"
+        raise ValueError(f"{field_name} must be a non-empty string such as {example!r}, got {value!r}")
     if "/" in value or "\\" in value or ".." in value or any(ch.isspace() for ch in value):
         raise ValueError(f"{field_name} {value!r} is not a valid id: ids may not contain '/', '\\', '..' or whitespace")
     if not value.isprintable():

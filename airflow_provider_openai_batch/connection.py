@@ -153,8 +153,9 @@ def _base_url(host: str, port: Any, schema: str, conn_id: str) -> str:
     elif "/" in host:  # host and path without a scheme
         url = "https://" + host
     else:
-        scheme = "http" if host.lower() in _LOOPBACK else "https"
-        netloc = f"{host}:{port}" if port else host  # port 0 or None: the scheme's default
+        name, _, own_port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+        scheme = "http" if (name or host).lower() in _LOOPBACK else "https"
+        netloc = host if own_port else (f"{host}:{port}" if port else host)  # port 0 or None: the default
         path = "/" + schema.strip("/") if schema.strip("/") else "/v1"
         url = f"{scheme}://{netloc}{path}"
     try:

@@ -72,9 +72,12 @@ def validate_batch_input_lines(
             )
             break
         try:
-            item = json.loads(text)
+            item = json.loads(text, parse_constant=_refuse_constant)
         except json.JSONDecodeError as err:
             problems.append(Problem(number, "invalid_json_line", f"not valid JSON ({err.msg})"))
+            continue
+        except ValueError as err:  # NaN or Infinity: Python reads them, JSON (and the API) does not
+            problems.append(Problem(number, "invalid_json_line", f"not valid JSON ({err})"))
             continue
         if not isinstance(item, dict):
             problems.append(Problem(number, "invalid_request", "each line must be a JSON object"))
@@ -126,6 +129,10 @@ def validate_batch_input_lines(
     if count == 0 and not problems:
         problems.append(Problem(None, "empty_file", "the file contains no requests"))
     return problems
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value; write null or a number")
 
 
 def count_embedding_inputs(value: object) -> int:

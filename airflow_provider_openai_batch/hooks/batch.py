@@ -26,6 +26,7 @@ from airflow_provider_openai_batch.exceptions import (
 )
 from airflow_provider_openai_batch.hooks.transfer import (
     MultipartBody,
+    check_binary_handle,
     checked_chunks,
     iter_lines,
     reopenable,
@@ -448,6 +449,8 @@ class OpenAIBatchHook(BaseHook):
         :param destination: A local path, an ``ObjectStoragePath``, or a writable binary file object.
         """
         call = api.file_content(file_id)
+        if hasattr(destination, "write"):
+            check_binary_handle(destination, "destination", "wb")
         # A file object is written from where its handle stands; a retry rewinds to there, never further.
         start = destination.tell() if hasattr(destination, "write") and seekable(destination) else None
 
@@ -595,6 +598,12 @@ def _connection_error(
         "NameResolutionError",
         "ConnectTimeoutError",
     }
+    if type(underlying).__name__ == "SSLError" or isinstance(err, requests.exceptions.SSLError):
+        return APIConnectionError(
+            f"{call.method} {call.path}: the TLS handshake with {base_url} failed (SSLError); if the server "
+            "speaks plain HTTP, make the connection's Base URL start with http://",
+            maybe_processed=False,
+        )
     kind = "could not connect to" if refused else "connection to"
     tail = "" if refused else " broke before an answer arrived"
     return APIConnectionError(

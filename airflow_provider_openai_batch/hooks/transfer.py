@@ -84,6 +84,7 @@ def upload_source(source: Any) -> tuple[Any, str, int | None]:
             raise ValueError(f"source {str(path)!r} is not a readable file: pass an existing path")
         return (lambda: open(path, "rb")), path.name, path.stat().st_size
     if hasattr(source, "read"):
+        check_binary_handle(source, "source", "rb")
         start = source.tell() if seekable(source) else None
 
         @contextmanager
@@ -113,6 +114,14 @@ def seekable(obj: Any) -> bool:
 
 def reopenable(source: Any) -> bool:
     return not hasattr(source, "read") or seekable(source)
+
+
+def check_binary_handle(handle: Any, name: str, mode: str) -> None:
+    """Refuse a closed or text-mode file object before a byte moves, naming the fix."""
+    if getattr(handle, "closed", False):
+        raise ValueError(f"{name} is a closed file object: pass it while it is open, or pass a path")
+    if isinstance(handle, io.TextIOBase) or "b" not in str(getattr(handle, "mode", "b")):
+        raise ValueError(f"{name} is a text file object: open it in binary mode ({mode!r}), or pass a path")
 
 
 def write_destination(destination: Any, chunks: Iterator[bytes]) -> int:

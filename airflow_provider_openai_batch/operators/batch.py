@@ -143,8 +143,9 @@ class CreateBatchOperator(BaseOperator):
         check_fraction(max_failed_fraction, self.task_id)
         if reattach not in ("auto", "never"):
             raise ValueError(f"{self.task_id}: reattach must be 'auto' or 'never'; got {reattach!r}")
-        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise ValueError(f"{self.task_id}: timeout must be a positive number of seconds; got {timeout!r}")
+        if timeout is not None:
+            check_seconds(timeout, "timeout", self.task_id)
+        check_seconds(poll_interval, "poll_interval", self.task_id)
         self.endpoint = endpoint
         self.requests = requests
         self.input_file = input_file
@@ -239,9 +240,16 @@ class CreateBatchOperator(BaseOperator):
 
     def _prepare_input(self, tmp: str) -> tuple[Any, str]:
         """The file to upload (``None`` for ``input_file_id``), checked, and a digest of its content."""
+        from airflow_provider_openai_batch import api
+
         if self.input_file_id is not None:
+            api.validate_id(self.input_file_id, "input_file_id")
             return None, hashlib.sha256(self.input_file_id.encode()).hexdigest()
         source: Any = self.input_file
+        if self.requests is None and not (isinstance(source, (str, os.PathLike)) or hasattr(source, "fs")):
+            raise ValueError(
+                f"input_file must be a local path or an ObjectStoragePath of a JSONL file; got {type(source).__name__}"
+            )
         if self.requests is not None:
             source = os.path.join(tmp, "batch_input.jsonl")
             write_requests_jsonl(self.requests, self.endpoint, source)
@@ -355,6 +363,8 @@ class CancelBatchOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_seconds(poll_interval, "poll_interval", self.task_id)
+        check_seconds(timeout, "timeout", self.task_id)
         self.batch_id = batch_id
         self.conn_id = conn_id
         self.wait_for_completion = wait_for_completion
@@ -363,10 +373,12 @@ class CancelBatchOperator(BaseOperator):
         self.wait_timeout = timeout
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_openai_batch import api
         from airflow_provider_openai_batch.exceptions import ConflictError
         from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
         from airflow_provider_openai_batch.outcome import describe
 
+        api.validate_id(self.batch_id, "batch_id")
         with OpenAIBatchHook(conn_id=self.conn_id) as hook:
             remember_batch_link(self, context, hook.settings.base_url, self.batch_id)
             batch = hook.retrieve_batch(self.batch_id)
@@ -411,6 +423,13 @@ def check_fraction(value: Any, task_id: str) -> None:
         )
 
 
+def check_seconds(value: Any, name: str, task_id: str) -> None:
+    """Refuse a duration that is not a positive number when the DAG is parsed (a zero poll interval would
+    hammer the API)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{task_id}: {name} must be a positive number of seconds; got {value!r}")
+
+
 def fail_for_good(err: Exception, why: str) -> NoReturn:
     """Fail the task without its retries: a retry would meet the same final verdict (and a retried wait
     would only re-attach to the same batch)."""
@@ -452,12 +471,23 @@ def write_requests_jsonl(requests: Any, endpoint: str, path: str) -> int:
             line.setdefault("method", "POST")
             line.setdefault("url", endpoint)
             try:
-                encoded = (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
+                # allow_nan=False: NaN and Infinity are not JSON, and the API refuses a line that has them.
+                encoded = (json.dumps(line, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+            except TypeError as err:
+                raise ValueError(
+                    f"requests[{number - 1}] cannot be written as JSON ({err}): pass plain dicts, "
+                    "lists, strings, numbers, booleans and None"
+                ) from None
             except UnicodeEncodeError as err:  # a lone surrogate: no valid UTF-8 (nor JSON for the API) exists
                 bad = err.object[err.start : err.end]
                 raise ValueError(
                     f"requests[{number - 1}] contains text that is not valid Unicode ({bad!r}, a lone surrogate, "
                     "often from decoding bytes with errors='surrogateescape'): fix that string"
+                ) from None
+            except ValueError:
+                raise ValueError(
+                    f"requests[{number - 1}] contains NaN or Infinity, which JSON cannot carry: "
+                    "replace them (e.g. with None)"
                 ) from None
             out.write(encoded)
     return len(requests)

@@ -65,11 +65,14 @@ class BatchSensor(BaseSensorOperator):
         max_consecutive_errors: int = 5,
         **kwargs: Any,
     ) -> None:
+        from airflow_provider_openai_batch.operators.batch import check_fraction, check_seconds
+
+        # Before BaseSensorOperator reads poll_interval as its poke_interval and words its own complaint.
+        task_id = str(kwargs.get("task_id", "BatchSensor"))
+        check_fraction(max_failed_fraction, task_id)
+        check_seconds(poll_interval, "poll_interval", task_id)
         kwargs.setdefault("poke_interval", poll_interval)
         super().__init__(**kwargs)
-        from airflow_provider_openai_batch.operators.batch import check_fraction
-
-        check_fraction(max_failed_fraction, self.task_id)
         self.batch_id = batch_id
         self.conn_id = conn_id
         self.deferrable = deferrable
@@ -99,6 +102,9 @@ class BatchSensor(BaseSensorOperator):
     def _execute(self, context: Context, hook: OpenAIBatchHook) -> Any:
         from airflow.sdk.exceptions import AirflowSensorTimeout
 
+        from airflow_provider_openai_batch.api import validate_id
+
+        validate_id(self.batch_id, "batch_id")
         remember_batch_link(self, context, hook.settings.base_url, self.batch_id)
         if not self.deferrable:
             try:

@@ -8,6 +8,7 @@ non-JSON success, a truncated download, an unparseable result file) are served b
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +70,12 @@ def with_line(n: int, replacement: Any, total: int = 10) -> list[Any]:
 
 def create(env: Env, **kwargs: Any) -> Any:
     return CreateBatchOperator(task_id="create", **kwargs).execute(ctx())
+
+
+def closed_handle(env: Env) -> Any:
+    path = env.jsonl(good_lines(1))
+    with open(path, "rb") as handle:
+        return handle
 
 
 def create_from_file(lines: list[Any]) -> Callable[[Env], Any]:
@@ -314,6 +321,80 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         lambda e: create_from_file(with_line(2, b'{"custom_id": "caf\xe9", "method": "POST"}'))(e),
         BatchValidationError,
         r"line 2: not valid UTF-8 \(byte 0xe9 at column \d+\); save the file as UTF-8",
+    ),
+    (
+        "requests that JSON cannot carry (an object)",
+        lambda e: create(e, requests=[{"custom_id": "a", "body": {"when": object()}}]),
+        ValueError,
+        r"requests\[0\] cannot be written as JSON .*pass plain dicts",
+    ),
+    (
+        "requests with NaN (not JSON; the API refuses it)",
+        lambda e: create(e, requests=[{"custom_id": "a", "body": {"temperature": float("nan")}}]),
+        ValueError,
+        r"requests\[0\] contains NaN or Infinity, which JSON cannot carry",
+    ),
+    (
+        "an input file with NaN",
+        create_from_file(
+            with_line(4, '{"custom_id": "r4", "method": "POST", "url": "/v1/chat/completions", "body": {"n": NaN}}')
+        ),
+        BatchValidationError,
+        r"line 4: not valid JSON \(NaN is not a JSON value; write null or a number\)",
+    ),
+    (
+        "operator input_file_id not a string",
+        lambda e: create(e, input_file_id=5),
+        ValueError,
+        r"input_file_id must be a non-empty string such as 'file-abc123', got 5",
+    ),
+    (
+        "operator input_file of the wrong type",
+        lambda e: create(e, input_file=5),
+        ValueError,
+        r"input_file must be a local path or an ObjectStoragePath of a JSONL file; got int",
+    ),
+    (
+        "operator poll_interval 0 (would hammer the API)",
+        lambda e: CreateBatchOperator(task_id="c", requests=prompts(), poll_interval=0),
+        ValueError,
+        r"c: poll_interval must be a positive number of seconds; got 0",
+    ),
+    (
+        "sensor poll_interval negative",
+        lambda e: BatchSensor(task_id="s", batch_id="b", poll_interval=-5),
+        ValueError,
+        r"s: poll_interval must be a positive number of seconds; got -5",
+    ),
+    (
+        "cancel operator batch_id None",
+        lambda e: CancelBatchOperator(task_id="c", batch_id=None).execute(ctx()),
+        ValueError,
+        r"batch_id must be a non-empty string such as 'batch_abc123', got None",
+    ),
+    (
+        "sensor batch_id a list",
+        lambda e: BatchSensor(task_id="s", batch_id=["b"]).execute(ctx()),
+        ValueError,
+        r"batch_id must be a non-empty string such as 'batch_abc123', got \['b'\]",
+    ),
+    (
+        "upload from a text-mode handle",
+        lambda e: e.hook.upload_file(io.StringIO("{}")),
+        ValueError,
+        r"source is a text file object: open it in binary mode \('rb'\), or pass a path",
+    ),
+    (
+        "upload from a closed handle",
+        lambda e: e.hook.upload_file(closed_handle(e)),
+        ValueError,
+        r"source is a closed file object: pass it while it is open, or pass a path",
+    ),
+    (
+        "download into a text-mode handle",
+        lambda e: e.hook.download_file("file-x", io.StringIO()),
+        ValueError,
+        r"destination is a text file object: open it in binary mode \('wb'\), or pass a path",
     ),
 ]
 
