@@ -122,7 +122,13 @@ class OpenAIBatchHook(BaseHook):
     @cached_property
     def settings(self) -> ClientSettings:
         """The connection's settings (key, base URL, headers, timeout, retries), read once."""
-        settings = settings_from_connection(self.get_connection(self.conn_id))
+        conn = self.get_connection(self.conn_id)
+        settings = settings_from_connection(conn)
+        if settings.api_key != conn.password:
+            # Airflow masks the password as stored ("sk-...\n"); the key we send is the cleaned one.
+            from airflow.sdk.log import mask_secret
+
+            mask_secret(settings.api_key)
         overrides: dict[str, Any] = {}
         if self._timeout_override is not None:
             overrides["timeout"] = float(self._timeout_override)

@@ -464,3 +464,19 @@ def test_a_header_the_http_stack_refuses_is_wrapped_without_quoting_it(hook, req
         hook.retrieve_batch("batch_1")
     assert secret not in str(err.value) and err.value.__cause__ is None and err.value.maybe_processed is False
     assert sleeps == []  # repeating cannot make the header sendable: no retries
+
+
+def test_a_key_with_a_trailing_newline_is_sent_clean_and_masked_as_sent(conn_env, requests_mock):
+    """Airflow masks the password as stored, newline included; the key that travels is the stripped one, so
+    that one must be masked too (and never appear in any message)."""
+    from airflow.sdk.log import redact
+
+    clean = "sk-test-newline-canary-42"
+    conn_env(password=clean + "\n")
+    requests_mock.get(f"{BASE}/batches", json={"data": [], "has_more": False})
+    hook = OpenAIBatchHook()
+    hook.list_batches()
+    assert requests_mock.last_request.headers["Authorization"] == f"Bearer {clean}"
+    assert clean not in str(redact(f"the key is {clean}"))
+    ok, message = hook.test_connection()
+    assert ok and clean not in message
