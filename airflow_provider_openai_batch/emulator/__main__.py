@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--fault-after-processing",
         action="store_true",
-        help="process a faulted POST before answering with the fault (an ambiguous failure, as after a timeout)",
+        help="process a faulted POST before answering with the fault (an ambiguous failure, as after a timeout); "
+        "never for a 429, which the real API answers without acting",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault draw, for reproducible runs")
     parser.add_argument(

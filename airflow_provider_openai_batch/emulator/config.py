@@ -22,6 +22,7 @@ class EmulatorConfig:
     :param slow_seconds: How long a ``slow`` fault holds a request before processing it. The request is
         processed even if its client hung up meanwhile, as a buffering gateway would forward it.
     :param fault_after_processing: Process a faulted POST first, then fault the answer (an ambiguous failure).
+        Never for a 429: the real API's rate limiter refuses a request before the service sees it.
     :param api_key: When set, the only key accepted.
     :param seed: Seed of the random fault draw. Setting it (even to the same value) re-seeds the draw, so a
         test that sets it sees the same faults on every run; ``None`` seeds from the system.

@@ -69,7 +69,9 @@ class Gateway:
         if fault == "slow":  # a correct answer, late: the client's timeout decides what it becomes
             await self._late(scope, receive, send, cfg.slow_seconds)
         elif fault:
-            if cfg.fault_after_processing and scope["method"] == "POST":
+            # A 429 comes from a rate limiter in front of the service: the real API never acted on it, and
+            # clients rightly retry it as such. The other faults can follow processing (an ambiguous failure).
+            if cfg.fault_after_processing and scope["method"] == "POST" and fault != "429":
                 await self._serve(scope, receive, _discard)
             await send_fault(fault, cfg, scope, receive, send)
         else:

@@ -188,6 +188,17 @@ def test_the_fault_script_comes_before_the_random_draw(http, openai_batch_emulat
     assert [http.get("/batches").status_code for _ in range(3)] == [200, 500, 503]
 
 
+@pytest.mark.parametrize(("kind", "created"), [("500", 1), ("502", 1), ("503", 1), ("drop", 1), ("429", 0)])
+def test_fault_after_processing_never_processes_a_429(http, openai_batch_emulator, kind, created):
+    file_id = http.upload_id([request_line("a")])
+    openai_batch_emulator.configure(fault_after_processing=True, fault_script=[kind])
+    try:
+        assert http.create_for(file_id).status_code == int(kind)
+    except requests.ConnectionError:
+        assert kind == "drop"
+    assert openai_batch_emulator.stats()["batches_created"] == created  # a rate limiter never lets one through
+
+
 def test_the_same_seed_gives_the_same_faults(http, openai_batch_emulator):
     def run() -> list[int]:
         openai_batch_emulator.configure(seed=1234, fault_rate=0.5, fault_kinds=["500", "503", "429"])
