@@ -1,6 +1,7 @@
 """pytest fixtures for testing DAGs and code against the OpenAI Batch API emulator.
 
-Installed with the package (entry point ``pytest11``), so any project's tests can use::
+Opt-in, so they never load into other projects' test runs: enable them in a ``conftest.py`` with
+``pytest_plugins = ["airflow_provider_openai_batch.emulator.pytest_plugin"]``, then::
 
     def test_my_dag(openai_batch_connection, openai_batch_emulator):
         openai_batch_emulator.configure(fault_rate=0.2)     # 20% transient faults
