@@ -20,9 +20,9 @@ from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.operators.batch import (
     CreateBatchOperator,
     check_input_file,
-    idempotency_key,
     write_requests_jsonl,
 )
+from airflow_provider_openai_batch.operators.reattach import idempotency_key
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 from tests.helpers import ENDPOINT, FakeTI, ctx, events, make_batch, prompts
 
