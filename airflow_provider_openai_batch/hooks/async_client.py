@@ -49,8 +49,10 @@ class _LoopSession:
 
 
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSession] = weakref.WeakKeyDictionary()
+#: Per loop and connection id: (expiry, the look-up in flight or its result). A finished look-up is kept as
+#: its result only: a task would hold its loop, and a weak key whose value holds it is never let go.
 _settings: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Task[ClientSettings]]]
+    asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Task[ClientSettings] | ClientSettings]]
 ] = weakref.WeakKeyDictionary()
 
 
@@ -137,9 +139,12 @@ async def connection_settings(conn_id: str) -> ClientSettings:
     if entry is None or entry[0] <= loop.time():
         task = loop.create_task(_read_settings(conn_id))
         entry = cache[conn_id] = (loop.time() + CONNECTION_TTL, task)
-        task.add_done_callback(functools.partial(_forget_failure, cache, conn_id, entry))
+        task.add_done_callback(functools.partial(_settle, cache, conn_id, entry))
+    found = entry[1]
+    if isinstance(found, ClientSettings):
+        return found
     # shield: a caller cancelled while waiting (its trigger was killed) must not cancel the others' look-up.
-    return await asyncio.shield(entry[1])
+    return await asyncio.shield(found)
 
 
 async def _read_settings(conn_id: str) -> ClientSettings:
@@ -148,15 +153,19 @@ async def _read_settings(conn_id: str) -> ClientSettings:
     return settings_from_connection(await BaseHook.aget_connection(conn_id))
 
 
-def _forget_failure(
-    cache: dict[str, tuple[float, asyncio.Task[ClientSettings]]],
+def _settle(
+    cache: dict[str, tuple[float, asyncio.Task[ClientSettings] | ClientSettings]],
     conn_id: str,
     entry: tuple[float, asyncio.Task[ClientSettings]],
     task: asyncio.Task[ClientSettings],
 ) -> None:
-    failed = task.cancelled() or task.exception() is not None  # exception() also marks it as retrieved
-    if failed and cache.get(conn_id) is entry:
+    """Keep a successful look-up as its result until it expires; forget a failed one at once."""
+    if cache.get(conn_id) is not entry:  # replaced meanwhile
+        return
+    if task.cancelled() or task.exception() is not None:  # exception() also marks it as retrieved
         del cache[conn_id]
+    else:
+        cache[conn_id] = (entry[0], task.result())
 
 
 def shown_url(base_url: str) -> str:
@@ -233,8 +242,6 @@ class AsyncBatchClient:
 
     async def _send(self, call: api.ApiCall[T]) -> T:
         settings = self.settings
-        where = f"{call.method} {call.path}"
-        url = shown_url(settings.base_url)
         sent = False
         try:
             timeout = aiohttp.ClientTimeout(total=None, connect=settings.timeout, sock_read=settings.timeout)
@@ -247,29 +254,34 @@ class AsyncBatchClient:
             async with shared_session().request(call.method, call.url(settings.base_url), **kwargs) as response:
                 sent = True
                 status, headers, body = response.status, response.headers, await response.read()
-        # The library's message is never repeated: some name the header value they refused.
-        except asyncio.TimeoutError:
-            raise APITimeoutError(f"{where}: no answer from {url} within {settings.timeout:g}s") from None
-        except aiohttp.ClientConnectorError as err:
-            raise APIConnectionError(
-                f"{where}: could not connect to {url} ({type(err).__name__})", maybe_processed=False
-            ) from None
-        except (aiohttp.InvalidUrlRedirectClientError, aiohttp.NonHttpUrlRedirectClientError) as err:
-            # The server answered with a redirect to an unusable URL: the request itself was sent.
-            raise APIConnectionError(f"{where}: {url} redirected to an unusable URL ({type(err).__name__})") from None
-        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError, TypeError) as err:
-            if sent:  # e.g. an answer aiohttp cannot decode: the request did reach the server
-                raise APIConnectionError(f"{where}: unreadable answer from {url} ({type(err).__name__})") from None
-            # InvalidURL and UnicodeError are ValueErrors too: the URL, a header or a parameter is unusable.
-            raise RequestNotSentError(
-                f"{where}: the request to {url} could not be built from the connection's settings "
-                f"({type(err).__name__}: check the base URL and the header values); nothing was sent"
-            ) from None
-        except aiohttp.ClientError as err:
-            raise APIConnectionError(
-                f"{where}: connection to {url} broke before an answer arrived ({type(err).__name__})"
-            ) from None
-        except Exception as err:  # anything else the transport raises: same rule, no library message
-            # Whether any of it was sent is unknown here, so a non-idempotent call is not repeated.
-            raise APIConnectionError(f"{where}: request to {url} failed ({type(err).__name__})") from None
-        return call.parse(status, headers, body)
+        except Exception as err:
+            failure = _transport_failure(err, f"{call.method} {call.path}", settings, sent)
+        else:
+            return call.parse(status, headers, body)
+        # Raised here, outside the except block, so the library's exception is not even its __context__.
+        raise failure
+
+
+def _transport_failure(err: Exception, where: str, settings: ClientSettings, sent: bool) -> APIConnectionError:
+    """The provider's error for a request that got no usable answer. The library's message is never
+    repeated (some quote the header value they refused); its type name says enough to look it up."""
+    url = shown_url(settings.base_url)
+    kind = type(err).__name__
+    if isinstance(err, asyncio.TimeoutError):
+        return APITimeoutError(f"{where}: no answer from {url} within {settings.timeout:g}s")
+    if isinstance(err, aiohttp.ClientConnectorError):
+        return APIConnectionError(f"{where}: could not connect to {url} ({kind})", maybe_processed=False)
+    if isinstance(err, (aiohttp.InvalidUrlRedirectClientError, aiohttp.NonHttpUrlRedirectClientError)):
+        return APIConnectionError(f"{where}: {url} redirected to an unusable URL ({kind})")  # it was sent
+    if isinstance(err, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError, TypeError)):
+        if sent:  # e.g. an answer aiohttp cannot decode: the request did reach the server
+            return APIConnectionError(f"{where}: unreadable answer from {url} ({kind})")
+        # InvalidURL and UnicodeError are ValueErrors too: the URL, a header or a parameter is unusable.
+        return RequestNotSentError(
+            f"{where}: the request to {url} could not be built from the connection's settings ({kind}: check "
+            "the base URL and the header values); nothing was sent"
+        )
+    if isinstance(err, aiohttp.ClientError):
+        return APIConnectionError(f"{where}: connection to {url} broke before an answer arrived ({kind})")
+    # Anything else the transport raises: whether any of it was sent is unknown, so a POST is not repeated.
+    return APIConnectionError(f"{where}: request to {url} failed ({kind})")
