@@ -93,14 +93,21 @@ def make_batch(handle: Any, lines: int = 3, model: str = "gpt-4o-mini") -> str:
     ).json()["id"]
 
 
-async def events(trigger: BatchTrigger, timeout: float = 20) -> list:
+async def events(trigger: BatchTrigger, timeout: float = 60) -> list:
+    """Collect a trigger's events as the triggerer does: ``cleanup()`` follows however the run ends.
+
+    The timeout is generous on purpose: it only stops a hung test, and a busy CI machine is slow."""
+
     async def collect() -> list:
         return [event async for event in trigger.run()]
 
-    return await asyncio.wait_for(collect(), timeout)
+    try:
+        return await asyncio.wait_for(collect(), timeout)
+    finally:
+        await trigger.cleanup()
 
 
-def run(trigger: BatchTrigger, timeout: float = 20) -> dict:
+def run(trigger: BatchTrigger, timeout: float = 60) -> dict:
     """Run a trigger to its end and return the payload of its one event."""
     found = asyncio.run(events(trigger, timeout))
     assert len(found) == 1  # exactly one event, then the trigger ends
