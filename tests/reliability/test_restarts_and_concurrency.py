@@ -111,9 +111,13 @@ def test_an_emulator_restart_with_data_dir_mid_wait_loses_nothing(tmp_path, monk
         assert hook.retrieve_file(batch["input_file_id"]).purpose == "batch"  # the input survived too
 
 
-def test_fifty_mapped_tasks_at_once_make_fifty_batches_and_keep_every_xcom(openai_batch_connection, tmp_path):
+def test_fifty_mapped_tasks_at_once_make_fifty_batches_and_keep_every_xcom(
+    openai_batch_connection, tmp_path, monkeypatch
+):
     # Ambiguous faults too: some POSTs are processed, then their answer fails, and the hook must find the
-    # batch by its key among the 49 others created at the same moment.
+    # batch by its key among the 49 others created at the same moment. A 5 s request timeout keeps the watch
+    # for late twins after each ambiguous create at its 10 s minimum (at the default 60 s it is 120 s).
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", openai_batch_connection.connection_json({"timeout": 5}))
     openai_batch_connection.configure(
         fault_rate=0.2, fault_kinds=["429", "500", "503", "drop"], fault_after_processing=True
     )
