@@ -358,8 +358,11 @@ def test_input_lines_are_judged_by_the_line_schema_and_the_guide(http):
         {"custom_id": "p", "method": "post", "url": ENDPOINT, "body": {}},
         ["not", "an", "object"],
         {"custom_id": "s", "method": "POST", "url": ENDPOINT, "body": "text"},
+        # Python's json writes and reads NaN; JSON has no such value, and a strict parser refuses it.
+        '{"custom_id": "n", "method": "POST", "url": "' + ENDPOINT + '", "body": {"temperature": NaN}}',
     ]
     assert failed_with(http, jsonl(lines)) == {
+        (10, "invalid_json_line"),
         (3, "invalid_type"),
         (4, "missing_required_parameter"),
         (5, "missing_required_parameter"),

@@ -117,6 +117,11 @@ def parse_requests(data: bytes) -> list[dict[str, Any]]:
     return requests
 
 
+def _not_json(name: str) -> Any:
+    # Python reads NaN and Infinity; JSON (RFC 8259) has no such values, so a strict parser refuses them.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _decode(raw: bytes, number: int) -> tuple[dict[str, Any], Problem | None]:
     # Strictly: JSON text is UTF-8 (RFC 8259), and a replaced byte would change the request.
     try:
@@ -127,7 +132,7 @@ def _decode(raw: bytes, number: int) -> tuple[dict[str, Any], Problem | None]:
             number, "invalid_json_line", f"Line {number} is not valid UTF-8 ({where}); save it as UTF-8."
         )
     try:
-        item = json.loads(text)
+        item = json.loads(text, parse_constant=_not_json)
     except ValueError as err:
         return {}, Problem(number, "invalid_json_line", f"Line {number} is not valid JSON ({err}).")
     if not isinstance(item, dict):

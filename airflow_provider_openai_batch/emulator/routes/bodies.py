@@ -18,6 +18,11 @@ _UNPARSABLE = (
 )
 
 
+def _not_json(name: str) -> Any:
+    # NaN and Infinity are Python's, not JSON's (RFC 8259): a strict parser refuses them.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 async def json_body(request: Request) -> Any:
     """The decoded body (any JSON value; the contract decides whether it is the object it needs).
 
@@ -28,7 +33,7 @@ async def json_body(request: Request) -> Any:
     if content_type and content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiFailure(400, f"Invalid Content-Type header ({content_type}), expected application/json.")
     try:
-        return json.loads((await request.body()).decode("utf-8"))
+        return json.loads((await request.body()).decode("utf-8"), parse_constant=_not_json)
     except ValueError:  # UnicodeDecodeError included: JSON is UTF-8
         raise ApiFailure(400, _UNPARSABLE) from None
 
