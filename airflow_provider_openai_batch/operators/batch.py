@@ -71,7 +71,9 @@ class CreateBatchOperator(BaseOperator):
     API kept failing) is an ordinary failure: the retry re-attaches and waits again, within the same deadline.
 
     **Kill.** With ``cancel_on_kill`` the batch is cancelled when the task is killed (marked failed or
-    cleared by a user, or its worker stopped gracefully); otherwise it keeps running and billing.
+    cleared by a user, or its worker stopped gracefully), in a worker or, while deferred, in the triggerer
+    (Airflow 3.3+). A task marked *success* keeps its batch: the user declared the work done, and a downstream
+    task may still read the results. Without ``cancel_on_kill`` the batch keeps running and billing.
 
     Returns the batch id (XCom ``return_value``) and pushes the batch as JSON to XCom key ``batch``.
 
@@ -163,6 +165,7 @@ class CreateBatchOperator(BaseOperator):
         self.reattach = reattach
         self.rebill_completed_requests = rebill_completed_requests
         self.batch_id: str | None = None
+        self._running_ti: Any = None
 
     def hook(self) -> OpenAIBatchHook:
         """A new hook for this task's connection; use it as a context manager so its sessions close."""
@@ -180,7 +183,7 @@ class CreateBatchOperator(BaseOperator):
         api.validate_completion_window(self.completion_window)
         api.validate_metadata(self.metadata, reserved_keys=(api.IDEMPOTENCY_METADATA_KEY,))
         api.validate_output_expires_after(self.output_expires_after)
-        ti = context["ti"]
+        ti = self._running_ti = context["ti"]
         with self.hook() as hook, tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
             source, digest = self._prepare_input(tmp)
             ledger = CreateLedger(context, idempotency_key(context, digest, self.reattach), self.log)
@@ -331,7 +334,7 @@ class CreateBatchOperator(BaseOperator):
 
     def on_kill(self) -> None:
         if self.cancel_on_kill and self.batch_id:
-            cancel_quietly(self, self.batch_id)
+            cancel_quietly(self, self.batch_id, self._running_ti)
 
 
 class CancelBatchOperator(BaseOperator):
@@ -438,12 +441,21 @@ def fail_for_good(err: Exception, why: str) -> NoReturn:
     raise AirflowFailException(f"{err} (not retried: {why})") from err
 
 
-def cancel_quietly(task: Any, batch_id: str) -> None:
+def cancel_quietly(task: Any, batch_id: str, ti: Any = None) -> None:
     """Cancel on kill without raising: a batch that already ended (409) or an API hiccup must not turn the
-    kill into a second failure; the outcome is logged either way. A hook of its own, closed at once: a kill
-    may interrupt the task's hook in the middle of a request."""
-    from airflow_provider_openai_batch.exceptions import OpenAIBatchError
+    kill into a second failure; the outcome is logged either way. A task a user marked *success* keeps its
+    batch (:mod:`~airflow_provider_openai_batch.task_state`). A hook of its own, closed at once: a kill may
+    interrupt the task's hook in the middle of a request.
 
+    :param ti: The running task instance, to learn what the user did; without it the batch is cancelled.
+    """
+    from airflow_provider_openai_batch.exceptions import OpenAIBatchError
+    from airflow_provider_openai_batch.task_state import keeps_batch, state_on_kill
+
+    state = state_on_kill(ti, task.log) if ti is not None else None
+    if keeps_batch(state):
+        task.log.info("Not cancelling batch %s: the task is %s, so its results are still wanted", batch_id, state)
+        return
     try:
         with task.hook() as hook:
             batch = hook.cancel_batch(batch_id)

@@ -35,8 +35,9 @@ class BatchSensor(BaseSensorOperator):
     the batch is cancelled first, otherwise it keeps running (and billing) at the API.
 
     **Kill and retry.** With ``cancel_on_kill`` the batch is cancelled when a user marks the task failed or
-    clears it (the trigger's ``on_kill`` in deferrable mode, the operator's in poke mode). A retried try
-    simply waits for the same batch again.
+    clears it (the trigger's ``on_kill`` in deferrable mode, Airflow 3.3+; the operator's in poke mode). A
+    task marked *success* keeps its batch: its results are still wanted. A retried try simply waits for the
+    same batch again. A verdict on a finished batch fails the task without retries.
 
     :param batch_id: The batch to wait for (templated), e.g. ``{{ ti.xcom_pull('create_batch') }}``.
     :param conn_id: Airflow connection id (type ``openai_batch``).
@@ -83,6 +84,7 @@ class BatchSensor(BaseSensorOperator):
         self.max_consecutive_errors = max_consecutive_errors
         self._last_status: str | None = None
         self._hook: OpenAIBatchHook | None = None
+        self._running_ti: Any = None
 
     def hook(self) -> OpenAIBatchHook:
         """A new hook for this task's connection; use it as a context manager so its sessions close."""
@@ -92,6 +94,7 @@ class BatchSensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> Any:
         # One hook (one connection look-up, one HTTP session) for every poke of this try, closed when it ends.
+        self._running_ti = context["ti"]
         with self.hook() as hook:
             self._hook = hook
             try:
@@ -181,4 +184,4 @@ class BatchSensor(BaseSensorOperator):
         if self.cancel_on_kill:
             from airflow_provider_openai_batch.operators.batch import cancel_quietly
 
-            cancel_quietly(self, self.batch_id)
+            cancel_quietly(self, self.batch_id, self._running_ti)

@@ -173,3 +173,30 @@ def test_a_poking_sensor_reads_its_connection_once(openai_batch_connection, monk
     sensor.execute(ctx())
     pokes = openai_batch_connection.stats()["requests"]["GET /v1/batches/{id}"]
     assert pokes > 2 and looked_up == ["openai_default"]
+
+
+@pytest.mark.parametrize(("state", "cancelled"), [("success", False), ("failed", True), (None, True)])
+def test_a_worker_kill_keeps_the_batch_only_when_the_task_was_marked_success(
+    openai_batch_connection, monkeypatch, state, cancelled
+):
+    """The same rule as the trigger's (task_state.py): marked success keeps the batch, anything else cancels."""
+    from airflow_provider_openai_batch import task_state
+
+    openai_batch_connection.configure(phase_seconds=30)
+    asked: list[object] = []
+
+    def read(ti):
+        asked.append(ti)
+        if state is None:
+            raise RuntimeError("no API server")  # unknown: cancel as asked
+        return state
+
+    monkeypatch.setattr(task_state, "read_task_state", read)
+    op = create(cancel_on_kill=True)
+    context = ctx()
+    batch_id = op.execute(context)
+    op.on_kill()
+    with OpenAIBatchHook() as hook:
+        status = hook.retrieve_batch(batch_id).status
+    assert asked == [context["ti"]]
+    assert (status == "cancelling") is cancelled

@@ -1,0 +1,66 @@
+"""What a kill means for the batch: the one rule the operators, the sensor and the trigger share.
+
+Airflow calls ``on_kill`` (the operator's in a worker, the trigger's in the triggerer, Airflow 3.3+) when a
+user marks the task failed or success, or clears it. With ``cancel_on_kill`` the batch is cancelled, unless
+the task instance is now ``success`` (the user declared the work done, and a downstream task may still read
+the results: cancelling would throw them away) or still ``deferred`` (the trigger was only moved to another
+triggerer, which Airflow 3.3 also reports as a kill). When the state cannot be read, the batch is cancelled
+as asked.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+#: Task-instance states in which a kill leaves the batch running.
+KEEP_BATCH_STATES = frozenset({"success", "deferred"})
+#: How long a kill waits for Airflow to say what became of the task instance.
+STATE_LOOKUP_SECONDS = 5.0
+
+
+def read_task_state(ti: Any) -> str | None:
+    """The task instance's state as Airflow's API server has it now; ``None`` when it cannot be read.
+
+    Blocking: from a trigger, run it in a thread. It asks through the process's supervisor, the way the
+    standard provider's external-task trigger does.
+    """
+    if ti is None:
+        return None
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    map_index = getattr(ti, "map_index", -1)
+    map_index = -1 if map_index is None else int(map_index)
+    states = RuntimeTaskInstance.get_task_states(
+        dag_id=ti.dag_id,
+        task_ids=[ti.task_id],
+        run_ids=[ti.run_id],
+        map_index=map_index if map_index >= 0 else None,
+    )
+    # The API keys a mapped task instance as "<task_id>_<map_index>".
+    key = ti.task_id if map_index < 0 else f"{ti.task_id}_{map_index}"
+    state = (states.get(ti.run_id) or {}).get(key)
+    return None if state is None else str(getattr(state, "value", state))
+
+
+def state_on_kill(ti: Any, log: Any) -> str | None:
+    """:func:`read_task_state` for a kill in a worker: bounded in time and never raising. A kill may interrupt
+    the task in the middle of a call to its supervisor, so the look-up runs in a thread it does not wait on
+    for longer than :data:`STATE_LOOKUP_SECONDS`."""
+    found: list[str | None] = []
+
+    def look() -> None:
+        try:
+            found.append(read_task_state(ti))
+        except Exception as err:  # any failure only means "unknown": the batch is cancelled as asked
+            log.warning("Could not read the task's state (%s)", type(err).__name__)
+
+    thread = threading.Thread(target=look, name="openai-batch-kill-state", daemon=True)
+    thread.start()
+    thread.join(STATE_LOOKUP_SECONDS)
+    return found[0] if found else None
+
+
+def keeps_batch(state: str | None) -> bool:
+    """Whether a kill that left the task instance in ``state`` leaves its batch running."""
+    return state in KEEP_BATCH_STATES
