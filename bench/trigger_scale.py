@@ -1,8 +1,9 @@
 """N BatchTriggers in one asyncio loop, as in the triggerer, against a stand-in API with 100 ms latency.
 
 Every batch completes COMPLETE_AFTER seconds after the start; triggers poll every POLL seconds. Reports how
-late each trigger fired after its batch completed, the event-loop lag (overshoot of a 10 ms ticker), and
-memory per waiting trigger.
+late each trigger fired after its batch completed, the event-loop lag (overshoot of a 10 ms ticker), memory
+per waiting trigger, and the longest garbage collection of the process (which stalls the loop too, and
+explains most of the max lag that remains at 1,000).
 
     .venv/bin/python bench/trigger_scale.py --n 1000
     .venv/bin/python bench/trigger_scale.py --n 10000
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing
 import os
@@ -74,7 +76,17 @@ async def measure(n: int, poll: float, complete_at: float) -> dict[str, float]:
             assert event.payload["status"] == "terminal", event.payload
             fired.append(time.time())
 
+    gc_pauses: list[float] = []
+    gc_started: list[float] = [0.0]
+
+    def gc_timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_pauses.append(time.perf_counter() - gc_started[0])
+
     base_rss = rss_mb()
+    gc.callbacks.append(gc_timer)
     tick = asyncio.ensure_future(ticker())
     tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
     await asyncio.sleep(min(3.0, complete_at - time.time() - 0.5))
@@ -85,6 +97,7 @@ async def measure(n: int, poll: float, complete_at: float) -> dict[str, float]:
     await close_shared_session()
     stop.set()
     await tick
+    gc.callbacks.remove(gc_timer)
     late = [t - complete_at for t in fired]
     lags.sort()
     return {
@@ -95,6 +108,7 @@ async def measure(n: int, poll: float, complete_at: float) -> dict[str, float]:
         "lag_p99_ms": lags[int(len(lags) * 0.99) - 1] * 1000,
         "lag_max_ms": lags[-1] * 1000,
         "kb_per_trigger": (waiting_rss - base_rss) * 1024 / n,
+        "gc_max_ms": max(gc_pauses, default=0.0) * 1000,
     }
 
 
@@ -123,14 +137,19 @@ def main() -> int:
         result = asyncio.run(measure(args.n, args.poll, start + args.complete_after))
     finally:
         server.terminate()
-    print("| triggers | fired | latest after completion (s) | median (s) | loop lag p99 (ms) | max (ms) | KB/trigger |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| triggers | fired | latest after completion (s) | median (s) | loop lag p99 (ms) | max (ms) | KB/trigger "
+        "| longest GC (ms) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     print(
         f"| {result['n']} | {result['fired']} | {result['late_max_s']:.2f} | {result['late_p50_s']:.2f} | "
-        f"{result['lag_p99_ms']:.1f} | {result['lag_max_ms']:.1f} | {result['kb_per_trigger']:.1f} |"
+        f"{result['lag_p99_ms']:.1f} | {result['lag_max_ms']:.1f} | {result['kb_per_trigger']:.1f} | "
+        f"{result['gc_max_ms']:.0f} |"
     )
-    ok = result["fired"] == args.n and result["late_max_s"] <= args.poll
-    print("within one poll interval:", ok)
+    # The poll that sees the end comes at most one interval after it; its answer then takes LATENCY.
+    ok = result["fired"] == args.n and result["late_max_s"] <= args.poll + LATENCY
+    print("within one poll interval (plus the answer's latency):", ok)
     return 0 if ok else 1
 
 
