@@ -42,6 +42,7 @@ from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient, R
 from airflow_provider_openai_batch.models import Batch
 from airflow_provider_openai_batch.outcome import describe
 from airflow_provider_openai_batch.retries import is_retryable
+from airflow_provider_openai_batch.task_state import STATE_LOOKUP_SECONDS, keeps_batch, read_task_state
 
 #: Upper bound of the random delay before the first poll.
 FIRST_DELAY_MAX = 2.0
@@ -51,10 +52,6 @@ LAST_LOOK_SECONDS = 10.0
 #: A cancel (on timeout or kill) gives up after this long: Airflow gives ``on_kill`` 30 s in all
 #: (``[triggerer] on_kill_timeout``), and a timeout event must not wait on an API that is down.
 CANCEL_SECONDS = 20.0
-#: How long on_kill waits for Airflow to say what became of the task instance.
-STATE_LOOKUP_SECONDS = 5.0
-#: Task-instance states in which a kill leaves the batch running (see :meth:`BatchTrigger.on_kill`).
-KEEP_BATCH_STATES = frozenset({"success", "deferred"})
 
 
 class BatchTrigger(BaseTrigger):
@@ -214,7 +211,7 @@ class BatchTrigger(BaseTrigger):
         if not self.cancel_on_kill:
             return
         state = await self._task_instance_state()
-        if state in KEEP_BATCH_STATES:
+        if keeps_batch(state):
             self.log.info(
                 "Not cancelling batch %s: the task is %s, so its results are still wanted", self.batch_id, state
             )
@@ -241,23 +238,9 @@ class BatchTrigger(BaseTrigger):
         ti = self.task_instance
         if ti is None:
             return None
-        map_index = getattr(ti, "map_index", -1)
-        map_index = -1 if map_index is None else int(map_index)
         try:
-            from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-
-            # The same call the standard provider's external-task trigger makes from the triggerer; it
-            # reaches the API server through the triggerer's supervisor, so it runs in a thread.
-            states = await asyncio.wait_for(
-                asyncio.to_thread(
-                    RuntimeTaskInstance.get_task_states,
-                    dag_id=ti.dag_id,
-                    task_ids=[ti.task_id],
-                    run_ids=[ti.run_id],
-                    map_index=map_index if map_index >= 0 else None,
-                ),
-                STATE_LOOKUP_SECONDS,
-            )
+            # It reaches the API server through the triggerer's supervisor, so it runs in a thread.
+            return await asyncio.wait_for(asyncio.to_thread(read_task_state, ti), STATE_LOOKUP_SECONDS)
         except Exception as err:
             self.log.warning(
                 "Could not read the state of task %s (%s); cancelling batch %s as asked",
@@ -266,10 +249,6 @@ class BatchTrigger(BaseTrigger):
                 self.batch_id,
             )
             return None
-        # The API keys a mapped task instance as "<task_id>_<map_index>".
-        key = ti.task_id if map_index < 0 else f"{ti.task_id}_{map_index}"
-        state = (states.get(ti.run_id) or {}).get(key)
-        return None if state is None else str(getattr(state, "value", state))
 
     async def _cancel(self, client: AsyncBatchClient) -> Batch | None:
         try:
