@@ -54,6 +54,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated faults for the first /v1 requests, one each, before the random draw; an empty "
         "item is no fault (e.g. '500,,drop')",
     )
+    parser.add_argument(
+        "--expire-after-fraction",
+        type=float,
+        default=None,
+        help="make every batch end 'expired' after running this fraction (0-1) of its requests, in input order; "
+        "the rest go to the error file as batch_expired (default: off)",
+    )
+    parser.add_argument(
+        "--transient-failure-rate",
+        type=float,
+        default=0.0,
+        help="chance (0-1) that each request in a batch fails transiently (a 500 or 429 line in the error file), "
+        "drawn from --seed, its custom_id and attempt number (default 0)",
+    )
+    parser.add_argument(
+        "--transient-failure-attempts",
+        type=int,
+        default=0,
+        help="fail every request transiently on its first N attempts (counted per custom_id across batches), "
+        "then let it succeed (default 0)",
+    )
     parser.add_argument("--data-dir", default=None, help="persist state here so a restart loses nothing")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
@@ -63,6 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--fault-kinds: unknown kinds {sorted(unknown)}; choose from {', '.join(FAULT_KINDS)}")
     if not 0 <= args.fault_rate <= 1:
         parser.error("--fault-rate must be between 0 and 1")
+    if args.expire_after_fraction is not None and not 0 <= args.expire_after_fraction <= 1:
+        parser.error("--expire-after-fraction must be between 0 and 1")
+    if not 0 <= args.transient_failure_rate <= 1:
+        parser.error("--transient-failure-rate must be between 0 and 1")
+    if args.transient_failure_attempts < 0:
+        parser.error("--transient-failure-attempts must be 0 or more")
     script = args.fault_script.split(",") if args.fault_script else []
     unknown = set(script) - set(FAULT_KINDS) - {""}
     if unknown:
@@ -86,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         api_key=args.api_key,
         seed=args.seed,
         fault_script=args.fault_script,
+        expire_after_fraction=args.expire_after_fraction,
+        transient_failure_rate=args.transient_failure_rate,
+        transient_failure_attempts=args.transient_failure_attempts,
     )
     app = create_app(config, data_dir=args.data_dir)
     print(f"OpenAI Batch API emulator on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)

@@ -29,6 +29,18 @@ class EmulatorConfig:
     :param fault_script: Faults for the next ``/v1`` requests, one per request (after auth), in order, before
         the random draw applies: e.g. ``["500", "", "drop"]`` faults the first with a 500, lets the second
         through (``""`` is no fault) and drops the third. Entries are used up; the rest shows in the config.
+    :param expire_after_fraction: When set (0 to 1), every batch created from then on ends ``expired`` instead
+        of completing, at the end of its ``in_progress`` phase, with the first ``floor(fraction x total)``
+        requests (in input order) run and the rest in the error file as ``batch_expired``. ``None``: off.
+    :param transient_failure_rate: Chance (0 to 1) that each request run in a batch fails transiently: an
+        error-file line with a 500 ``server_error`` or a 429 ``rate_limit_exceeded`` response (see
+        :func:`~airflow_provider_openai_batch.emulator.results.transient_line`), not billed. The draw is
+        deterministic given ``seed``, the ``custom_id`` and its attempt number, so the same request in a new
+        batch gets a new, independent draw.
+    :param transient_failure_attempts: When above 0, every request fails transiently on its first this-many
+        attempts and then succeeds (unless ``transient_failure_rate`` draws a failure). Attempts are counted
+        per ``custom_id`` across batches, from the last reset; a request counts as attempted once its batch
+        has run it (not when it expired or was cancelled before running).
     """
 
     phase_seconds: float = 1.0
@@ -42,6 +54,9 @@ class EmulatorConfig:
     api_key: str | None = field(default=None, repr=False)
     seed: int | None = None
     fault_script: list[str] = field(default_factory=list)
+    expire_after_fraction: float | None = None
+    transient_failure_rate: float = 0.0
+    transient_failure_attempts: int = 0
 
     def public(self) -> dict[str, Any]:
         """The settings as JSON, with the key only said to be set."""
@@ -59,19 +74,35 @@ class EmulatorConfig:
             setattr(self, name, value)
 
 
-_NUMBERS = {"phase_seconds", "completion_window_seconds", "latency_ms", "fault_rate", "retry_after", "slow_seconds"}
+_NUMBERS = {
+    "phase_seconds",
+    "completion_window_seconds",
+    "latency_ms",
+    "fault_rate",
+    "retry_after",
+    "slow_seconds",
+    "transient_failure_rate",
+}
+#: Settings that are fractions: between 0 and 1.
+_FRACTIONS = {"fault_rate", "transient_failure_rate", "expire_after_fraction"}
 
 
 def _check(name: str, value: Any) -> Any:
     known = {f.name for f in fields(EmulatorConfig)}
     if name not in known:
         raise ValueError(f"unknown setting {name!r}; known: {sorted(known)}")
-    if name in _NUMBERS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if name == "expire_after_fraction" and value is None:
+        return None
+    if name in _NUMBERS or name == "expire_after_fraction":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ValueError(f"{name} must be a number >= 0; got {value!r}")
-        if name == "fault_rate" and value > 1:
-            raise ValueError(f"fault_rate must be between 0 and 1; got {value!r}")
+        if name in _FRACTIONS and value > 1:
+            raise ValueError(f"{name} must be between 0 and 1; got {value!r}")
         return float(value)
+    if name == "transient_failure_attempts":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"transient_failure_attempts must be an integer >= 0; got {value!r}")
+        return value
     if name in ("fault_kinds", "fault_script"):
         allowed = set(FAULT_KINDS) | ({""} if name == "fault_script" else set())
         if not isinstance(value, list) or not all(isinstance(kind, str) and kind in allowed for kind in value):

@@ -56,6 +56,13 @@ def server_error(status: int = 500) -> ApiFailure:
     return ApiFailure(status, SERVER_ERROR, type="server_error")
 
 
+def rate_limited() -> ApiFailure:
+    """A 429 as the real API's rate limiter answers it."""
+    return ApiFailure(
+        429, "Rate limit reached for requests. Please try again later.", type="requests", code="rate_limit_exceeded"
+    )
+
+
 def is_api_path(path: str) -> bool:
     """Whether ``path`` is the emulated API's (``/v1``), whose every answer must be the real API's shape."""
     return path == "/v1" or path.startswith("/v1/")

@@ -9,13 +9,21 @@ Opt-in, so they never load into other projects' test runs: enable them in a ``co
         assert openai_batch_emulator.stats()["batches_created"] == 1
 
 ``openai_batch_emulator`` is one server per test session (in a background thread, on a free loopback
-port), reset before each test with fast phases (0.1 s), no faults, ``seed=0`` and an empty ``fault_script``.
+port), reset before each test with fast phases (0.1 s), no faults, ``seed=0`` and an empty ``fault_script``,
+batches that complete and requests that never fail transiently.
 
 Faults a test can rely on, whatever the machine's speed: ``fault_script`` decides the next requests one by
 one, ``seed`` makes the random draw repeat exactly::
 
     openai_batch_emulator.configure(fault_script=["503", "", "drop"])  # 1st request 503, 2nd fine, 3rd dropped
     openai_batch_emulator.configure(seed=42, fault_rate=0.3)           # the same draws on every run
+
+Partial results, as a large job meets them: ``expire_after_fraction=0.6`` ends every new batch ``expired``
+with the first 60% of its requests run; ``transient_failure_attempts=1`` fails every request (a 500 or 429
+line in the error file) in the first batch that runs it and lets it succeed when re-sent in a new batch;
+``transient_failure_rate=0.2`` fails each run request with that chance, drawn from ``seed``::
+
+    openai_batch_emulator.configure(expire_after_fraction=0.6, transient_failure_attempts=1)
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     "api_key": None,
     "seed": 0,  # setting it re-seeds the fault draw: every test sees the same faults on every run
     "fault_script": [],
+    "expire_after_fraction": None,  # batches complete
+    "transient_failure_rate": 0.0,  # no request fails transiently
+    "transient_failure_attempts": 0,
 }
 
 
@@ -63,7 +74,8 @@ def openai_batch_emulator(_openai_batch_emulator_server: EmulatorHandle) -> Emul
     Change settings with ``configure(...)``: ``phase_seconds``, ``fault_rate``, ``fault_kinds``,
     ``latency_ms``, ``slow_seconds``, ``fault_after_processing``, ``api_key``, and for reproducible faults
     ``seed`` (re-seeds the random draw) and ``fault_script`` (e.g. ``["500", "", "drop"]``: the next
-    requests' faults, one per ``/v1`` request after auth, ``""`` for none, before the random draw applies).
+    requests' faults, one per ``/v1`` request after auth, ``""`` for none, before the random draw applies);
+    inside batches ``expire_after_fraction``, ``transient_failure_rate`` and ``transient_failure_attempts``.
     """
     handle = _openai_batch_emulator_server
     handle.reset()

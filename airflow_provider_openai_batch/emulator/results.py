@@ -11,6 +11,10 @@ import json
 from typing import Any
 
 from airflow_provider_openai_batch.emulator.contract import guide
+from airflow_provider_openai_batch.emulator.errors import rate_limited, server_error
+
+#: The statuses of a transient failure of one request (see :func:`transient_line`).
+TRANSIENT_STATUSES: tuple[int, ...] = (500, 429)
 
 
 def digest(value: Any) -> str:
@@ -28,6 +32,31 @@ def expired_line(item: dict[str, Any]) -> dict[str, Any]:
             "code": "batch_expired",
             "message": "This request could not be executed before the completion window expired.",
         },
+    }
+
+
+def transient_line(item: dict[str, Any], status: int, attempt: int) -> dict[str, Any]:
+    """The error line of a request that failed transiently (``status`` 500 or 429): repeating it may succeed.
+
+    As the real API reports a request that failed on its own: ``response`` carries the status and the
+    error body, ``error`` is null. For a 500::
+
+        {"id": "batch_req_...", "custom_id": "...", "error": null,
+         "response": {"status_code": 500, "request_id": "req_...",
+                      "body": {"error": {"message": "The server had an error while processing your request.
+                                          Sorry about that!", "type": "server_error", "param": null,
+                                         "code": null}}}}
+
+    and for a 429 the body is ``{"error": {"message": "Rate limit reached for requests. ...",
+    "type": "requests", "param": null, "code": "rate_limit_exceeded"}}``. The ids differ per ``attempt``.
+    """
+    seed = digest({"item": item, "attempt": attempt, "status": status})
+    failure = rate_limited() if status == 429 else server_error(status)
+    return {
+        "id": "batch_req_" + seed[24:48],
+        "custom_id": item.get("custom_id"),
+        "response": {"status_code": status, "request_id": "req_" + seed[:24], "body": failure.body},
+        "error": None,
     }
 
 

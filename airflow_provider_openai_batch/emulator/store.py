@@ -8,11 +8,13 @@ holding 10,000 idle batches costs only their dicts. With ``data_dir`` every chan
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from airflow_provider_openai_batch.emulator.contract import (
     parse_requests,
 )
 from airflow_provider_openai_batch.emulator.errors import ApiFailure
-from airflow_provider_openai_batch.emulator.results import expired_line, result_line
+from airflow_provider_openai_batch.emulator.results import TRANSIENT_STATUSES, expired_line, result_line, transient_line
 
 __all__ = ["ApiFailure", "EmulatorConfig", "Store"]  # EmulatorConfig and ApiFailure are still importable here
 
@@ -34,7 +36,14 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
 def _fresh_stats() -> dict[str, Any]:
-    return {"requests": {}, "faults": {}, "batches_created": 0, "files_created": 0, "files_uploaded": 0}
+    return {
+        "requests": {},
+        "faults": {},
+        "batches_created": 0,
+        "files_created": 0,
+        "files_uploaded": 0,
+        "requests_completed": 0,  # request lines answered 2xx, over all batches: what the real API bills
+    }
 
 
 def _new_id(prefix: str) -> str:
@@ -54,6 +63,10 @@ class Store:
         self._verdicts: dict[tuple[str, str], InputReport] = {}
         self.lock = threading.RLock()
         self.stats: dict[str, Any] = _fresh_stats()
+        #: How many times a batch has run each ``custom_id`` since the last reset (the transient-failure draw).
+        self.attempts: dict[str, int] = {}
+        # Stands in for ``config.seed`` when that is None: the transient draw is then seeded from the system.
+        self._salt = secrets.token_hex(8)
         self.data_dir = Path(data_dir) if data_dir else None
         if self.data_dir:
             (self.data_dir / "contents").mkdir(parents=True, exist_ok=True)
@@ -68,6 +81,8 @@ class Store:
             state = json.loads(state_file.read_text())
             self.files, self.batches, self._private = state["files"], state["batches"], state["private"]
             self.stats["batches_created"] = state.get("batches_created", len(self.batches))
+            self.stats["requests_completed"] = state.get("requests_completed", 0)
+            self.attempts = state.get("attempts", {})
             for file_id in self.files:
                 path = self.data_dir / "contents" / file_id
                 if path.exists():
@@ -81,6 +96,8 @@ class Store:
             "batches": self.batches,
             "private": self._private,
             "batches_created": self.stats["batches_created"],
+            "requests_completed": self.stats["requests_completed"],
+            "attempts": self.attempts,
         }
         tmp = self.data_dir / "state.json.tmp"
         tmp.write_text(json.dumps(state))
@@ -97,6 +114,7 @@ class Store:
             self.batches.clear()
             self._private.clear()
             self._verdicts.clear()
+            self.attempts.clear()
             self.stats.update(_fresh_stats())
             if self.data_dir:
                 for path in (self.data_dir / "contents").iterdir():
@@ -204,6 +222,8 @@ class Store:
                 "cancel_at": None,
                 "done_fraction": 0.0,
                 "output_expires_after": output_expires_after,
+                # Fixed when the batch is created, as the setting says: a later change leaves it alone.
+                "expire_after_fraction": self.config.expire_after_fraction,
             }
             self.stats["batches_created"] += 1
             self._save()
@@ -261,7 +281,8 @@ class Store:
             private["forced"] = status
             if status in ("completed", "cancelled", "expired"):
                 fraction = 1.0 if status == "completed" else max(0.5, self._progress(batch, now))
-                self._finish(batch, status, now, fraction)
+                cap = None if status == "completed" else private.get("expire_after_fraction")
+                self._finish(batch, status, now, fraction, cap)
             elif status == "failed":
                 batch.update(
                     status="failed",
@@ -311,13 +332,14 @@ class Store:
         now = time.time()
         phase = self.config.phase_seconds
         t0 = private["t0"]
+        planned = private.get("expire_after_fraction")
         if private["cancel_at"] is not None:
             if now >= private["cancel_at"] + phase:
-                self._finish(batch, "cancelled", private["cancel_at"] + phase, private["done_fraction"])
+                self._finish(batch, "cancelled", private["cancel_at"] + phase, private["done_fraction"], planned)
             return
         window = self.config.completion_window_seconds
         if window < 3 * phase and now >= t0 + window:
-            self._finish(batch, "expired", t0 + window, self._progress(batch, t0 + window))
+            self._finish(batch, "expired", t0 + window, self._progress(batch, t0 + window), planned)
             return
         if now >= t0 + phase and batch["in_progress_at"] is None and batch["status"] == "validating":
             report = self._validate(batch)
@@ -334,7 +356,11 @@ class Store:
             batch["request_counts"]["total"] = report.requests
         if batch["status"] == "in_progress":
             total = batch["request_counts"]["total"]
-            batch["request_counts"]["completed"] = int(total * self._progress(batch, now))
+            batch["request_counts"]["completed"] = _done_count(total, self._progress(batch, now), planned, int)
+            if planned is not None and now >= t0 + 2 * phase:
+                # The planned expiry: the window ends when in_progress would, with only part of the work done.
+                self._finish(batch, "expired", t0 + 2 * phase, 1.0, planned)
+                return
             if now >= t0 + 2 * phase:
                 batch["status"] = "finalizing"
                 batch["finalizing_at"] = int(t0 + 2 * phase)
@@ -354,18 +380,43 @@ class Store:
             self._verdicts[key] = judge_input_file(self.contents.get(file_id, b""), batch["endpoint"])
         return self._verdicts[key]
 
-    def _finish(self, batch: dict[str, Any], status: str, when: float, fraction: float) -> None:
-        """End a batch: results for the first ``fraction`` of its requests, files, counts and usage."""
+    def _transient_status(self, custom_id: str, attempt: int) -> int | None:
+        """The status of a transient failure of ``custom_id``'s ``attempt``-th run (from 1), or ``None``.
+
+        Deterministic given the seed, the ``custom_id`` and the attempt, so a test sees the same failures on
+        every run, and a request re-sent in a new batch (a new attempt) gets a new, independent draw.
+        """
+        cfg = self.config
+        if cfg.transient_failure_rate <= 0 and attempt > cfg.transient_failure_attempts:
+            return None  # off: no draw, no cost on the common path
+        seed = self._salt if cfg.seed is None else cfg.seed
+        rng = random.Random(f"{seed}/{custom_id}/{attempt}")
+        drawn = rng.random() < cfg.transient_failure_rate
+        status = rng.choice(TRANSIENT_STATUSES)
+        return status if drawn or attempt <= cfg.transient_failure_attempts else None
+
+    def _finish(
+        self, batch: dict[str, Any], status: str, when: float, fraction: float, cap: float | None = None
+    ) -> None:
+        """End a batch: results for the first ``fraction`` of its requests (at most the first ``cap``, rounded
+        down), files, counts and usage."""
         requests = self._requests(batch) if not batch.get("errors") else []
-        done = requests[: round(len(requests) * fraction)]
+        done = requests[: _done_count(len(requests), fraction, cap, round)]
         ok_lines: list[dict[str, Any]] = []
         error_lines: list[dict[str, Any]] = []
         usage = {"input_tokens": 0, "output_tokens": 0}
         for item in done:
+            custom_id = str(item.get("custom_id"))
+            attempt = self.attempts[custom_id] = self.attempts.get(custom_id, 0) + 1
+            transient = self._transient_status(custom_id, attempt)
+            if transient is not None:  # not billed: no tokens
+                error_lines.append(transient_line(item, transient, attempt))
+                continue
             line, failed, tokens = result_line(batch["endpoint"], item)
             (error_lines if failed else ok_lines).append(line)
             usage["input_tokens"] += tokens[0]
             usage["output_tokens"] += tokens[1]
+        self.stats["requests_completed"] += sum(1 for line in ok_lines if 200 <= line["response"]["status_code"] < 300)
         if status == "expired":  # as the Batch guide documents: unfinished requests go to the error file
             error_lines += [expired_line(item) for item in requests[len(done) :]]
         # The live API promises no order; a deterministic shuffle keeps tests reproducible.
@@ -393,3 +444,14 @@ class Store:
         models = {str(item.get("body", {}).get("model")) for item in requests if isinstance(item.get("body"), dict)}
         batch["model"] = sorted(models)[0] if models else None
         self._save()
+
+
+def _done_count(total: int, fraction: float, cap: float | None, rounding: Callable[[float], int]) -> int:
+    """How many of ``total`` requests ``fraction`` of the work has run, at most ``floor(cap x total)``.
+
+    The cap tolerates float error (``0.29 * 100`` is ``28.999...``, yet 29 requests).
+    """
+    done = rounding(total * fraction)
+    if cap is not None:
+        done = min(done, math.floor(total * cap + 1e-9))
+    return done

@@ -38,7 +38,9 @@ class EmulatorHandle:
         """Change settings at run time (see :class:`~airflow_provider_openai_batch.emulator.config.EmulatorConfig`):
         ``fault_rate``, ``fault_kinds``, ``latency_ms``, ``phase_seconds``, ``slow_seconds``, ... For faults that
         repeat exactly: ``seed`` (re-seeds the random draw) and ``fault_script`` (the next requests' faults,
-        one per ``/v1`` request, ``""`` for none, e.g. ``["500", "", "drop"]``). Returns the settings now.
+        one per ``/v1`` request, ``""`` for none, e.g. ``["500", "", "drop"]``). Inside batches:
+        ``expire_after_fraction``, ``transient_failure_rate``, ``transient_failure_attempts``. Returns the
+        settings now.
         """
         return self._call("PATCH", "/config", settings)
 
@@ -48,11 +50,13 @@ class EmulatorHandle:
 
     def stats(self) -> dict[str, Any]:
         """Requests by route, faults injected, ``batches_created``, ``files_created`` (output and error files
-        included), ``files_uploaded`` (by clients), and the ``batches`` and ``files`` held now."""
+        included), ``files_uploaded`` (by clients), ``requests_completed`` (batch request lines answered 2xx
+        over all batches since the last reset: what the real API would bill, so a test can prove nothing was
+        billed twice), and the ``batches`` and ``files`` held now."""
         return self._call("GET", "/stats")
 
     def reset(self) -> None:
-        """Forget every batch and file; settings stay as they are."""
+        """Forget every batch and file, the attempt counts and the statistics; settings stay as they are."""
         self._call("POST", "/reset")
 
     def connection_json(self, extra: dict[str, Any] | None = None) -> str:

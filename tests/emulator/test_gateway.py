@@ -276,6 +276,7 @@ def test_stats_keys(openai_batch_emulator):
         "batches_created",
         "files_created",
         "files_uploaded",
+        "requests_completed",
         "batches",
         "files",
     }
