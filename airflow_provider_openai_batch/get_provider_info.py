@@ -25,7 +25,12 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [{"integration-name": "OpenAI Batch", "python-modules": [f"{_PKG}.hooks.batch"]}],
-        "operators": [{"integration-name": "OpenAI Batch", "python-modules": [f"{_PKG}.operators.batch"]}],
+        "operators": [
+            {
+                "integration-name": "OpenAI Batch",
+                "python-modules": [f"{_PKG}.operators.batch", f"{_PKG}.operators.results"],
+            }
+        ],
         "sensors": [{"integration-name": "OpenAI Batch", "python-modules": [f"{_PKG}.sensors.batch"]}],
         "triggers": [{"integration-name": "OpenAI Batch", "python-modules": [f"{_PKG}.triggers.batch"]}],
         "extra-links": [f"{_PKG}.links.OpenAIBatchLink"],

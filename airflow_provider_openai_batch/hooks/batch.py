@@ -589,6 +589,50 @@ class OpenAIBatchHook(BaseHook):
                 transient=not before_sending,
             ) from None
 
+    # ------------------------------------------------------------------------------------------ export
+
+    def export_results(
+        self,
+        batch_ids: Any,
+        destination: Any,
+        *,
+        format: str | None = None,
+        price_table: Mapping[str, Mapping[str, float]] | None = None,
+        delete_files: Any = "none",
+        work_dir: str | None = None,
+    ) -> dict[str, Any]:
+        """Write one row per input request of finished batches to ``destination``, in input order, and return
+        the manifest. Memory stays flat: files are spilled to SQLite in a temporary directory and streamed out.
+
+        Rows: ``custom_id``, ``index``, ``status`` (succeeded, failed, expired, cancelled, missing),
+        ``status_code``, ``response``, ``output_text``, ``error_code``, ``error_message``, ``input_tokens``,
+        ``output_tokens``, ``total_tokens``, ``batch_id`` (see :mod:`airflow_provider_openai_batch.results`).
+
+        :param batch_ids: One batch id or a list (the rounds of a resubmitted job, or the shards of a large one):
+            positions come from the input files in order of first appearance; the latest batch with a result
+            for a ``custom_id`` wins.
+        :param destination: A local path, a ``file://`` URI, an object storage URI or an ``ObjectStoragePath``;
+            written to a temporary sibling and renamed into place.
+        :param format: ``"jsonl"`` (default) or ``"parquet"`` (default for a ``.parquet`` destination; needs
+            the ``parquet`` extra).
+        :param price_table: ``{model: {"input": usd, "output": usd}}`` per 1M tokens, over the dated default.
+        :param delete_files: ``"none"``, ``"all"`` or a subset of ``{"input", "output", "error"}``: Files API
+            files to delete once the export is in place (a failed delete is a warning).
+        :param work_dir: Where the temporary files go (default: the system's temporary directory).
+        :return: The manifest: destination, format, rows, counts, batch_ids, tokens, models, the estimated cost.
+        """
+        from airflow_provider_openai_batch.results.export import export
+
+        return export(
+            self,
+            batch_ids,
+            destination,
+            format=format,
+            price_table=price_table,
+            delete_files=delete_files,
+            work_dir=work_dir,
+        )
+
 
 # ------------------------------------------------------------------------------------------ helpers
 

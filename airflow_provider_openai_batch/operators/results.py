@@ -1,0 +1,186 @@
+"""``BatchResultsOperator``: export finished batches' results to a file, one row per input request.
+
+Importing this module is cheap (no HTTP client, pydantic, sqlite or hook at module level), so DAG files that
+use it parse fast; the export code is imported when the task runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, BaseOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+DEFAULT_CONN_ID = "openai_default"
+_FILE_KINDS = ("input", "output", "error")
+
+
+def _templated(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+class BatchResultsOperator(BaseOperator):
+    """Write the results of finished batches to a file: ONE ROW PER INPUT REQUEST, IN INPUT ORDER.
+
+    Columns: ``custom_id``, ``index`` (0-based position in the input), ``status`` (``succeeded``, ``failed``,
+    ``expired``, ``cancelled``, ``missing``), ``status_code``, ``response`` (the body), ``output_text`` (chat
+    completions and responses), ``error_code``, ``error_message``, ``input_tokens``, ``output_tokens``,
+    ``total_tokens``, ``batch_id``. A request the result files do not mention is ``expired``, ``cancelled`` or
+    ``failed`` after its batch's own ending, else ``missing``. Memory stays flat however large the batch: the
+    files are spilled to SQLite in a temporary directory and streamed out.
+
+    Returns the manifest (XCom ``return_value``): ``destination``, ``format``, ``rows``, ``counts`` (per
+    status), ``batch_ids``, ``input_tokens``, ``output_tokens``, ``total_tokens``, ``models``,
+    ``estimated_cost_usd``, ``price_table``, ``unpriced_models``, ``estimated`` (always ``True``),
+    ``unmatched_results`` and ``deleted_files``.
+
+    **What is an estimate.** ``estimated_cost_usd`` prices each request's tokens by a dated table of Batch API
+    prices (:mod:`airflow_provider_openai_batch.results.prices`), which may be stale and ignores cached-input
+    discounts; the invoice is the truth. Rows, counts and tokens are exact.
+
+    **Retry.** Re-export is idempotent: the same batches give the same rows, and the destination is replaced
+    whole. A retry after ``delete_files`` already removed the input or result files fails with an error naming
+    the missing file (the export needs them), so delete only what you will not export again.
+
+    **Kill.** Rows are written to a hidden temporary sibling of the destination (``.<name>.*.part``) and
+    renamed into place only once complete: a killed or failed task leaves the previous destination (or none)
+    untouched and removes the sibling; only a hard kill (SIGKILL) can leave the sibling behind. Nothing runs
+    at the API, so there is nothing to cancel.
+
+    **Asset.** The destination is declared as an outlet :class:`~airflow.sdk.Asset`, so a DAG scheduled on it
+    runs after each export; the asset event's ``extra`` carries ``rows``, ``counts``, ``batch_ids``, ``format``,
+    ``destination`` and ``estimated_cost_usd``. Its URI is ``asset_uri`` when given, else the destination's
+    URI (``file:///abs/path`` for a local path) when the destination is not templated. A templated destination
+    (``"/data/{{ ds }}.jsonl"``) is only known at run time, after Airflow registered the outlets: give a stable
+    ``asset_uri`` (e.g. ``"file:///data/answers"``) or your own ``outlets`` to get an asset event; every
+    :class:`~airflow.sdk.Asset` among the outlets gets the same ``extra``.
+
+    :param batch_id: A batch id, a list of them (the rounds of a resubmitted job, or the shards of a large
+        one), a JSON string of such a list, or batch dicts with ``id`` (templated, e.g.
+        ``"{{ ti.xcom_pull('wait')['id'] }}"``). Positions come from the input files in order of first
+        appearance; for each request the latest batch (in the order given) with a result for it wins.
+    :param destination: A local path, a ``file://`` URI, an object storage URI (``s3://bucket/out.jsonl``) or an
+        ``ObjectStoragePath`` (templated).
+    :param conn_id: Airflow connection id (type ``openai_batch``).
+    :param format: ``"jsonl"`` or ``"parquet"``; default ``parquet`` for a ``.parquet`` destination, else
+        ``jsonl`` (templated). Parquet needs ``pip install 'airflow-provider-openai-batch[parquet]'``.
+    :param price_table: ``{model: {"input": usd, "output": usd}}`` per 1M tokens, over the default table.
+    :param delete_files: ``"none"`` (default), ``"all"``, or a subset of ``{"input", "output", "error"}``: the
+        Files API files to delete once the export is in place; each is logged, and a failed delete is a warning.
+    :param asset_uri: The URI of the outlet asset (see above); ``""`` declares none.
+    :param work_dir: Where the temporary files go (default: the system's temporary directory); it needs room
+        for about twice the batches' result files.
+    """
+
+    template_fields: Sequence[str] = ("batch_id", "destination", "format")
+    ui_color = "#d6eaf8"
+
+    def __init__(
+        self,
+        *,
+        batch_id: Any,
+        destination: Any,
+        conn_id: str = DEFAULT_CONN_ID,
+        format: str | None = None,
+        price_table: Mapping[str, Mapping[str, float]] | None = None,
+        delete_files: Any = "none",
+        asset_uri: str | None = None,
+        work_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        outlets = kwargs.pop("outlets", None)
+        outlets = [] if outlets is None else list(outlets) if isinstance(outlets, (list, tuple)) else [outlets]
+        uri = self._asset_uri(asset_uri, destination, kwargs.get("task_id", "?"))
+        if uri and not any(isinstance(o, Asset) and o.uri == uri for o in outlets):
+            outlets.append(Asset(uri=uri))
+        super().__init__(outlets=outlets, **kwargs)
+        if batch_id is None or (isinstance(batch_id, (str, list, tuple)) and not batch_id):
+            raise ValueError(f"{self.task_id}: batch_id is required: a batch id, a list of them, or a template")
+        if format is not None and not _templated(format) and str(format).lower() not in ("jsonl", "parquet"):
+            raise ValueError(f"{self.task_id}: format must be 'jsonl', 'parquet' or None; got {format!r}")
+        from airflow_provider_openai_batch.results.prices import check_price_table
+
+        self.price_table = check_price_table(price_table)
+        self.delete_files = _check_delete_files(delete_files, self.task_id)
+        self.batch_id = batch_id
+        self.destination = destination
+        self.conn_id = conn_id
+        self.format = format
+        self.asset_uri = uri
+        self.work_dir = work_dir
+
+    @staticmethod
+    def _asset_uri(asset_uri: str | None, destination: Any, task_id: str) -> str | None:
+        if asset_uri is not None:
+            if not isinstance(asset_uri, str) or _templated(asset_uri):
+                raise ValueError(
+                    f"{task_id}: asset_uri must be a fixed URI string (outlets are registered when the DAG is "
+                    f"parsed, before templates render), e.g. 'file:///data/answers'; got {asset_uri!r}"
+                )
+            return asset_uri or None
+        if destination is None or (isinstance(destination, str) and not destination.strip()):
+            raise ValueError(
+                f"{task_id}: destination is required: a local path, a file:// URI, an object storage URI or an "
+                "ObjectStoragePath"
+            )
+        if _templated(destination):
+            return None
+        from airflow_provider_openai_batch.results.writers import destination_uri
+
+        try:
+            return destination_uri(destination)
+        except ValueError as err:
+            raise ValueError(f"{task_id}: {err}") from None
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+        from airflow_provider_openai_batch.results.export import parse_batch_ids
+
+        batch_ids = parse_batch_ids(self.batch_id, "batch_id")
+        with OpenAIBatchHook(conn_id=self.conn_id) as hook:
+            manifest = hook.export_results(
+                batch_ids,
+                self.destination,
+                format=self.format,
+                price_table=self.price_table,
+                delete_files=self.delete_files,
+                work_dir=self.work_dir,
+            )
+        self.log.info(
+            "Exported %d rows to %s: %s; estimated cost %.4f USD (price table %s)",
+            manifest["rows"],
+            manifest["destination"],
+            manifest["counts"],
+            manifest["estimated_cost_usd"],
+            manifest["price_table"],
+        )
+        self._emit_asset_events(context, manifest)
+        return manifest
+
+    def _emit_asset_events(self, context: Context, manifest: dict[str, Any]) -> None:
+        """Put the manifest's counts on the asset event of every outlet asset (Airflow emits the event when the
+        task succeeds)."""
+        events = context.get("outlet_events")
+        if events is None:
+            return
+        extra = {
+            key: manifest[key] for key in ("destination", "format", "rows", "counts", "batch_ids", "estimated_cost_usd")
+        }
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset):
+                events[outlet].extra = dict(extra)
+
+
+def _check_delete_files(value: Any, task_id: str) -> Any:
+    if value is None or value in ("none", "all"):
+        return value or "none"
+    kinds = [value] if isinstance(value, str) else value
+    if not isinstance(kinds, (list, tuple, set, frozenset)) or any(k not in _FILE_KINDS for k in kinds):
+        raise ValueError(
+            f"{task_id}: delete_files must be 'none', 'all', or a subset of {{'input', 'output', 'error'}} such as "
+            f"['output', 'error']; got {value!r}"
+        )
+    return sorted(kinds, key=_FILE_KINDS.index)

@@ -1,0 +1,10 @@
+"""Exporting a batch's results: one row per input request, in input order, to JSONL or Parquet.
+
+- :mod:`.rows`: the row schema and how a result line (or its absence) is classified.
+- :mod:`.join`: the constant-memory join of input files and result files (spilled to SQLite).
+- :mod:`.writers`: JSONL and Parquet writers that replace the destination atomically.
+- :mod:`.prices`: the dated price table and the cost estimate.
+- :mod:`.export`: the orchestration that returns the manifest.
+
+Nothing heavy is imported here: the operator module imports this package at DAG-parse time only lazily.
+"""

@@ -1,0 +1,261 @@
+"""Export the results of one or more batches: one row per input request, in input order, and a manifest.
+
+:func:`export` is what :meth:`OpenAIBatchHook.export_results` and
+:class:`~airflow_provider_openai_batch.operators.results.BatchResultsOperator` run. Memory does not grow with
+the number of requests or the size of the answers: files are downloaded to a temporary directory, spilled to
+SQLite (:mod:`.join`) and streamed out row by row (:mod:`.writers`).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_openai_batch.exceptions import NotFoundError, OpenAIBatchError
+from airflow_provider_openai_batch.results.join import ResultJoin
+from airflow_provider_openai_batch.results.prices import CostEstimate, check_price_table
+from airflow_provider_openai_batch.results.rows import STATUSES, row_from_line, row_without_line
+from airflow_provider_openai_batch.results.writers import (
+    as_target,
+    atomic_output,
+    destination_uri,
+    open_writer,
+    require_pyarrow,
+    resolve_format,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+    from airflow_provider_openai_batch.models import Batch
+
+FILE_KINDS = ("input", "output", "error")
+
+
+class ResultsExportError(OpenAIBatchError):
+    """A batch's results cannot be exported (not finished, or a file it needs is gone)."""
+
+
+def parse_batch_ids(value: Any, name: str = "batch_id") -> list[str]:
+    """One batch id, a list of them, a JSON (or Python literal) string of a list, or batch dicts with an
+    ``id`` (the sensor's XCom): the ids, in order, each once.
+
+    :raises ValueError: naming ``name`` and what to pass instead.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                try:  # a list rendered by Jinja without native types: "['batch_a', 'batch_b']"
+                    value = ast.literal_eval(text)
+                except (ValueError, SyntaxError):
+                    raise ValueError(
+                        f"{name} looks like a list but is neither JSON nor a Python literal: {text[:100]!r}"
+                    ) from None
+        else:
+            value = [text]
+    elif isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(
+            f"{name} must be a batch id such as 'batch_abc123', a non-empty list of them (the rounds or shards of "
+            f"one job), or a JSON string of such a list; got {value!r}"
+        )
+    ids: list[str] = []
+    for item in value:
+        batch_id = item.get("id") if isinstance(item, Mapping) else item
+        if not isinstance(batch_id, str) or not batch_id.strip():
+            raise ValueError(f"{name} must hold batch ids (strings such as 'batch_abc123'); got {item!r}")
+        from airflow_provider_openai_batch import api
+
+        api.validate_id(batch_id.strip(), name)
+        if batch_id.strip() not in ids:
+            ids.append(batch_id.strip())
+    return ids
+
+
+def parse_delete_files(value: Any, name: str = "delete_files") -> tuple[str, ...]:
+    """``"none"`` (or ``None``/empty), ``"all"``, or a subset of ``{"input", "output", "error"}`` (a list or
+    one kind as a string): the kinds of Files API files to delete after a successful export."""
+    if value is None or value == "none" or (isinstance(value, (list, tuple, set, frozenset)) and not value):
+        return ()
+    if value == "all":
+        return FILE_KINDS
+    kinds = [value] if isinstance(value, str) else value
+    if not isinstance(kinds, (list, tuple, set, frozenset)) or any(k not in FILE_KINDS for k in kinds):
+        raise ValueError(
+            f"{name} must be 'none', 'all', or a subset of {{'input', 'output', 'error'}} such as "
+            f"['output', 'error']; got {value!r}"
+        )
+    return tuple(kind for kind in FILE_KINDS if kind in kinds)
+
+
+def export(
+    hook: OpenAIBatchHook,
+    batch_ids: Any,
+    destination: Any,
+    *,
+    format: str | None = None,
+    price_table: Mapping[str, Mapping[str, float]] | None = None,
+    delete_files: Any = "none",
+    work_dir: str | None = None,
+) -> dict[str, Any]:
+    """Write one row per input request of ``batch_ids`` to ``destination``; return the manifest.
+
+    See :meth:`OpenAIBatchHook.export_results` for the arguments and the manifest.
+    """
+    ids = parse_batch_ids(batch_ids, "batch_ids")
+    kinds = parse_delete_files(delete_files)
+    prices = check_price_table(price_table)
+    fmt = resolve_format(format, destination)
+    if fmt == "parquet":
+        require_pyarrow()
+    target = as_target(destination)
+    batches = [_finished_batch(hook, batch_id) for batch_id in ids]
+
+    with tempfile.TemporaryDirectory(prefix="openai-batch-export-", dir=work_dir) as tmp:
+        join = ResultJoin(Path(tmp) / "join.sqlite")
+        try:
+            for rank, batch in enumerate(batches):
+                _load_batch(hook, join, rank, batch, Path(tmp))
+            unmatched = join.unmatched_results()
+            if unmatched:
+                hook.log.warning(
+                    "%d result lines name a custom_id that no input file holds; they have no input position and "
+                    "are left out of the export",
+                    unmatched,
+                )
+            counts: Counter[str] = Counter({status: 0 for status in STATUSES})
+            models: Counter[str] = Counter()
+            cost = CostEstimate(prices)
+            rows = 0
+            with atomic_output(target) as handle:
+                writer = open_writer(fmt, handle)
+                for row, model in _rows(join, batches):
+                    writer.write(row)
+                    rows += 1
+                    counts[row["status"]] += 1
+                    models[model or "unknown"] += 1
+                    body = row["response"]
+                    priced_model = body.get("model") if isinstance(body, dict) else None
+                    cost.add(
+                        priced_model if isinstance(priced_model, str) else model,
+                        row["input_tokens"],
+                        row["output_tokens"],
+                        row["total_tokens"],
+                    )
+                writer.close()
+        finally:
+            join.close()
+
+    uri = destination_uri(target)
+    hook.log.info("Exported %d rows of batches %s to %s (%s): %s", rows, ", ".join(ids), uri, fmt, dict(counts))
+    deleted = _delete_files(hook, batches, kinds)
+    return {
+        "destination": uri,
+        "format": fmt,
+        "rows": rows,
+        "counts": {status: counts[status] for status in STATUSES},
+        "batch_ids": ids,
+        "input_tokens": cost.input_tokens,
+        "output_tokens": cost.output_tokens,
+        "total_tokens": cost.total_tokens,
+        "models": dict(sorted(models.items())),
+        "estimated_cost_usd": round(cost.cost_usd, 6),
+        "price_table": cost.version,
+        "unpriced_models": sorted(cost.unpriced),
+        "estimated": True,
+        "unmatched_results": unmatched,
+        "deleted_files": deleted,
+    }
+
+
+def _finished_batch(hook: OpenAIBatchHook, batch_id: str) -> Batch:
+    batch = hook.retrieve_batch(batch_id)
+    if not batch.is_terminal:
+        raise ResultsExportError(
+            f"batch {batch_id} is still {batch.status}: export its results once it ended (wait for it with "
+            "BatchSensor or CreateBatchOperator(wait_for_completion=True) first)"
+        )
+    if not batch.input_file_id:
+        raise ResultsExportError(f"batch {batch_id} has no input_file_id, so the input order is unknown")
+    return batch
+
+
+def _load_batch(hook: OpenAIBatchHook, join: ResultJoin, rank: int, batch: Batch, tmp: Path) -> None:
+    """Spill one batch's input positions, then its output and error lines, downloading each file to disk
+    first (streamed and retried by the hook) and removing it once read."""
+    assert batch.input_file_id is not None  # checked by _finished_batch
+    files = [("input", batch.input_file_id), ("output", batch.output_file_id), ("error", batch.error_file_id)]
+    for kind, file_id in files:
+        if not file_id:
+            continue
+        local = tmp / f"{rank}-{kind}.jsonl"
+        try:
+            hook.download_file(file_id, local)
+        except NotFoundError:
+            why = "input order" if kind == "input" else "results"
+            raise ResultsExportError(
+                f"the {kind} file {file_id} of batch {batch.id} is gone (deleted, or past its expiry): the export "
+                f"needs it for the {why}"
+            ) from None
+        try:
+            if kind == "input":
+                join.add_inputs(rank, _lines(local))
+            else:
+                join.add_results(rank, _lines(local))
+        finally:
+            local.unlink(missing_ok=True)
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield line
+
+
+def _rows(join: ResultJoin, batches: list[Batch]) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """Each row, in input order, with the model its input asked for."""
+    errors = [_batch_error(batch) for batch in batches]
+    for joined in join.rows():
+        if joined.line is not None and joined.result_rank is not None:
+            batch = batches[joined.result_rank]
+            row = row_from_line(joined.custom_id, joined.index, json.loads(joined.line), batch.id, batch.endpoint)
+        else:
+            batch = batches[joined.last_rank]
+            row = row_without_line(joined.custom_id, joined.index, batch.id, batch.status, errors[joined.last_rank])
+        yield row, joined.model
+
+
+def _batch_error(batch: Batch) -> tuple[str | None, str] | None:
+    """The batch-level error, as (code, message), for the rows of a batch refused at validation."""
+    items = batch.errors.data if batch.errors else []
+    if not items:
+        return None
+    message = "; ".join(str(item) for item in items)
+    return items[0].code, message[:2000]
+
+
+def _delete_files(hook: OpenAIBatchHook, batches: list[Batch], kinds: tuple[str, ...]) -> list[str]:
+    """Delete the chosen Files API files of every batch; a failure is a warning, never an error."""
+    deleted: list[str] = []
+    for batch in batches:
+        for kind in kinds:
+            file_id = getattr(batch, f"{kind}_file_id", None)
+            if not file_id or file_id in deleted:
+                continue
+            try:
+                hook.delete_file(file_id)
+            except Exception as err:  # the export is in place; storage hygiene must not fail it
+                hook.log.warning("Could not delete the %s file %s of batch %s: %s", kind, file_id, batch.id, err)
+                continue
+            hook.log.info("Deleted the %s file %s of batch %s", kind, file_id, batch.id)
+            deleted.append(file_id)
+    return deleted

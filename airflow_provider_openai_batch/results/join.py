@@ -1,0 +1,140 @@
+"""The constant-memory join of input files and result files.
+
+Result lines arrive in no order, and a batch can hold 50,000 requests with large answers, so neither the
+input positions nor the results are held in memory: both go to a SQLite file (stdlib ``sqlite3``) and rows
+come back out of it one at a time, in input order. SQLite's page cache is the only thing that grows, and it
+is capped (:data:`CACHE_KIB`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from os import PathLike
+
+#: SQLite page cache, in KiB: enough to keep the indexes hot, small next to the 100 MB budget.
+CACHE_KIB = 16 * 1024
+
+
+@dataclass(frozen=True)
+class JoinedRow:
+    """One input request and its winning result line, if any.
+
+    :param index: 0-based position of the request over the inputs, in order of first appearance.
+    :param custom_id: The request's ``custom_id``.
+    :param last_rank: Rank (position in the list of batches) of the last batch whose input held it.
+    :param model: The ``model`` of its body in that input, if any.
+    :param result_rank: Rank of the batch whose result line won (the latest with one), or ``None``.
+    :param line: That result line (JSON bytes), or ``None`` when no result file mentions the request.
+    """
+
+    index: int
+    custom_id: str
+    last_rank: int
+    model: str | None
+    result_rank: int | None
+    line: bytes | None
+
+
+class ResultJoin:
+    """Positions and results of several batches, spilled to a SQLite file at ``path``.
+
+    Add the batches in the order given (rank 0, 1, ...): each batch's input, then its results. A request's
+    position is that of its first appearance, so shards concatenate and a later round (a subset of the
+    first) keeps the first round's positions; a later batch's result line replaces an earlier one's.
+    """
+
+    def __init__(self, path: str | PathLike[str]) -> None:
+        self.db = sqlite3.connect(str(path))
+        # A scratch file: no journal and no fsync (a crash loses only a file nobody will read again).
+        self.db.execute("PRAGMA journal_mode = OFF")
+        self.db.execute("PRAGMA synchronous = OFF")
+        self.db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        self.db.execute("PRAGMA temp_store = FILE")
+        # idx is the rowid: SQLite gives a new row max(rowid) + 1 and no row is ever deleted, so positions
+        # are dense and in order of first insertion; an upsert of a known custom_id does not take one.
+        self.db.execute(
+            "CREATE TABLE positions (idx INTEGER PRIMARY KEY, custom_id TEXT NOT NULL UNIQUE, "
+            "last_rank INTEGER NOT NULL, model TEXT)"
+        )
+        self.db.execute("CREATE TABLE results (custom_id TEXT PRIMARY KEY, rank INTEGER NOT NULL, line BLOB NOT NULL)")
+        self.unreadable_input_lines = 0
+        self.unreadable_result_lines = 0
+
+    def close(self) -> None:
+        self.db.close()
+
+    def add_inputs(self, rank: int, lines: Iterable[bytes]) -> int:
+        """Record the requests of one batch's input file; returns how many lines were read."""
+        count = 0
+
+        def records() -> Iterator[tuple[str, int, str | None]]:
+            nonlocal count
+            for line in lines:
+                try:
+                    item = json.loads(line)
+                    custom_id = item["custom_id"]
+                except (ValueError, TypeError, KeyError):
+                    # Only a batch that failed validation has such lines; they are no request.
+                    self.unreadable_input_lines += 1
+                    continue
+                if not isinstance(custom_id, str):
+                    self.unreadable_input_lines += 1
+                    continue
+                body = item.get("body")
+                model = body.get("model") if isinstance(body, dict) else None
+                count += 1
+                yield custom_id, rank, model if isinstance(model, str) else None
+
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO positions (custom_id, last_rank, model) VALUES (?, ?, ?) "
+                "ON CONFLICT (custom_id) DO UPDATE SET last_rank = excluded.last_rank, model = excluded.model",
+                records(),
+            )
+        return count
+
+    def add_results(self, rank: int, lines: Iterable[bytes]) -> int:
+        """Record the lines of one output or error file; returns how many were read."""
+        count = 0
+
+        def records() -> Iterator[tuple[str, int, bytes]]:
+            nonlocal count
+            for line in lines:
+                try:
+                    custom_id = json.loads(line)["custom_id"]
+                except (ValueError, TypeError, KeyError):
+                    self.unreadable_result_lines += 1
+                    continue
+                if not isinstance(custom_id, str):
+                    self.unreadable_result_lines += 1
+                    continue
+                count += 1
+                yield custom_id, rank, bytes(line)
+
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO results (custom_id, rank, line) VALUES (?, ?, ?) "
+                "ON CONFLICT (custom_id) DO UPDATE SET rank = excluded.rank, line = excluded.line",
+                records(),
+            )
+        return count
+
+    def unmatched_results(self) -> int:
+        """Result lines whose ``custom_id`` no input file holds (they have no position, so no row)."""
+        query = "SELECT COUNT(*) FROM results WHERE custom_id NOT IN (SELECT custom_id FROM positions)"
+        return int(self.db.execute(query).fetchone()[0])
+
+    def rows(self) -> Iterator[JoinedRow]:
+        """Every input request with its winning result, in input order, one at a time."""
+        cursor = self.db.execute(
+            "SELECT p.idx - 1, p.custom_id, p.last_rank, p.model, r.rank, r.line FROM positions p "
+            "LEFT JOIN results r ON r.custom_id = p.custom_id ORDER BY p.idx"
+        )
+        try:
+            for index, custom_id, last_rank, model, result_rank, line in cursor:
+                yield JoinedRow(index, custom_id, last_rank, model, result_rank, line)
+        finally:
+            cursor.close()

@@ -1,0 +1,170 @@
+"""Writing export rows to JSONL or Parquet, replacing the destination atomically.
+
+Rows are written to a temporary sibling of the destination and renamed into place once the last one is
+written (as :func:`~airflow_provider_openai_batch.hooks.transfer.write_destination` does for downloads), so
+a failed or killed export never leaves a partial result where a reader looks, and a re-export replaces the
+previous file whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from airflow_provider_openai_batch.results.rows import COLUMNS
+
+FORMATS = ("jsonl", "parquet")
+PARQUET_EXTRA_HINT = "pip install 'airflow-provider-openai-batch[parquet]'"
+#: A Parquet row group is flushed at this many rows or this many bytes of JSON, whichever comes first, so
+#: memory stays bounded even when every answer is large.
+PARQUET_GROUP_ROWS = 5_000
+PARQUET_GROUP_BYTES = 32 * 1024 * 1024
+
+
+class RowWriter(Protocol):
+    def write(self, row: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def resolve_format(format: str | None, destination: Any) -> str:
+    """``jsonl`` or ``parquet``: the one asked for, else ``parquet`` for a destination ending in ``.parquet``."""
+    if format is None:
+        name = str(getattr(destination, "name", None) or destination)
+        return "parquet" if name.lower().endswith(".parquet") else "jsonl"
+    if not isinstance(format, str) or format.lower() not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)} or None (from the destination); got {format!r}")
+    return format.lower()
+
+
+def require_pyarrow() -> None:
+    """Fail early, before anything is downloaded, when Parquet is asked for without pyarrow."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            f"Parquet export needs pyarrow, which is not installed: {PARQUET_EXTRA_HINT} "
+            "(or write JSONL: format='jsonl')"
+        ) from None
+
+
+def as_target(destination: Any) -> Any:
+    """A local :class:`~pathlib.Path` (for a path or a ``file://`` URI string) or an ``ObjectStoragePath``."""
+    if hasattr(destination, "fs"):  # already an ObjectStoragePath
+        return destination
+    if isinstance(destination, os.PathLike):
+        return Path(destination)
+    if not isinstance(destination, str) or not destination.strip():
+        raise ValueError(
+            "destination must be a local path, a file:// URI, an object storage URI such as "
+            f"'s3://bucket/results.jsonl', or an ObjectStoragePath; got {destination!r}"
+        )
+    if destination.startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+
+        return Path(unquote(urlsplit(destination).path))
+    if "://" in destination:
+        from airflow.sdk import ObjectStoragePath
+
+        return ObjectStoragePath(destination)
+    return Path(destination)
+
+
+def destination_uri(destination: Any) -> str:
+    """The destination as a URI string: ``file:///abs/path`` for a local one, the store's URI otherwise."""
+    if isinstance(destination, str) and "://" in destination and not destination.startswith("file://"):
+        return destination  # as given: building an ObjectStoragePath here would import fsspec at DAG parse
+    target = as_target(destination)
+    if isinstance(target, Path):
+        return target.absolute().as_uri()
+    return str(target)
+
+
+@contextmanager
+def atomic_output(target: Any) -> Iterator[IO[bytes]]:
+    """A binary handle on a temporary sibling of ``target``, renamed onto ``target`` when the block ends
+    without an error; on any error (a kill included) the sibling is removed and ``target`` is untouched."""
+    if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+    try:
+        with partial.open("wb") as handle:
+            yield handle
+        partial.rename(target)
+    except BaseException:
+        with suppress(Exception):
+            partial.unlink()
+        raise
+
+
+class JsonlWriter:
+    """One JSON object per line, UTF-8, keys in :data:`~.rows.COLUMNS` order."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
+
+    def close(self) -> None:
+        self.handle.flush()
+
+
+class ParquetWriter:
+    """Parquet with a fixed schema (:data:`~.rows.COLUMNS`; ``response`` as JSON text), in bounded row groups."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        types = {"string": pa.string(), "int64": pa.int64(), "json": pa.string()}
+        self._pa = pa
+        self.schema = pa.schema([(name, types[kind]) for name, kind in COLUMNS])
+        self._json_columns = [name for name, kind in COLUMNS if kind == "json"]
+        self._writer = pq.ParquetWriter(handle, self.schema, compression="zstd")
+        self._columns: dict[str, list[Any]] = {name: [] for name, _ in COLUMNS}
+        self._rows = 0
+        self._bytes = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        for name in self._json_columns:
+            value = row[name]
+            text = None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            self._bytes += len(text) if text else 0
+            self._columns[name].append(text)
+        for name, kind in COLUMNS:
+            if kind != "json":
+                self._columns[name].append(row[name])
+        self._rows += 1
+        if self._rows >= PARQUET_GROUP_ROWS or self._bytes >= PARQUET_GROUP_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._writer.write_table(self._pa.table(self._columns, schema=self.schema))
+        self._columns = {name: [] for name, _ in COLUMNS}
+        self._rows = self._bytes = 0
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+
+def open_writer(format: str, handle: IO[bytes]) -> RowWriter:
+    return ParquetWriter(handle) if format == "parquet" else JsonlWriter(handle)

@@ -1,0 +1,34 @@
+"""Helpers for the export tests: batches submitted to the emulator through the hook, and reading exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+from airflow_provider_openai_batch.models import Batch
+
+CHAT = "/v1/chat/completions"
+
+
+def chat(custom_id: str, text: str = "hello", model: str = "gpt-4o-mini") -> dict[str, Any]:
+    return {"custom_id": custom_id, "body": {"model": model, "messages": [{"role": "user", "content": text}]}}
+
+
+def submit(hook: OpenAIBatchHook, requests: list[dict[str, Any]], endpoint: str = CHAT, wait: bool = True) -> Batch:
+    """Upload ``requests`` and create a batch; with ``wait``, return it once it ended (generous timeout: it only
+    stops a hung test)."""
+    data = "".join(json.dumps({"method": "POST", "url": endpoint, **r}) + "\n" for r in requests).encode()
+    batch = hook.create_batch(hook.upload_file(data).id, endpoint)
+    return hook.wait_for_batch(batch.id, poll_interval=0.05, timeout=120) if wait else batch
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def file_lines(hook: OpenAIBatchHook, file_id: str, tmp: Path) -> list[dict[str, Any]]:
+    local = tmp / f"{file_id}.jsonl"
+    hook.download_file(file_id, local)
+    return read_jsonl(local)

@@ -1,0 +1,115 @@
+"""``BatchResultsOperator``: arguments, the export through the task, the outlet asset and its event, and a
+cheap import at DAG-parse time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk import Asset
+
+from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+from airflow_provider_openai_batch.operators.results import BatchResultsOperator
+from tests.helpers import ctx
+from tests.results.helpers import chat, read_jsonl, submit
+
+
+class FakeOutletEvents(dict):
+    """``context["outlet_events"]``: an accessor per asset, created on first access, with a settable ``extra``."""
+
+    def __missing__(self, asset):
+        self[asset] = SimpleNamespace(extra={})
+        return self[asset]
+
+
+def test_the_task_exports_pushes_the_manifest_and_fills_the_asset_event(openai_batch_connection, tmp_path):
+    with OpenAIBatchHook() as hook:
+        first = submit(hook, [chat("a"), chat("b", model="fail-m")])
+        second = submit(hook, [chat("b")])
+    destination = tmp_path / "answers.jsonl"
+    op = BatchResultsOperator(
+        task_id="export", batch_id=json.dumps([first.id, second.id]), destination=str(destination)
+    )
+    asset = Asset(uri=destination.as_uri())
+    assert op.outlets == [asset]
+
+    context = ctx()
+    context["outlet_events"] = FakeOutletEvents()
+    manifest = op.execute(context)
+
+    json.dumps(manifest)  # XCom-able
+    assert [r["status"] for r in read_jsonl(destination)] == ["succeeded", "succeeded"]
+    assert manifest["counts"]["succeeded"] == 2 and manifest["batch_ids"] == [first.id, second.id]
+    extra = context["outlet_events"][asset].extra
+    assert extra["counts"] == manifest["counts"] and extra["rows"] == 2
+    assert extra["destination"] == destination.as_uri() and extra["batch_ids"] == [first.id, second.id]
+
+
+def test_delete_files_through_the_operator(openai_batch_connection, tmp_path):
+    with OpenAIBatchHook() as hook:
+        batch = submit(hook, [chat("a")])
+    op = BatchResultsOperator(task_id="export", batch_id=batch.id, destination=tmp_path / "o.jsonl", delete_files="all")
+    manifest = op.execute(ctx())
+    assert manifest["deleted_files"] == [batch.input_file_id, batch.output_file_id]
+    assert openai_batch_connection.stats()["files"] == 0
+
+
+def test_the_asset_uri_of_templated_and_explicit_destinations(tmp_path):
+    templated = BatchResultsOperator(task_id="t", batch_id="batch_a", destination="/data/{{ ds }}.jsonl")
+    assert templated.outlets == []  # unknown until run time: no asset guessed
+    chosen = BatchResultsOperator(
+        task_id="c", batch_id="batch_a", destination="/data/{{ ds }}.jsonl", asset_uri="file:///data/answers"
+    )
+    assert chosen.outlets == [Asset(uri="file:///data/answers")]
+    remote = BatchResultsOperator(task_id="r", batch_id="batch_a", destination="s3://bucket/out.parquet")
+    assert remote.outlets == [Asset(uri="s3://bucket/out.parquet")]
+    mine = Asset(uri="s3://bucket/other")
+    both = BatchResultsOperator(task_id="b", batch_id="batch_a", destination="s3://bucket/x.jsonl", outlets=[mine])
+    assert both.outlets == [mine, Asset(uri="s3://bucket/x.jsonl")]
+    none = BatchResultsOperator(task_id="n", batch_id="batch_a", destination=tmp_path / "o.jsonl", asset_uri="")
+    assert none.outlets == []
+    assert set(BatchResultsOperator.template_fields) == {"batch_id", "destination", "format"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_id": ""}, "batch_id is required"),
+        ({"destination": None}, "destination is required"),
+        ({"destination": 42}, "destination must be a local path"),
+        ({"format": "csv"}, "format must be 'jsonl', 'parquet' or None"),
+        ({"delete_files": "everything"}, "delete_files must be 'none', 'all', or a subset"),
+        ({"delete_files": ["input", "logs"]}, "delete_files must be"),
+        ({"price_table": {"gpt-4o": {"output": 1}}}, r"price_table\['gpt-4o'\] must be a dict with \"input\""),
+        ({"asset_uri": "file:///x/{{ ds }}"}, "asset_uri must be a fixed URI string"),
+    ],
+)
+def test_bad_arguments_fail_at_parse_time_naming_the_parameter(kwargs, message):
+    arguments = {"task_id": "export", "batch_id": "batch_a", "destination": "/tmp/out.jsonl", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        BatchResultsOperator(**arguments)
+
+
+def test_a_bad_rendered_batch_id_fails_the_task_naming_the_parameter(tmp_path):
+    op = BatchResultsOperator(task_id="export", batch_id="{{ nothing }}", destination=tmp_path / "o.jsonl")
+    op.batch_id = "['batch_a', 7]"  # as rendered
+    with pytest.raises(ValueError, match="batch_id must hold batch ids"):
+        op.execute(ctx())
+
+
+def test_importing_the_operator_stays_cheap():
+    # Only what the module adds on top of ``import airflow.sdk`` counts.
+    code = (
+        "import sys; import airflow.sdk; before = set(sys.modules); "
+        "import airflow_provider_openai_batch.operators.results; "
+        "added = set(sys.modules) - before; "
+        "heavy = sorted(m for m in added if m.split('.')[0] in ('requests', 'aiohttp', 'tenacity', 'openai', "
+        "'pydantic', 'urllib3', 'sqlite3', '_sqlite3', 'pyarrow', 'fsspec', 'upath') "
+        "or m.endswith(('.models', '.hooks.batch', '.api', '.results.export', '.results.join'))); "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

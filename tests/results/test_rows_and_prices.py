@@ -1,0 +1,160 @@
+"""The row classification, text and token extraction, the price table, and the join without a server."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_openai_batch.exceptions import NotFoundError
+from airflow_provider_openai_batch.models import Batch
+from airflow_provider_openai_batch.results.export import export, parse_batch_ids, parse_delete_files
+from airflow_provider_openai_batch.results.join import ResultJoin
+from airflow_provider_openai_batch.results.prices import DEFAULT_PRICES, CostEstimate, check_price_table
+from airflow_provider_openai_batch.results.rows import classify_line, classify_missing, output_text, usage_tokens
+from tests.results.helpers import read_jsonl
+
+
+@pytest.mark.parametrize(
+    ("status_code", "error_code", "has_error", "expected"),
+    [
+        (200, None, False, "succeeded"),
+        (204, None, False, "succeeded"),
+        (400, "model_not_found", False, "failed"),
+        (500, None, False, "failed"),
+        (None, "batch_expired", True, "expired"),
+        (None, "server_error", True, "failed"),
+        (None, None, False, "failed"),
+    ],
+)
+def test_a_result_line_is_classified(status_code, error_code, has_error, expected):
+    assert classify_line(status_code, error_code, has_error) == expected
+
+
+@pytest.mark.parametrize(
+    ("batch_status", "expected"),
+    [("expired", "expired"), ("cancelled", "cancelled"), ("failed", "failed"), ("completed", "missing")],
+)
+def test_a_request_without_a_line_takes_its_batch_ending(batch_status, expected):
+    assert classify_missing(batch_status) == expected
+
+
+def test_output_text_and_tokens_of_each_body_shape():
+    chat = {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+    responses = {
+        "output": [
+            {"type": "reasoning", "content": []},
+            {"type": "message", "content": [{"type": "output_text", "text": "a"}, {"type": "refusal"}]},
+            {"type": "message", "content": [{"type": "output_text", "text": "b"}]},
+        ],
+        "usage": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7},
+    }
+    assert output_text("/v1/chat/completions", chat) == "hi"
+    assert output_text("/v1/responses", responses) == "ab"
+    assert output_text("/v1/completions", {"choices": [{"text": "x"}]}) is None
+    assert output_text("/v1/chat/completions", {"choices": []}) is None
+    assert usage_tokens(chat) == (3, 1, 4)
+    assert usage_tokens(responses) == (5, 2, 7)
+    assert usage_tokens({"usage": {"prompt_tokens": 4, "total_tokens": 4}}) == (4, None, 4)
+    assert usage_tokens(None) == (None, None, None)
+
+
+def test_models_are_priced_by_longest_prefix():
+    cost = CostEstimate()
+    assert cost.match("gpt-4o-mini-2024-07-18") == "gpt-4o-mini"
+    assert cost.match("gpt-4o-2024-08-06") == "gpt-4o"
+    assert cost.match("gpt-4.1-mini") == "gpt-4.1-mini"
+    assert cost.match("claude-3") is None
+    cost.add("gpt-4o-mini-2024-07-18", 1_000_000, 1_000_000, None)
+    cost.add("claude-3", 10, 10, 20)
+    cost.add(None, 0, 0, 0)  # nothing billed: not listed as unpriced
+    assert cost.cost_usd == pytest.approx(
+        DEFAULT_PRICES["gpt-4o-mini"]["input"] + DEFAULT_PRICES["gpt-4o-mini"]["output"]
+    )
+    assert cost.unpriced == {"claude-3"} and cost.total_tokens == 2_000_020
+
+
+def test_the_default_table_holds_batch_prices_and_a_user_table_is_checked():
+    # Batch prices are half the list price (gpt-4o-mini lists at 0.15 / 0.60 USD per 1M tokens).
+    assert DEFAULT_PRICES["gpt-4o-mini"] == {"input": 0.075, "output": 0.30}
+    assert check_price_table({"m": {"input": 1}}) == {"m": {"input": 1.0, "output": 0.0}}
+    with pytest.raises(ValueError, match=r"price_table must be a dict like"):
+        check_price_table([("gpt-4o", 1)])
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("batch_a", ["batch_a"]),
+        (" batch_a ", ["batch_a"]),
+        (["batch_a", "batch_b", "batch_a"], ["batch_a", "batch_b"]),
+        ('["batch_a", "batch_b"]', ["batch_a", "batch_b"]),
+        ("['batch_a', 'batch_b']", ["batch_a", "batch_b"]),  # a list rendered by Jinja as text
+        ({"id": "batch_a", "status": "completed"}, ["batch_a"]),  # the sensor's XCom
+        ([{"id": "batch_a"}, "batch_b"], ["batch_a", "batch_b"]),
+    ],
+)
+def test_batch_ids_are_read_from_every_shape_a_template_gives(value, expected):
+    assert parse_batch_ids(value) == expected
+
+
+def test_delete_files_choices():
+    assert parse_delete_files("none") == () and parse_delete_files(None) == ()
+    assert parse_delete_files("all") == ("input", "output", "error")
+    assert parse_delete_files({"error", "output"}) == ("output", "error")
+    assert parse_delete_files("input") == ("input",)
+    with pytest.raises(ValueError, match=r"delete_files must be 'none', 'all'"):
+        parse_delete_files(["outputs"])
+
+
+def test_the_join_keeps_first_positions_and_the_latest_result(tmp_path):
+    join = ResultJoin(tmp_path / "j.sqlite")
+    lines = [json.dumps({"custom_id": c, "body": {"model": "m"}}).encode() for c in ("a", "b", "c")]
+    assert join.add_inputs(0, [*lines, b"not json"]) == 3
+    assert join.add_inputs(1, [json.dumps({"custom_id": "c"}).encode(), json.dumps({"custom_id": "d"}).encode()]) == 2
+    join.add_results(0, [json.dumps({"custom_id": "c", "v": 0}).encode(), json.dumps({"custom_id": "z"}).encode()])
+    join.add_results(1, [json.dumps({"custom_id": "c", "v": 1}).encode()])
+    rows = list(join.rows())
+    join.close()
+    assert [(r.index, r.custom_id, r.last_rank) for r in rows] == [(0, "a", 0), (1, "b", 0), (2, "c", 1), (3, "d", 1)]
+    assert json.loads(rows[2].line or b"")["v"] == 1 and rows[2].result_rank == 1
+    assert rows[0].line is None and rows[0].model == "m" and rows[3].model is None
+    assert join.unreadable_input_lines == 1
+
+
+class FakeHook:
+    """Just what the export calls: batches by id and file contents by id."""
+
+    log = logging.getLogger("tests.results.fake_hook")
+
+    def __init__(self, batches: list[dict], files: dict[str, bytes]) -> None:
+        self.batches = {b["id"]: Batch.model_validate(b) for b in batches}
+        self.files = files
+
+    def retrieve_batch(self, batch_id: str) -> Batch:
+        return self.batches[batch_id]
+
+    def download_file(self, file_id: str, destination: Path) -> None:
+        if file_id not in self.files:
+            raise NotFoundError(f"no file {file_id}", status_code=404)
+        Path(destination).write_bytes(self.files[file_id])
+
+
+def _jsonl(*items: dict) -> bytes:
+    return b"".join(json.dumps(i).encode() + b"\n" for i in items)
+
+
+@pytest.mark.parametrize(("batch_status", "expected"), [("completed", "missing"), ("expired", "expired")])
+def test_a_request_no_file_mentions_is_missing_or_takes_its_batch_ending(tmp_path, batch_status, expected):
+    ok = {"custom_id": "a", "response": {"status_code": 200, "body": {"usage": {"prompt_tokens": 1}}}, "error": None}
+    hook = FakeHook(
+        [{"id": "batch_1", "status": batch_status, "input_file_id": "in", "output_file_id": "out"}],
+        {"in": _jsonl({"custom_id": "a", "body": {}}, {"custom_id": "b", "body": {}}), "out": _jsonl(ok)},
+    )
+    manifest = export(hook, "batch_1", tmp_path / "out.jsonl")  # type: ignore[arg-type]
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert [r["status"] for r in rows] == ["succeeded", expected]
+    assert rows[1]["batch_id"] == "batch_1" and "no result line" in rows[1]["error_message"]
+    assert manifest["counts"][expected] == 1 and manifest["models"] == {"unknown": 2}
