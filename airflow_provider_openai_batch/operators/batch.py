@@ -75,7 +75,8 @@ class CreateBatchOperator(BaseOperator):
     (Airflow 3.3+). A task marked *success* keeps its batch: the user declared the work done, and a downstream
     task may still read the results. Without ``cancel_on_kill`` the batch keeps running and billing.
 
-    Returns the batch id (XCom ``return_value``) and pushes the batch as JSON to XCom key ``batch``.
+    Returns the batch id (XCom ``return_value``), pushes the batch as JSON to XCom key ``batch`` and the ids of
+    every round's batch to ``batch_ids`` (one id unless ``resubmit_unfinished`` made more rounds).
 
     :param endpoint: The batch endpoint, e.g. ``/v1/chat/completions``.
     :param requests: Requests to send (templated: strings in a literal list are rendered by Jinja, so a
@@ -96,6 +97,13 @@ class CreateBatchOperator(BaseOperator):
         input. ``"never"``: every try creates a new batch (and is billed for it).
     :param rebill_completed_requests: Allow a retry to re-submit the whole input after an ``expired`` or
         ``cancelled`` batch whose completed requests were already billed (default ``False``: fail instead).
+    :param resubmit_unfinished: Extra rounds (default 0) in which only the requests that did not finish are
+        sent again: when a batch ends ``expired`` or ``cancelled``, or ``completed`` with requests failed for
+        transient reasons (``batch_expired``, rate limits, 5xx; never a 400-class refusal), a new batch of
+        exactly those input lines is created (an idempotency key of its own per round) and waited for, up to
+        this many times. A request that succeeded is never sent twice. Needs ``wait_for_completion``. XCom
+        ``batch_ids`` lists every round's batch; the return value and ``batch`` are the last round's. A retry
+        re-attaches to the latest round and goes on from there instead of failing.
     """
 
     template_fields: Sequence[str] = (
@@ -130,6 +138,7 @@ class CreateBatchOperator(BaseOperator):
         cancel_on_kill: bool = False,
         reattach: str = "auto",
         rebill_completed_requests: bool = False,
+        resubmit_unfinished: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -148,6 +157,15 @@ class CreateBatchOperator(BaseOperator):
         if timeout is not None:
             check_seconds(timeout, "timeout", self.task_id)
         check_seconds(poll_interval, "poll_interval", self.task_id)
+        if isinstance(resubmit_unfinished, bool) or not isinstance(resubmit_unfinished, int) or resubmit_unfinished < 0:
+            raise ValueError(
+                f"{self.task_id}: resubmit_unfinished must be a whole number of extra rounds (0 = off); "
+                f"got {resubmit_unfinished!r}"
+            )
+        if resubmit_unfinished and not wait_for_completion:
+            raise ValueError(
+                f"{self.task_id}: resubmit_unfinished needs wait_for_completion=True: the rounds follow the wait"
+            )
         self.endpoint = endpoint
         self.requests = requests
         self.input_file = input_file
@@ -164,6 +182,7 @@ class CreateBatchOperator(BaseOperator):
         self.cancel_on_kill = cancel_on_kill
         self.reattach = reattach
         self.rebill_completed_requests = rebill_completed_requests
+        self.resubmit_unfinished = resubmit_unfinished
         self.batch_id: str | None = None
         self._running_ti: Any = None
 
@@ -175,7 +194,7 @@ class CreateBatchOperator(BaseOperator):
 
     def execute(self, context: Context) -> str:
         from airflow_provider_openai_batch import api
-        from airflow_provider_openai_batch.operators.reattach import CreateLedger, idempotency_key
+        from airflow_provider_openai_batch.operators.reattach import CreateLedger, earlier_rounds, idempotency_key
         from airflow_provider_openai_batch.outcome import describe
 
         # Checks that cost nothing come first, so a bad argument never uploads a file.
@@ -193,12 +212,16 @@ class CreateBatchOperator(BaseOperator):
                 ledger.creating()
                 batch = self._create(hook, ledger.key, source)
                 ledger.created(batch.id, started)
+                rounds = [batch.id]
+            else:
+                rounds = earlier_rounds(ledger, batch.id)
             self.batch_id = batch.id
             remember_batch_link(self, context, hook.settings.base_url, batch.id)
             self.log.info("OpenAI %s", describe(batch.model_dump(mode="json")))
             ti.xcom_push(key="batch", value=batch.model_dump(mode="json"))
+            ti.xcom_push(key="batch_ids", value=rounds)
             if self.wait_for_completion:
-                self._wait(context, hook, batch)
+                return self._wait(context, hook, batch, ledger, rounds)
         return batch.id
 
     def _earlier_batch(self, hook: OpenAIBatchHook, ledger: Any, try_number: int) -> Any:
@@ -215,6 +238,17 @@ class CreateBatchOperator(BaseOperator):
             self.log.info("Re-attaching to batch %s created earlier for the same input (%s)", batch.id, batch.status)
             return batch
         done, total = batch.request_counts.completed, batch.request_counts.total
+        if batch.status in ("expired", "cancelled") and self.resubmit_unfinished:
+            self.log.info(
+                "The earlier batch %s ended %s with %d of %d requests completed: re-attaching to re-run only the "
+                "requests that did not finish (resubmit_unfinished=%d)",
+                batch.id,
+                batch.status,
+                done,
+                total,
+                self.resubmit_unfinished,
+            )
+            return batch
         if batch.status == "failed" or done == 0:
             self.log.info(
                 "The earlier batch %s ended %s with no request completed, so nothing was billed: creating a new one",
@@ -282,35 +316,44 @@ class CreateBatchOperator(BaseOperator):
                     self.log.warning("Could not delete the unused input file %s: %s", uploaded.id, cleanup)
             raise
 
-    def _wait(self, context: Context, hook: OpenAIBatchHook, batch: Any) -> None:
+    def _wait(self, context: Context, hook: OpenAIBatchHook, batch: Any, ledger: Any, rounds: list[str]) -> str:
+        """Wait for ``batch`` (the last of ``rounds``), then for each further round it leads to; judge the end."""
         from airflow_provider_openai_batch.exceptions import BatchTimeoutError
 
-        # From the batch's creation, not from this try: a retry or a re-attach never extends the deadline.
-        timeout = self.wait_timeout if self.wait_timeout is not None else 25 * 3600.0
-        end_time = float(batch.created_at or time.time()) + timeout
-        if self.deferrable and not batch.is_terminal:
-            from airflow_provider_openai_batch.triggers.batch import BatchTrigger
+        while True:
+            # From the batch's creation, not from this try: a retry or a re-attach never extends the deadline.
+            timeout = self.wait_timeout if self.wait_timeout is not None else 25 * 3600.0
+            end_time = float(batch.created_at or time.time()) + timeout
+            if self.deferrable and not batch.is_terminal:
+                from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 
-            self.defer(
-                trigger=BatchTrigger(
-                    batch.id,
-                    self.conn_id,
-                    self.poll_interval,
-                    end_time=end_time,
-                    cancel_on_kill=self.cancel_on_kill,
-                ),
-                method_name="execute_complete",
-            )
-        try:
-            final = hook.wait_for_batch(batch.id, self.poll_interval, max(0.0, end_time - time.time()))
-        except BatchTimeoutError as err:
-            fail_for_good(err, f"the deadline (timeout={timeout:g}s from the batch's creation) passed")
-        self._finish(context, final.model_dump(mode="json"))
+                self.defer(
+                    trigger=BatchTrigger(
+                        batch.id,
+                        self.conn_id,
+                        self.poll_interval,
+                        end_time=end_time,
+                        cancel_on_kill=self.cancel_on_kill,
+                    ),
+                    method_name="execute_complete",
+                    kwargs={"key": ledger.key, "rounds": rounds},
+                )
+            try:
+                final = hook.wait_for_batch(batch.id, self.poll_interval, max(0.0, end_time - time.time()))
+            except BatchTimeoutError as err:
+                fail_for_good(err, f"the deadline (timeout={timeout:g}s from the batch's creation) passed")
+            following = self._next_round(context, hook, ledger, final.model_dump(mode="json"), rounds)
+            if following is None:
+                return self._finish(context, final.model_dump(mode="json"), rounds)
+            batch, rounds = following, [*rounds, following.id]
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
-        """Resume after the trigger: record and judge the final batch."""
+    def execute_complete(
+        self, context: Context, event: dict[str, Any], key: str | None = None, rounds: list[str] | None = None
+    ) -> str:
+        """Resume after the trigger: start the next round of unfinished requests, or record and judge the end."""
         from airflow_provider_openai_batch.events import batch_from_event
         from airflow_provider_openai_batch.exceptions import BatchTimeoutError
+        from airflow_provider_openai_batch.operators.reattach import CreateLedger
         from airflow_provider_openai_batch.outcome import describe
 
         try:
@@ -318,19 +361,66 @@ class CreateBatchOperator(BaseOperator):
         except BatchTimeoutError as err:
             fail_for_good(err, "the deadline passed")
         self.batch_id = batch["id"]
+        self._running_ti = context["ti"]
         self.log.info("OpenAI %s", describe(batch))
-        self._finish(context, batch)
-        return str(batch["id"])
+        rounds = list(rounds or [batch["id"]])
+        if key and self.resubmit_unfinished:
+            ledger = CreateLedger(context, key, self.log)
+            with self.hook() as hook:
+                following = self._next_round(context, hook, ledger, batch, rounds)
+                if following is not None:
+                    return self._wait(context, hook, following, ledger, [*rounds, following.id])
+        return self._finish(context, batch, rounds)
 
-    def _finish(self, context: Context, batch: dict[str, Any]) -> None:
+    def _next_round(
+        self, context: Context, hook: OpenAIBatchHook, ledger: Any, batch: dict[str, Any], rounds: list[str]
+    ) -> Any:
+        """Create the next round's batch from the requests of ``batch`` that did not finish, or return ``None``
+        when there is nothing to re-run or no round left."""
+        from airflow_provider_openai_batch.operators.reattach import round_key
+        from airflow_provider_openai_batch.operators.resubmit import RESUBMITTABLE, write_unfinished_input
+
+        if len(rounds) > self.resubmit_unfinished or batch.get("status") not in RESUBMITTABLE:
+            return None
+        number = len(rounds) + 1
+        with tempfile.TemporaryDirectory(prefix="openai-batch-round-") as tmp:
+            path = os.path.join(tmp, f"round-{number}.jsonl")
+            count, total = write_unfinished_input(hook, batch, path)
+            if count == 0:
+                return None
+            self.log.info(
+                "Round %d of at most %d: re-submitting the %d of %d requests of batch %s (%s) that did not finish; "
+                "the %d that finished are not sent again",
+                number,
+                self.resubmit_unfinished + 1,
+                count,
+                total,
+                batch["id"],
+                batch.get("status"),
+                total - count,
+            )
+            key = round_key(ledger.key, number)
+            started = time.time()
+            ledger.creating(key, rounds)
+            following = self._create(hook, key, path)
+        ledger.created(following.id, started, [*rounds, following.id])
+        self.batch_id = following.id
+        remember_batch_link(self, context, hook.settings.base_url, following.id)
+        context["ti"].xcom_push(key="batch_ids", value=[*rounds, following.id])
+        return following
+
+    def _finish(self, context: Context, batch: dict[str, Any], rounds: list[str]) -> str:
+        """Record the last round's batch and every round's id, and judge the last round."""
         from airflow_provider_openai_batch.exceptions import BatchNotSuccessfulError
         from airflow_provider_openai_batch.outcome import judge
 
         context["ti"].xcom_push(key="batch", value=batch)
+        context["ti"].xcom_push(key="batch_ids", value=rounds)
         try:
             judge(batch, self.max_failed_fraction)
         except BatchNotSuccessfulError as err:
             fail_for_good(err, "the batch ended and will not change")
+        return str(batch["id"])
 
     def on_kill(self) -> None:
         if self.cancel_on_kill and self.batch_id:

@@ -60,6 +60,8 @@ class CreateLedger:
         self._store = context.get("task_state_store")  # type: ignore[call-overload]
         self.key = key
         self.log = log
+        #: The record as last read for this key (``None`` before a read or when there is none).
+        self.record: dict[str, Any] | None = None
 
     @property
     def available(self) -> bool:
@@ -75,16 +77,32 @@ class CreateLedger:
             self.log.warning("Could not read the task state store (%s); searching the batch list instead", err)
             self._store = None
             return None
-        if isinstance(record, dict) and record.get("idempotency_key") == self.key:
-            return record
-        return None
+        self.record = record if isinstance(record, dict) and record.get("idempotency_key") == self.key else None
+        return self.record
 
-    def creating(self) -> None:
-        """Say, before the POST, that a create for this key is under way and since when."""
-        self._write({"idempotency_key": self.key, "create_started_at": time.time(), "batch_id": None})
+    def creating(self, key: str | None = None, rounds: list[str] | None = None) -> None:
+        """Say, before the POST, that a create is under way, since when, and under which key (a later round
+        of ``resubmit_unfinished`` has a key of its own)."""
+        self._write(
+            {
+                "idempotency_key": self.key,
+                "create_started_at": time.time(),
+                "batch_id": None,
+                "creating_key": key or self.key,
+                "rounds": list(rounds or []),
+            }
+        )
 
-    def created(self, batch_id: str, started_at: float) -> None:
-        self._write({"idempotency_key": self.key, "create_started_at": started_at, "batch_id": batch_id})
+    def created(self, batch_id: str, started_at: float, rounds: list[str] | None = None) -> None:
+        """Record the batch a create made; ``rounds`` lists every round's batch so far, this one last."""
+        self._write(
+            {
+                "idempotency_key": self.key,
+                "create_started_at": started_at,
+                "batch_id": batch_id,
+                "rounds": list(rounds or [batch_id]),
+            }
+        )
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._store is None:
@@ -95,8 +113,14 @@ class CreateLedger:
             self.log.warning("Could not write the task state store (%s); a retry will search the batch list", err)
 
 
+def round_key(key: str, number: int) -> str:
+    """The idempotency key of round ``number`` (1-based) of one input: the input's own key for the first."""
+    return key if number <= 1 else hashlib.sha256(f"{key}:round:{number}".encode()).hexdigest()
+
+
 def find_earlier_batch(hook: OpenAIBatchHook, ledger: CreateLedger, try_number: int) -> Batch | None:
-    """The batch an earlier try (or an earlier run of a cleared task) created for the same input, if any."""
+    """The batch an earlier try (or an earlier run of a cleared task) created for the same input, if any: the
+    latest round's, when the input was re-run in rounds."""
     from airflow_provider_openai_batch.exceptions import NotFoundError
 
     record = ledger.read()
@@ -107,8 +131,15 @@ def find_earlier_batch(hook: OpenAIBatchHook, ledger: CreateLedger, try_number: 
             pass
     if record:
         since = float(record.get("create_started_at") or time.time()) - SKEW_SECONDS
-        return hook.find_batch_by_idempotency_key(ledger.key, created_after=since)
+        key = str(record.get("creating_key") or ledger.key)
+        return hook.find_batch_by_idempotency_key(key, created_after=since)
     if not ledger.available and try_number > 1:
         since = time.time() - FALLBACK_WINDOW_SECONDS
         return hook.find_batch_by_idempotency_key(ledger.key, created_after=since)
     return None
+
+
+def earlier_rounds(ledger: CreateLedger, batch_id: str) -> list[str]:
+    """The rounds recorded before ``batch_id`` (which the ledger found), ending with it."""
+    recorded = [str(b) for b in ((ledger.record or {}).get("rounds") or [])]
+    return recorded[: recorded.index(batch_id) + 1] if batch_id in recorded else [*recorded, batch_id]

@@ -1,0 +1,123 @@
+"""CreateBatchOperator(resubmit_unfinished=N): only the requests that did not finish are sent again, each
+round its own batch, and a request that succeeded is never billed twice."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+
+from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+from airflow_provider_openai_batch.models import ResultRecord
+from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
+from airflow_provider_openai_batch.operators.resubmit import is_transient
+from tests.helpers import FakeStateStore, ctx, prompts
+
+
+def create(requests=None, **kwargs) -> CreateBatchOperator:
+    kwargs.setdefault("wait_for_completion", True)
+    kwargs.setdefault("poll_interval", 0.05)
+    return CreateBatchOperator(task_id="create", requests=requests or prompts(6), **kwargs)
+
+
+def input_ids(batch_id: str) -> list[str]:
+    with OpenAIBatchHook() as hook:
+        batch = hook.retrieve_batch(batch_id)
+        buffer = io.BytesIO()
+        hook.download_file(str(batch.input_file_id), buffer)
+    return [json.loads(line)["custom_id"] for line in buffer.getvalue().splitlines() if line.strip()]
+
+
+def terminal_event(batch_id: str) -> dict:
+    with OpenAIBatchHook() as hook:
+        batch = hook.retrieve_batch(batch_id).model_dump(mode="json")
+    return {"status": "terminal", "batch_id": batch_id, "batch": batch, "message": "done"}
+
+
+@pytest.mark.parametrize(
+    ("line", "transient"),
+    [
+        ({"custom_id": "a", "response": {"status_code": 200, "body": {}}}, False),
+        ({"custom_id": "a", "response": {"status_code": 400, "body": {"error": {}}}}, False),
+        ({"custom_id": "a", "response": {"status_code": 429, "body": {"error": {}}}}, True),
+        ({"custom_id": "a", "response": {"status_code": 503, "body": {"error": {}}}}, True),
+        ({"custom_id": "a", "response": None, "error": {"code": "batch_expired", "message": "late"}}, True),
+        ({"custom_id": "a", "response": None, "error": {"code": "invalid_prompt", "message": "no"}}, False),
+    ],
+)
+def test_only_what_a_repeat_may_cure_is_transient(line, transient):
+    assert is_transient(ResultRecord.model_validate(line)) is transient
+
+
+def test_an_expired_batch_is_followed_by_a_round_of_exactly_its_unfinished_requests(openai_batch_connection):
+    emulator = openai_batch_connection
+    emulator.configure(phase_seconds=30)
+    context = ctx(state=FakeStateStore())
+    op = create(resubmit_unfinished=2, deferrable=True)
+    with pytest.raises(TaskDeferred) as first:
+        op.execute(context)
+    round_one = first.value.trigger.batch_id
+    expired = emulator.force_status(round_one, "expired")  # part done, the rest batch_expired
+    done = expired["request_counts"]["completed"]
+    assert 0 < done < 6
+    with pytest.raises(TaskDeferred) as second:
+        op.execute_complete(context, terminal_event(round_one), **first.value.kwargs)
+    round_two = second.value.trigger.batch_id
+    assert round_two != round_one and second.value.kwargs["rounds"] == [round_one, round_two]
+    with OpenAIBatchHook() as hook:
+        finished = {r.custom_id for r in hook.iter_results(round_one) if r.ok}
+    assert len(finished) == done
+    assert sorted(input_ids(round_two)) == sorted({f"p{i}" for i in range(6)} - finished)
+    emulator.force_status(round_two, "completed")
+    assert op.execute_complete(context, terminal_event(round_two), **second.value.kwargs) == round_two
+    assert context["ti"].xcom["batch_ids"] == [round_one, round_two]
+    assert emulator.stats()["batches_created"] == 2
+
+
+def test_rounds_stop_at_the_limit_and_the_last_round_is_judged(openai_batch_connection):
+    emulator = openai_batch_connection
+    emulator.configure(phase_seconds=30)
+    context = ctx(state=FakeStateStore())
+    op = create(resubmit_unfinished=1, deferrable=True)
+    with pytest.raises(TaskDeferred) as first:
+        op.execute(context)
+    emulator.force_status(first.value.trigger.batch_id, "expired")
+    with pytest.raises(TaskDeferred) as second:
+        op.execute_complete(context, terminal_event(first.value.trigger.batch_id), **first.value.kwargs)
+    emulator.force_status(second.value.trigger.batch_id, "expired")
+    with pytest.raises(AirflowFailException, match="expired"):  # no round left: the end is judged
+        op.execute_complete(context, terminal_event(second.value.trigger.batch_id), **second.value.kwargs)
+    assert emulator.stats()["batches_created"] == 2
+
+
+def test_a_request_refused_for_good_is_not_sent_again(openai_batch_connection):
+    """A 400-class answer (here: an unknown model) would be refused again: it is a result, not unfinished."""
+    context = ctx()
+    batch_id = create(requests=prompts(4, fail=1), resubmit_unfinished=3, deferrable=False).execute(context)
+    assert context["ti"].xcom["batch_ids"] == [batch_id]
+    assert openai_batch_connection.stats()["batches_created"] == 1
+
+
+def test_a_retry_after_an_expired_round_reruns_only_the_unfinished_instead_of_failing(openai_batch_connection):
+    emulator = openai_batch_connection
+    emulator.configure(phase_seconds=30)
+    store = FakeStateStore()
+    first = CreateBatchOperator(task_id="create", requests=prompts(6)).execute(ctx(state=store, try_number=1))
+    emulator.force_status(first, "expired")
+    emulator.configure(phase_seconds=0.1)
+    context = ctx(state=store, try_number=2)
+    last = create(resubmit_unfinished=1, deferrable=False).execute(context)
+    assert last != first and context["ti"].xcom["batch_ids"] == [first, last]
+    with OpenAIBatchHook() as hook:
+        finished = {r.custom_id for r in hook.iter_results(first) if r.ok}
+    assert finished and not finished & set(input_ids(last))  # nothing that succeeded is sent again
+    assert emulator.stats()["batches_created"] == 2
+
+
+def test_resubmit_unfinished_is_checked_when_the_dag_is_parsed():
+    with pytest.raises(ValueError, match="resubmit_unfinished must be a whole number"):
+        create(resubmit_unfinished=-1)
+    with pytest.raises(ValueError, match="resubmit_unfinished needs wait_for_completion=True"):
+        create(resubmit_unfinished=1, wait_for_completion=False)
