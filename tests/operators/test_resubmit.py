@@ -121,3 +121,30 @@ def test_resubmit_unfinished_is_checked_when_the_dag_is_parsed():
         create(resubmit_unfinished=-1)
     with pytest.raises(ValueError, match="resubmit_unfinished needs wait_for_completion=True"):
         create(resubmit_unfinished=1, wait_for_completion=False)
+
+
+def test_transient_failures_are_rerun_until_they_succeed_and_nothing_is_billed_twice(openai_batch_connection):
+    """Every request fails transiently (500 or 429) on its first attempt; round two sends all of them again
+    and they succeed, except p3, refused for good (unknown model), which is not sent a third time although a
+    round is left: each request is billed once (the emulator's requests_completed)."""
+    emulator = openai_batch_connection
+    emulator.configure(transient_failure_attempts=1)
+    context = ctx(state=FakeStateStore())
+    last = create(requests=prompts(8, fail=3), resubmit_unfinished=2, deferrable=False).execute(context)
+    rounds = context["ti"].xcom["batch_ids"]
+    assert len(rounds) == 2 and rounds[-1] == last
+    assert sorted(input_ids(last)) == sorted(f"p{i}" for i in range(8))
+    stats = emulator.stats()
+    assert stats["batches_created"] == 2 and stats["requests_completed"] == 7
+
+
+def test_a_part_way_expiry_is_finished_by_the_next_round(openai_batch_connection):
+    emulator = openai_batch_connection
+    emulator.configure(expire_after_fraction=0.5)
+    context = ctx(state=FakeStateStore())
+    # 10 -> 5 done, 5 -> 2 done, 3 -> 1 done, 2 -> 1 done: the rounds run out with one request unfinished,
+    # and the last round's verdict (expired) fails the task.
+    with pytest.raises(AirflowFailException, match="expired"):
+        create(requests=prompts(10), resubmit_unfinished=3, deferrable=False).execute(context)
+    rounds = context["ti"].xcom["batch_ids"]
+    assert len(rounds) == 4 and emulator.stats()["requests_completed"] == 9
