@@ -23,8 +23,8 @@ FORMATS = ("jsonl", "parquet")
 PARQUET_EXTRA_HINT = "pip install 'airflow-provider-openai-batch[parquet]'"
 #: A Parquet row group is flushed at this many rows or this many bytes of JSON, whichever comes first, so
 #: memory stays bounded even when every answer is large.
-PARQUET_GROUP_ROWS = 5_000
-PARQUET_GROUP_BYTES = 32 * 1024 * 1024
+PARQUET_GROUP_ROWS = 1_000
+PARQUET_GROUP_BYTES = 8 * 1024 * 1024
 
 
 class RowWriter(Protocol):
