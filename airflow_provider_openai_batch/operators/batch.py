@@ -229,7 +229,8 @@ class CreateBatchOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from airflow_provider_openai_batch.operators.reattach import find_earlier_batch
-        from airflow_provider_openai_batch.statuses import NOT_REATTACHABLE
+        from airflow_provider_openai_batch.operators.resubmit import RESUBMITTABLE
+        from airflow_provider_openai_batch.statuses import COMPLETED, NOT_REATTACHABLE, BatchStatus
 
         batch = find_earlier_batch(hook, ledger, try_number)
         if batch is None:
@@ -238,7 +239,7 @@ class CreateBatchOperator(BaseOperator):
             self.log.info("Re-attaching to batch %s created earlier for the same input (%s)", batch.id, batch.status)
             return batch
         done, total = batch.request_counts.completed, batch.request_counts.total
-        if batch.status in ("expired", "cancelled") and self.resubmit_unfinished:
+        if batch.status in RESUBMITTABLE - {COMPLETED} and self.resubmit_unfinished:
             self.log.info(
                 "The earlier batch %s ended %s with %d of %d requests completed: re-attaching to re-run only the "
                 "requests that did not finish (resubmit_unfinished=%d)",
@@ -249,7 +250,7 @@ class CreateBatchOperator(BaseOperator):
                 self.resubmit_unfinished,
             )
             return batch
-        if batch.status == "failed" or done == 0:
+        if batch.status == BatchStatus.FAILED or done == 0:
             self.log.info(
                 "The earlier batch %s ended %s with no request completed, so nothing was billed: creating a new one",
                 batch.id,

@@ -15,12 +15,14 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_openai_batch.statuses import BatchStatus
+
 if TYPE_CHECKING:
     from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
     from airflow_provider_openai_batch.models import ResultRecord
 
 #: Batch statuses after which the unfinished requests are worth another round.
-RESUBMITTABLE = frozenset({"expired", "cancelled", "completed"})
+RESUBMITTABLE = frozenset(s.value for s in (BatchStatus.EXPIRED, BatchStatus.CANCELLED, BatchStatus.COMPLETED))
 #: Error codes of result lines that a repeat may cure.
 TRANSIENT_CODES = frozenset({"batch_expired", "batch_cancelled", "rate_limit_exceeded", "server_error"})
 
