@@ -1,5 +1,7 @@
-"""Prompts -> one OpenAI batch -> wait without a worker slot -> read the answers by custom_id.
+"""Prompts -> one OpenAI batch -> wait without a worker slot -> the results as a file, one row per prompt.
 
+The results land in ``OPENAI_BATCH_RESULTS_URI`` (default ``$AIRFLOW_HOME/results/openai_batch_example.jsonl``;
+any object storage URI works), declared as an Asset: ``openai_batch_results_consumer`` is scheduled on it.
 Set ``OPENAI_BATCH_POLL_INTERVAL`` (seconds, default 60) to poll faster, e.g. against the local emulator.
 """
 
@@ -7,14 +9,23 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
+from pathlib import Path
 
 from airflow.sdk import dag, task
 
 from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
+from airflow_provider_openai_batch.operators.results import BatchResultsOperator
 from airflow_provider_openai_batch.sensors.batch import BatchSensor
 
 POLL = float(os.environ.get("OPENAI_BATCH_POLL_INTERVAL", "60"))
 MODEL = os.environ.get("OPENAI_BATCH_MODEL", "gpt-4o-mini")
+#: The consumer DAG computes the same URI: the Asset that links the two is this string.
+RESULTS_URI = (
+    os.environ.get("OPENAI_BATCH_RESULTS_URI")
+    or (
+        Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser() / "results" / "openai_batch_example.jsonl"
+    ).as_uri()
+)
 PROMPTS = [
     "Summarise the plot of Hamlet in one sentence.",
     "Give three names for a data pipeline company.",
@@ -52,8 +63,10 @@ def openai_batch_example() -> None:
         timeout=25 * 3600,
     )
 
+    export = BatchResultsOperator(task_id="export_results", batch_id=create.output, destination=RESULTS_URI)
+
     @task
-    def summarise(batch: dict) -> dict:
+    def summarise(batch: dict, manifest: dict) -> dict:
         from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 
         results = OpenAIBatchHook().get_results(batch["id"])
@@ -74,9 +87,11 @@ def openai_batch_example() -> None:
             "results": len(results),
         }
         print(f"SUMMARY {summary}")
+        print(f"MANIFEST {manifest}")
         return summary
 
-    summarise(wait.output)
+    wait >> export
+    summarise(wait.output, export.output)
 
 
 openai_batch_example()

@@ -43,3 +43,10 @@ echo "== Summary ($(( $(date +%s) - start ))s; full log: $log)"
 grep -E "deferr|Trigger|OpenAI batch" "$log" | grep -oE "(Task is deferred|[Dd]eferr[a-z]+ .{0,60}|OpenAI batch .*)" | sed -E 's/ +\[airflow[^]]*\].*$//' | uniq | head -n 12 || true
 grep -E "^(prompt-[0-9]+:|SUMMARY)|(prompt-[0-9]+: |SUMMARY \{)" "$log" | sed -E 's/.*(prompt-[0-9]+: |SUMMARY )/\1/' | sed -E 's/ \[[a-z.]+\].*$//' | head -n 8
 grep -q "SUMMARY .*'status': 'completed'" "$log" || { echo "expected a completed batch" >&2; exit 1; }
+echo
+echo "== The results as data: one row per prompt, in prompt order (BatchResultsOperator's manifest)"
+grep -oE "MANIFEST \{.*\}" "$log" | head -n 1 | sed -E 's/^MANIFEST //' | $PY -c '
+import ast, json, sys
+manifest = ast.literal_eval(sys.stdin.read())
+print(json.dumps(manifest, indent=2))
+' || { echo "expected a results manifest" >&2; exit 1; }

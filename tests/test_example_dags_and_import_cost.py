@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,13 +18,23 @@ def test_example_dags_import_without_errors():
 
     bag = DagBag(dag_folder=str(ROOT / "example_dags"))
     assert bag.import_errors == {}
-    assert set(bag.dag_ids) == {"openai_batch_example", "openai_batch_cancel", "openai_batch_mapped"}
+    assert set(bag.dag_ids) == {
+        "openai_batch_example",
+        "openai_batch_cancel",
+        "openai_batch_mapped",
+        "openai_batch_results_consumer",
+    }
     assert set(bag.dags["openai_batch_example"].task_ids) == {
         "build_requests",
         "create_batch",
         "wait_for_batch",
+        "export_results",
         "summarise",
     }
+    # The consumer is scheduled on the very asset the producer's results task declares.
+    produced = {outlet.uri for outlet in bag.dags["openai_batch_example"].get_task("export_results").outlets}
+    consumed = {asset.uri for asset in bag.dags["openai_batch_results_consumer"].timetable.asset_condition.objects}
+    assert produced and produced == consumed
 
 
 def test_operator_modules_do_not_import_heavy_modules():
@@ -63,3 +74,12 @@ def test_airflow_dags_test_runs_the_example_end_to_end(tmp_path):
         assert "deferred" in log  # the sensor left the worker and resumed from the trigger
         assert "SUMMARY {" in log and "'status': 'completed'" in log and "'failed': 0, 'total': 5" in log
         assert emulator.stats()["batches_created"] == 1
+        # The results landed as data: one row per prompt, in prompt order, and the manifest says so.
+        rows = [
+            json.loads(line) for line in (tmp_path / "results" / "openai_batch_example.jsonl").read_text().splitlines()
+        ]
+        assert [(r["index"], r["custom_id"], r["status"]) for r in rows] == [
+            (i - 1, f"prompt-{i}", "succeeded") for i in range(1, 6)
+        ]
+        assert all(r["output_text"] for r in rows)
+        assert "MANIFEST {" in log and "'rows': 5" in log and "'succeeded': 5" in log
