@@ -133,26 +133,27 @@ def validate_limit(limit: Any) -> int:
     return limit
 
 
-def validate_output_expires_after(value: Any) -> dict[str, Any] | None:
-    """Accept ``None``, a number of seconds, or ``{"anchor": "created_at", "seconds": N}``."""
+def validate_expires_after(value: Any, name: str = "output_expires_after") -> dict[str, Any] | None:
+    """Accept ``None``, a number of seconds, or ``{"anchor": "created_at", "seconds": N}`` (1 hour to 30 days).
+
+    :param name: The parameter the value came from, for the message (``output_expires_after`` of a batch,
+        ``expires_after`` of an upload, ``input_expires_after`` of the create operator).
+    """
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         value = {"anchor": "created_at", "seconds": value}
     if not isinstance(value, Mapping):
         raise ValueError(
-            "output_expires_after must be seconds (int) or {'anchor': 'created_at', 'seconds': N}; "
-            f"got {type(value).__name__}"
+            f"{name} must be seconds (int) or {{'anchor': 'created_at', 'seconds': N}}; got {type(value).__name__}"
         )
     anchor = value.get("anchor", "created_at")
     if anchor != "created_at":
-        raise ValueError(f"output_expires_after.anchor must be 'created_at'; got {anchor!r}")
+        raise ValueError(f"{name}.anchor must be 'created_at'; got {anchor!r}")
     seconds = value.get("seconds")
     low, high = OUTPUT_EXPIRES_RANGE
     if isinstance(seconds, bool) or not isinstance(seconds, int) or not low <= seconds <= high:
-        raise ValueError(
-            f"output_expires_after.seconds must be an integer from {low} (1 hour) to {high} (30 days); got {seconds!r}"
-        )
+        raise ValueError(f"{name}.seconds must be an integer from {low} (1 hour) to {high} (30 days); got {seconds!r}")
     return {"anchor": "created_at", "seconds": seconds}
 
 
@@ -176,6 +177,7 @@ class ApiCall(Generic[T]):
     :param json: JSON body.
     :param idempotent: Whether repeating the request is harmless. A non-idempotent call (create) is retried
         only when the failure proves the server did not act on it (a 429, a refused connection).
+    :param form: Multipart form fields (an upload), sent beside the file the transport streams.
     :param retry_conflict: Whether a 409 is a passing conflict worth retrying (the default, as the official
         SDK does) or a final verdict on the object's state (cancelling a batch that already ended).
     """
@@ -187,6 +189,7 @@ class ApiCall(Generic[T]):
     json: dict[str, Any] | None = None
     idempotent: bool = True
     retry_conflict: bool = True
+    form: dict[str, str] | None = None
 
     def url(self, base_url: str) -> str:
         return base_url.rstrip("/") + self.path
@@ -245,7 +248,7 @@ def create_batch(
         meta[IDEMPOTENCY_METADATA_KEY] = idempotency_key
     if meta:
         body["metadata"] = meta
-    expires = validate_output_expires_after(output_expires_after)
+    expires = validate_expires_after(output_expires_after)
     if expires is not None:
         body["output_expires_after"] = expires
     return ApiCall("POST", "/batches", Batch, json=body, idempotent=False)
@@ -271,13 +274,22 @@ def cancel_batch(batch_id: str) -> ApiCall[Batch]:
     return ApiCall("POST", f"/batches/{validate_id(batch_id, 'batch_id')}/cancel", Batch, retry_conflict=False)
 
 
-def upload_file(purpose: str = "batch") -> ApiCall[FileObject]:
-    """``POST /files`` (multipart); the transport attaches the file itself.
+def upload_file(
+    purpose: str = "batch", expires_after: int | Mapping[str, Any] | None = None, *, name: str = "expires_after"
+) -> ApiCall[FileObject]:
+    """``POST /files`` (multipart): ``form`` holds the fields; the transport attaches the file itself.
 
     Retried like an idempotent call: the worst case of a repeat is a duplicate file, never a billed batch.
+
+    :param expires_after: Seconds (3600..2592000) after which the API deletes the file by itself.
+    :param name: The caller's name for ``expires_after``, for the message.
     """
-    validate_purpose(purpose)
-    return ApiCall("POST", "/files", FileObject)
+    form = {"purpose": validate_purpose(purpose)}
+    expires = validate_expires_after(expires_after, name)
+    if expires is not None:
+        form["expires_after[anchor]"] = expires["anchor"]
+        form["expires_after[seconds]"] = str(expires["seconds"])
+    return ApiCall("POST", "/files", FileObject, form=form)
 
 
 def retrieve_file(file_id: str) -> ApiCall[FileObject]:

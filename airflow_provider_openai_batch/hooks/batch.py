@@ -379,7 +379,13 @@ class OpenAIBatchHook(BaseHook):
 
     # -------------------------------------------------------------------------------------------- files
 
-    def upload_file(self, source: Any, purpose: str = "batch", filename: str | None = None) -> FileObject:
+    def upload_file(
+        self,
+        source: Any,
+        purpose: str = "batch",
+        filename: str | None = None,
+        expires_after: int | Mapping[str, Any] | None = None,
+    ) -> FileObject:
         """Upload a file, streaming it (memory does not grow with its size).
 
         :param source: A local path, an ``ObjectStoragePath``, ``bytes``, or a binary file object.
@@ -389,8 +395,10 @@ class OpenAIBatchHook(BaseHook):
             an ambiguous failure (timeout, reset, 5xx) the retry looks for a file of that exact name among the
             newest 100 and returns it rather than uploading a second copy. An explicit name is used as is,
             and then a retry may leave a duplicate behind.
+        :param expires_after: Seconds (3600..2592000) after which the API deletes the file itself, so a busy
+            account does not fill its file storage with inputs nobody needs after their batch.
         """
-        call = api.upload_file(purpose)
+        call = api.upload_file(purpose, expires_after)
         opener, name, size = upload_source(source)
         limit = MAX_BATCH_INPUT_BYTES if purpose == "batch" else MAX_UPLOAD_BYTES
         if size is not None and size > limit:
@@ -398,7 +406,7 @@ class OpenAIBatchHook(BaseHook):
                 f"source is {size} bytes; the API accepts at most {limit} bytes for purpose {purpose!r}: "
                 "split the requests into several batches"
             )
-        form = {"purpose": purpose}
+        form = call.form or {}
         recognisable = filename is None
         filename = filename or tagged_name(name)
         attempts = 0

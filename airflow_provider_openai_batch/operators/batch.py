@@ -86,6 +86,9 @@ class CreateBatchOperator(BaseOperator):
     :param completion_window: ``"24h"``.
     :param metadata: Up to 15 string pairs stored on the batch (``airflow_idempotency_key`` is reserved).
     :param output_expires_after: Seconds (3600..2592000) after which output files expire.
+    :param input_expires_after: Seconds (3600..2592000) after which the uploaded input file expires at the API
+        (the Files API's ``expires_after``), so inputs do not fill the account's file storage. ``None``: the
+        API's default for batch files.
     :param conn_id: Airflow connection id (type ``openai_batch``).
     :param wait_for_completion: Wait until the batch ends.
     :param deferrable: Wait in the triggerer; defaults to ``[operators] default_deferrable``.
@@ -129,6 +132,7 @@ class CreateBatchOperator(BaseOperator):
         completion_window: str = "24h",
         metadata: dict[str, str] | None = None,
         output_expires_after: int | None = None,
+        input_expires_after: int | None = None,
         conn_id: str = DEFAULT_CONN_ID,
         wait_for_completion: bool = False,
         deferrable: bool | None = None,
@@ -173,6 +177,7 @@ class CreateBatchOperator(BaseOperator):
         self.completion_window = completion_window
         self.metadata = metadata
         self.output_expires_after = output_expires_after
+        self.input_expires_after = input_expires_after
         self.conn_id = conn_id
         self.wait_for_completion = wait_for_completion
         self.deferrable = _default_deferrable() if deferrable is None else deferrable
@@ -201,7 +206,8 @@ class CreateBatchOperator(BaseOperator):
         api.validate_endpoint(self.endpoint)
         api.validate_completion_window(self.completion_window)
         api.validate_metadata(self.metadata, reserved_keys=(api.IDEMPOTENCY_METADATA_KEY,))
-        api.validate_output_expires_after(self.output_expires_after)
+        api.validate_expires_after(self.output_expires_after)
+        api.validate_expires_after(self.input_expires_after, "input_expires_after")
         ti = self._running_ti = context["ti"]
         with self.hook() as hook, tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
             source, digest = self._prepare_input(tmp)
@@ -297,7 +303,11 @@ class CreateBatchOperator(BaseOperator):
     def _create(self, hook: OpenAIBatchHook, key: str, source: Any) -> Any:
         from airflow_provider_openai_batch.exceptions import APIError, OpenAIBatchError
 
-        uploaded = None if source is None else hook.upload_file(source, purpose="batch")
+        uploaded = (
+            None
+            if source is None
+            else hook.upload_file(source, purpose="batch", expires_after=self.input_expires_after)
+        )
         try:
             return hook.create_batch(
                 uploaded.id if uploaded is not None else str(self.input_file_id),

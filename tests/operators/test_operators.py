@@ -304,3 +304,16 @@ def test_a_store_that_cannot_tell_its_size_is_checked_while_read():
             return io.BytesIO(content)
 
     assert check_input_file(Remote(), ENDPOINT) == hashlib.sha256(content).hexdigest()
+
+
+def test_an_input_can_expire_on_its_own_at_the_api(openai_batch_connection):
+    """Storage hygiene: the Files API's expires_after on the upload, so inputs do not pile up."""
+    from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+
+    context = ctx()
+    CreateBatchOperator(task_id="create", requests=prompts(), input_expires_after=7200).execute(context)
+    with OpenAIBatchHook() as hook:
+        uploaded = hook.retrieve_file(context["ti"].xcom["batch"]["input_file_id"])
+    assert uploaded.expires_at == uploaded.created_at + 7200
+    with pytest.raises(ValueError, match=r"input_expires_after\.seconds must be an integer from 3600"):
+        CreateBatchOperator(task_id="create", requests=prompts(), input_expires_after=60).execute(ctx())
