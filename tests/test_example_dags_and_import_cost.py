@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,11 @@ def test_airflow_dags_test_runs_the_example_end_to_end(tmp_path):
         ]
         assert all(r["output_text"] for r in rows)
         assert "MANIFEST {" in log and "'rows': 5" in log and "'succeeded': 5" in log
+        # ...and Airflow recorded the asset event a consumer DAG is scheduled on, with the counts.
+        with sqlite3.connect(tmp_path / "airflow.db") as db:
+            events = db.execute(
+                "SELECT asset.uri, asset_event.extra FROM asset_event JOIN asset ON asset.id = asset_event.asset_id"
+            ).fetchall()
+        assert [(uri, json.loads(extra)["counts"]["succeeded"]) for uri, extra in events] == [
+            ((tmp_path / "results" / "openai_batch_example.jsonl").as_uri(), 5)
+        ]
