@@ -28,7 +28,7 @@ IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 DAG_ID = "openai_batch_example"
 CREATE_TASK = "create_batch"
 SENSOR_TASK = "wait_for_batch"
-TASKS = ["build_requests", CREATE_TASK, SENSOR_TASK, "summarise"]
+TASKS = ["build_requests", CREATE_TASK, SENSOR_TASK, "export_results", "summarise"]
 FAKE_KEY = "emulator-key-not-secret"
 RUN_TIMEOUT = 150.0
 
