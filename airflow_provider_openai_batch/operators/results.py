@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 DEFAULT_CONN_ID = "openai_default"
-_FILE_KINDS = ("input", "output", "error")
 
 
 def _templated(value: Any) -> bool:
@@ -101,10 +100,14 @@ class BatchResultsOperator(BaseOperator):
             raise ValueError(f"{self.task_id}: batch_id is required: a batch id, a list of them, or a template")
         if format is not None and not _templated(format) and str(format).lower() not in ("jsonl", "parquet"):
             raise ValueError(f"{self.task_id}: format must be 'jsonl', 'parquet' or None; got {format!r}")
+        from airflow_provider_openai_batch.results.options import parse_delete_files
         from airflow_provider_openai_batch.results.prices import check_price_table
 
         self.price_table = check_price_table(price_table)
-        self.delete_files = _check_delete_files(delete_files, self.task_id)
+        try:
+            self.delete_files = parse_delete_files(delete_files)
+        except ValueError as err:
+            raise ValueError(f"{self.task_id}: {err}") from None
         self.batch_id = batch_id
         self.destination = destination
         self.conn_id = conn_id
@@ -172,15 +175,3 @@ class BatchResultsOperator(BaseOperator):
         for outlet in self.outlets:
             if isinstance(outlet, Asset):
                 events[outlet].extra = dict(extra)
-
-
-def _check_delete_files(value: Any, task_id: str) -> Any:
-    if value is None or value in ("none", "all"):
-        return value or "none"
-    kinds = [value] if isinstance(value, str) else value
-    if not isinstance(kinds, (list, tuple, set, frozenset)) or any(k not in _FILE_KINDS for k in kinds):
-        raise ValueError(
-            f"{task_id}: delete_files must be 'none', 'all', or a subset of {{'input', 'output', 'error'}} such as "
-            f"['output', 'error']; got {value!r}"
-        )
-    return sorted(kinds, key=_FILE_KINDS.index)

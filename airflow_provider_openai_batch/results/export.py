@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_openai_batch.exceptions import NotFoundError, OpenAIBatchError
 from airflow_provider_openai_batch.results.join import ResultJoin
+from airflow_provider_openai_batch.results.options import FILE_KINDS, parse_delete_files
 from airflow_provider_openai_batch.results.prices import CostEstimate, check_price_table
 from airflow_provider_openai_batch.results.rows import STATUSES, row_from_line, row_without_line
 from airflow_provider_openai_batch.results.writers import (
@@ -29,11 +30,11 @@ from airflow_provider_openai_batch.results.writers import (
     resolve_format,
 )
 
+__all__ = ["FILE_KINDS", "ResultsExportError", "export", "parse_batch_ids", "parse_delete_files"]
+
 if TYPE_CHECKING:
     from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
     from airflow_provider_openai_batch.models import Batch
-
-FILE_KINDS = ("input", "output", "error")
 
 
 class ResultsExportError(OpenAIBatchError):
@@ -78,22 +79,6 @@ def parse_batch_ids(value: Any, name: str = "batch_id") -> list[str]:
         if batch_id.strip() not in ids:
             ids.append(batch_id.strip())
     return ids
-
-
-def parse_delete_files(value: Any, name: str = "delete_files") -> tuple[str, ...]:
-    """``"none"`` (or ``None``/empty), ``"all"``, or a subset of ``{"input", "output", "error"}`` (a list or
-    one kind as a string): the kinds of Files API files to delete after a successful export."""
-    if value is None or value == "none" or (isinstance(value, (list, tuple, set, frozenset)) and not value):
-        return ()
-    if value == "all":
-        return FILE_KINDS
-    kinds = [value] if isinstance(value, str) else value
-    if not isinstance(kinds, (list, tuple, set, frozenset)) or any(k not in FILE_KINDS for k in kinds):
-        raise ValueError(
-            f"{name} must be 'none', 'all', or a subset of {{'input', 'output', 'error'}} such as "
-            f"['output', 'error']; got {value!r}"
-        )
-    return tuple(kind for kind in FILE_KINDS if kind in kinds)
 
 
 def export(

@@ -113,3 +113,14 @@ def test_importing_the_operator_stays_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("value", ["none", None, [], "all", "error", ["error", "input"], {"output", "error"}])
+def test_delete_files_is_checked_once_the_same_way_as_the_export(value):
+    from airflow_provider_openai_batch.operators import results as operator_module
+    from airflow_provider_openai_batch.results import export, options
+
+    assert not hasattr(operator_module, "_check_delete_files")
+    assert export.parse_delete_files is options.parse_delete_files
+    op = BatchResultsOperator(task_id="export", batch_id="batch_a", destination="/tmp/o.jsonl", delete_files=value)
+    assert op.delete_files == options.parse_delete_files(value)
