@@ -90,13 +90,17 @@ def destination_uri(destination: Any) -> str:
 @contextmanager
 def atomic_output(target: Any) -> Iterator[IO[bytes]]:
     """A binary handle on a temporary sibling of ``target``, renamed onto ``target`` when the block ends
-    without an error; on any error (a kill included) the sibling is removed and ``target`` is untouched."""
+    without an error; on any error (a kill included) the sibling is removed and ``target`` is untouched.
+
+    A local file gets the mode a plain ``open()`` would give it (``0o666`` less the umask), not the ``0600``
+    of :func:`tempfile.mkstemp`: the export is for other processes (and users) to read."""
     if isinstance(target, Path):
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as handle:
                 yield handle
+            os.chmod(tmp_name, 0o666 & ~_umask())
             os.replace(tmp_name, target)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
@@ -111,6 +115,21 @@ def atomic_output(target: Any) -> Iterator[IO[bytes]]:
         with suppress(Exception):
             partial.unlink()
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (``/proc`` on Linux): setting it
+    to read it back would, for a moment, apply to files other threads create."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class JsonlWriter:

@@ -4,6 +4,8 @@ formats, destinations, atomic replace and storage hygiene."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -277,3 +279,18 @@ def test_the_manifest_is_json(hook, tmp_path):
     manifest = hook.export_results(batch.id, str(tmp_path / "out.jsonl"))
     assert json.loads(json.dumps(manifest)) == manifest
     assert Path(tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_a_local_export_gets_the_usual_permissions(hook, tmp_path, umask, mode):
+    batch = submit(hook, [chat("a")])
+    previous = os.umask(umask)
+    try:
+        hook.export_results(batch.id, tmp_path / "out.jsonl")
+        (tmp_path / "old.jsonl").write_text("x")
+        (tmp_path / "old.jsonl").chmod(0o600)
+        hook.export_results(batch.id, tmp_path / "old.jsonl")  # a replaced file gets them too
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.jsonl").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "old.jsonl").stat().st_mode) == mode
