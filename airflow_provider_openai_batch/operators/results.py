@@ -61,8 +61,9 @@ class BatchResultsOperator(BaseOperator):
         one), a JSON string of such a list, or batch dicts with ``id`` (templated, e.g.
         ``"{{ ti.xcom_pull('wait')['id'] }}"``). Positions come from the input files in order of first
         appearance; for each request the latest batch (in the order given) with a result for it wins.
-    :param destination: A local path, a ``file://`` URI, an object storage URI (``s3://bucket/out.jsonl``) or an
-        ``ObjectStoragePath`` (templated).
+    :param destination: An absolute local path, a ``file://`` URI, an object storage URI
+        (``s3://bucket/out.jsonl``) or an ``ObjectStoragePath`` (templated). A relative path is refused (at parse
+        time, or at run time once rendered): the DAG processor and the worker would resolve it differently.
     :param conn_id: Airflow connection id (type ``openai_batch``).
     :param format: ``"jsonl"`` or ``"parquet"``; default ``parquet`` for a ``.parquet`` destination, else
         ``jsonl`` (templated). Parquet needs ``pip install 'airflow-provider-openai-batch[parquet]'``.
@@ -117,26 +118,29 @@ class BatchResultsOperator(BaseOperator):
 
     @staticmethod
     def _asset_uri(asset_uri: str | None, destination: Any, task_id: str) -> str | None:
-        if asset_uri is not None:
-            if not isinstance(asset_uri, str) or _templated(asset_uri):
-                raise ValueError(
-                    f"{task_id}: asset_uri must be a fixed URI string (outlets are registered when the DAG is "
-                    f"parsed, before templates render), e.g. 'file:///data/answers'; got {asset_uri!r}"
-                )
-            return asset_uri or None
+        """The outlet asset's URI; checks a fixed destination on the way (a relative local path is refused
+        here, at parse time, whatever ``asset_uri`` says: the worker would resolve it elsewhere)."""
+        if asset_uri is not None and (not isinstance(asset_uri, str) or _templated(asset_uri)):
+            raise ValueError(
+                f"{task_id}: asset_uri must be a fixed URI string (outlets are registered when the DAG is "
+                f"parsed, before templates render), e.g. 'file:///data/answers'; got {asset_uri!r}"
+            )
         if destination is None or (isinstance(destination, str) and not destination.strip()):
             raise ValueError(
                 f"{task_id}: destination is required: a local path, a file:// URI, an object storage URI or an "
                 "ObjectStoragePath"
             )
-        if _templated(destination):
-            return None
-        from airflow_provider_openai_batch.results.writers import destination_uri
+        uri = None
+        if not _templated(destination):
+            from airflow_provider_openai_batch.results.writers import destination_uri
 
-        try:
-            return destination_uri(destination)
-        except ValueError as err:
-            raise ValueError(f"{task_id}: {err}") from None
+            try:
+                uri = destination_uri(destination)
+            except ValueError as err:
+                raise ValueError(f"{task_id}: {err}") from None
+        if asset_uri is not None:
+            return asset_uri or None
+        return uri
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook

@@ -56,11 +56,16 @@ def require_pyarrow() -> None:
 
 
 def as_target(destination: Any) -> Any:
-    """A local :class:`~pathlib.Path` (for a path or a ``file://`` URI string) or an ``ObjectStoragePath``."""
+    """A local :class:`~pathlib.Path` (for a path or a ``file://`` URI string) or an ``ObjectStoragePath``.
+
+    :raises ValueError: for a relative local path: it would resolve against the working directory of whichever
+        process reads it (the DAG processor when the asset URI is made, the worker when the file is written),
+        so the asset would name another file than the one written.
+    """
     if hasattr(destination, "fs"):  # already an ObjectStoragePath
         return destination
     if isinstance(destination, os.PathLike):
-        return Path(destination)
+        return _absolute(Path(destination), destination)
     if not isinstance(destination, str) or not destination.strip():
         raise ValueError(
             "destination must be a local path, a file:// URI, an object storage URI such as "
@@ -69,12 +74,23 @@ def as_target(destination: Any) -> Any:
     if destination.startswith("file://"):
         from urllib.parse import unquote, urlsplit
 
-        return Path(unquote(urlsplit(destination).path))
+        return _absolute(Path(unquote(urlsplit(destination).path)), destination)
     if "://" in destination:
         from airflow.sdk import ObjectStoragePath
 
         return ObjectStoragePath(destination)
-    return Path(destination)
+    return _absolute(Path(destination), destination)
+
+
+def _absolute(path: Path, destination: Any) -> Path:
+    if not path.is_absolute():
+        raise ValueError(
+            f"destination {str(destination)!r} is a relative path: the DAG processor and the worker resolve it "
+            "against different working directories, so the asset would name another file than the one written; "
+            "give an absolute path or a URI instead, e.g. '/data/answers.jsonl', 'file:///data/answers.jsonl' or "
+            "'s3://bucket/answers.jsonl'"
+        )
+    return path
 
 
 def destination_uri(destination: Any) -> str:
@@ -83,7 +99,7 @@ def destination_uri(destination: Any) -> str:
         return destination  # as given: building an ObjectStoragePath here would import fsspec at DAG parse
     target = as_target(destination)
     if isinstance(target, Path):
-        return target.absolute().as_uri()
+        return target.as_uri()
     return str(target)
 
 

@@ -265,6 +265,9 @@ def test_a_deleted_result_file_is_named(hook, tmp_path):
         ({"price_table": {"gpt-4o": 1.0}}, r"price_table\['gpt-4o'\] must be a dict"),
         ({"price_table": {"gpt-4o": {"input": -1}}}, "must be a non-negative number"),
         ({"destination": 42}, "destination must be a local path, a file:// URI"),
+        ({"destination": "out.jsonl"}, r"destination 'out.jsonl' is a relative path.*absolute path or a URI"),
+        ({"destination": Path("exports/out.jsonl")}, "destination 'exports/out.jsonl' is a relative path"),
+        ({"destination": "file://out.jsonl"}, "is a relative path"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_request(tmp_path, kwargs, message):

@@ -85,6 +85,9 @@ def test_the_asset_uri_of_templated_and_explicit_destinations(tmp_path):
         ({"delete_files": ["input", "logs"]}, "delete_files must be"),
         ({"price_table": {"gpt-4o": {"output": 1}}}, r"price_table\['gpt-4o'\] must be a dict with \"input\""),
         ({"asset_uri": "file:///x/{{ ds }}"}, "asset_uri must be a fixed URI string"),
+        ({"destination": "out.jsonl"}, r"export: destination 'out.jsonl' is a relative path.*absolute path or a URI"),
+        ({"destination": "out.jsonl", "asset_uri": "s3://b/x"}, "destination 'out.jsonl' is a relative path"),
+        ({"destination": "data/out.jsonl", "asset_uri": ""}, "destination 'data/out.jsonl' is a relative path"),
     ],
 )
 def test_bad_arguments_fail_at_parse_time_naming_the_parameter(kwargs, message):
@@ -113,6 +116,14 @@ def test_importing_the_operator_stays_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_templated_relative_destination_is_refused_when_the_task_runs(tmp_path):
+    op = BatchResultsOperator(task_id="export", batch_id="batch_a", destination="{{ ds }}.jsonl")
+    assert op.outlets == []  # unknown at parse time
+    op.destination = "2026-01-01.jsonl"  # as rendered
+    with pytest.raises(ValueError, match=r"destination '2026-01-01\.jsonl' is a relative path"):
+        op.execute(ctx())
 
 
 @pytest.mark.parametrize("value", ["none", None, [], "all", "error", ["error", "input"], {"output", "error"}])
