@@ -207,7 +207,8 @@ def _lines(path: Path) -> Iterator[bytes]:
 
 
 def _rows(join: ResultJoin, batches: list[Batch]) -> Iterator[tuple[dict[str, Any], str | None]]:
-    """Each row, in input order, with the model its input asked for."""
+    """Each row, in input order, with the model its input asked for: from the last batch whose input held the
+    request, by its result line there or, without one, by how that batch ended."""
     errors = [_batch_error(batch) for batch in batches]
     for joined in join.rows():
         if joined.line is not None and joined.result_rank is not None:

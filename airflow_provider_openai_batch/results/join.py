@@ -26,8 +26,10 @@ class JoinedRow:
     :param custom_id: The request's ``custom_id``.
     :param last_rank: Rank (position in the list of batches) of the last batch whose input held it.
     :param model: The ``model`` of its body in that input, if any.
-    :param result_rank: Rank of the batch whose result line won (the latest with one), or ``None``.
-    :param line: That result line (JSON bytes), or ``None`` when no result file mentions the request.
+    :param result_rank: ``last_rank`` when that batch has a result line for the request, else ``None``.
+    :param line: That result line (JSON bytes), or ``None`` when the result files of the last batch whose input
+        held the request do not mention it (that batch ended before running it): an older round's line does
+        not stand in for it.
     """
 
     index: int
@@ -43,7 +45,9 @@ class ResultJoin:
 
     Add the batches in the order given (rank 0, 1, ...): each batch's input, then its results. A request's
     position is that of its first appearance, so shards concatenate and a later round (a subset of the
-    first) keeps the first round's positions; a later batch's result line replaces an earlier one's.
+    first) keeps the first round's positions. A request's row comes from the last batch whose input held it:
+    its result line there, or none (an older round's line is kept on disk but never wins over a later round
+    that held the request and ended without running it).
     """
 
     def __init__(self, path: str | PathLike[str]) -> None:
@@ -59,7 +63,10 @@ class ResultJoin:
             "CREATE TABLE positions (idx INTEGER PRIMARY KEY, custom_id TEXT NOT NULL UNIQUE, "
             "last_rank INTEGER NOT NULL, model TEXT)"
         )
-        self.db.execute("CREATE TABLE results (custom_id TEXT PRIMARY KEY, rank INTEGER NOT NULL, line BLOB NOT NULL)")
+        self.db.execute(
+            "CREATE TABLE results (custom_id TEXT NOT NULL, rank INTEGER NOT NULL, line BLOB NOT NULL, "
+            "PRIMARY KEY (custom_id, rank))"
+        )
         self.unreadable_input_lines = 0
         self.unreadable_result_lines = 0
 
@@ -117,21 +124,22 @@ class ResultJoin:
         with self.db:
             self.db.executemany(
                 "INSERT INTO results (custom_id, rank, line) VALUES (?, ?, ?) "
-                "ON CONFLICT (custom_id) DO UPDATE SET rank = excluded.rank, line = excluded.line",
+                "ON CONFLICT (custom_id, rank) DO UPDATE SET line = excluded.line",
                 records(),
             )
         return count
 
     def unmatched_results(self) -> int:
         """Result lines whose ``custom_id`` no input file holds (they have no position, so no row)."""
-        query = "SELECT COUNT(*) FROM results WHERE custom_id NOT IN (SELECT custom_id FROM positions)"
+        query = "SELECT COUNT(DISTINCT custom_id) FROM results WHERE custom_id NOT IN (SELECT custom_id FROM positions)"
         return int(self.db.execute(query).fetchone()[0])
 
     def rows(self) -> Iterator[JoinedRow]:
-        """Every input request with its winning result, in input order, one at a time."""
+        """Every input request with the result line of the last batch whose input held it (if that batch has
+        one), in input order, one at a time."""
         cursor = self.db.execute(
             "SELECT p.idx - 1, p.custom_id, p.last_rank, p.model, r.rank, r.line FROM positions p "
-            "LEFT JOIN results r ON r.custom_id = p.custom_id ORDER BY p.idx"
+            "LEFT JOIN results r ON r.custom_id = p.custom_id AND r.rank = p.last_rank ORDER BY p.idx"
         )
         try:
             for index, custom_id, last_rank, model, result_rank, line in cursor:

@@ -100,6 +100,30 @@ def test_rounds_merge_latest_result_wins_and_positions_come_from_the_first(hook,
     assert manifest["counts"]["succeeded"] == 5 and manifest["rows"] == 5
 
 
+@pytest.mark.parametrize("ending", ["cancelled", "failed"])
+def test_a_later_round_that_ended_before_running_a_request_labels_its_row(
+    hook, openai_batch_emulator, tmp_path, ending
+):
+    openai_batch_emulator.configure(transient_failure_attempts=1)
+    first = submit(hook, [chat("x0"), chat("x1"), chat("x2")])  # all fail transiently: lines in round 1
+    openai_batch_emulator.configure(phase_seconds=600)
+    second = submit(hook, [chat("x1"), chat("x2")], wait=False)
+    openai_batch_emulator.force_status(second.id, ending)  # ends before running x2 (and x1, if failed)
+
+    manifest = hook.export_results([first.id, second.id], tmp_path / "out.jsonl")
+
+    by_id = {r["custom_id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+    assert by_id["x0"]["status"] == "failed" and by_id["x0"]["batch_id"] == first.id
+    assert by_id["x2"]["status"] == ending and by_id["x2"]["batch_id"] == second.id
+    assert by_id["x2"]["status_code"] is None and by_id["x2"]["response"] is None
+    if ending == "cancelled":  # the first half of round 2 ran
+        assert by_id["x1"]["status"] == "succeeded" and by_id["x1"]["batch_id"] == second.id
+    else:  # refused as a whole: the batch's own error on each of its rows
+        assert by_id["x1"]["status"] == "failed" and by_id["x1"]["batch_id"] == second.id
+        assert by_id["x1"]["error_code"] == by_id["x2"]["error_code"] == "forced_failure"
+    assert manifest["counts"][ending] >= 1
+
+
 def test_shards_concatenate_in_the_order_given(hook, tmp_path):
     a = submit(hook, [chat("a0"), chat("a1")])
     b = submit(hook, [chat("b0"), chat("b1"), chat("b2")])
