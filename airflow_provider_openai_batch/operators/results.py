@@ -60,7 +60,9 @@ class BatchResultsOperator(BaseOperator):
     :param batch_id: A batch id, a list of them (the rounds of a resubmitted job, or the shards of a large
         one), a JSON string of such a list, or batch dicts with ``id`` (templated, e.g.
         ``"{{ ti.xcom_pull('wait')['id'] }}"``). Positions come from the input files in order of first
-        appearance; for each request the latest batch (in the order given) with a result for it wins.
+        appearance; each request's row comes from the latest batch (in the order given) whose input held it: its
+        result line there, or that batch's ending when it has none. Batches that hold one ``custom_id`` with
+        different requests are shards that reuse ids, not rounds: the export refuses them.
     :param destination: An absolute local path, a ``file://`` URI, an object storage URI
         (``s3://bucket/out.jsonl``) or an ``ObjectStoragePath`` (templated). A relative path is refused (at parse
         time, or at run time once rendered): the DAG processor and the worker would resolve it differently.

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_openai_batch.exceptions import NotFoundError, OpenAIBatchError
-from airflow_provider_openai_batch.results.join import ResultJoin
+from airflow_provider_openai_batch.results.join import RequestConflict, ResultJoin
 from airflow_provider_openai_batch.results.options import FILE_KINDS, parse_delete_files
 from airflow_provider_openai_batch.results.prices import CostEstimate, check_price_table
 from airflow_provider_openai_batch.results.rows import STATUSES, row_from_line, row_without_line
@@ -108,7 +108,7 @@ def export(
         join = ResultJoin(Path(tmp) / "join.sqlite")
         try:
             for rank, batch in enumerate(batches):
-                _load_batch(hook, join, rank, batch, Path(tmp))
+                _load_batch(hook, join, rank, batch, Path(tmp), batches)
             unmatched = join.unmatched_results()
             if unmatched:
                 hook.log.warning(
@@ -173,7 +173,25 @@ def _finished_batch(hook: OpenAIBatchHook, batch_id: str) -> Batch:
     return batch
 
 
-def _load_batch(hook: OpenAIBatchHook, join: ResultJoin, rank: int, batch: Batch, tmp: Path) -> None:
+def _conflict_error(clash: RequestConflict, batches: list[Batch]) -> ResultsExportError:
+    """The error for a ``custom_id`` that two batches (or one, twice) hold with different requests."""
+    earlier, later = batches[clash.earlier_rank].id, batches[clash.rank].id
+    if earlier == later:
+        where = f"batch {later} holds custom_id {clash.custom_id!r} twice, with different requests"
+    else:
+        where = (
+            f"custom_id {clash.custom_id!r} is in batch {earlier} and in batch {later} with different requests "
+            f"(method, url or body), so {later} is not a round of {earlier}: they look like shards"
+        )
+    return ResultsExportError(
+        f"{where}; merging them would keep one answer and silently drop the other: shards of one job need unique "
+        "custom_ids; export them separately or give them unique ids"
+    )
+
+
+def _load_batch(
+    hook: OpenAIBatchHook, join: ResultJoin, rank: int, batch: Batch, tmp: Path, batches: list[Batch]
+) -> None:
     """Spill one batch's input positions, then its output and error lines, downloading each file to disk
     first (streamed and retried by the hook) and removing it once read."""
     assert batch.input_file_id is not None  # checked by _finished_batch
@@ -192,7 +210,10 @@ def _load_batch(hook: OpenAIBatchHook, join: ResultJoin, rank: int, batch: Batch
             ) from None
         try:
             if kind == "input":
-                join.add_inputs(rank, _lines(local))
+                try:
+                    join.add_inputs(rank, _lines(local))
+                except RequestConflict as clash:
+                    raise _conflict_error(clash, batches) from None
             else:
                 join.add_results(rank, _lines(local))
         finally:

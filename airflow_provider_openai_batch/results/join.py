@@ -4,10 +4,16 @@ Result lines arrive in no order, and a batch can hold 50,000 requests with large
 input positions nor the results are held in memory: both go to a SQLite file (stdlib ``sqlite3``) and rows
 come back out of it one at a time, in input order. SQLite's page cache is the only thing that grows, and it
 is capped (:data:`CACHE_KIB`).
+
+Rounds and shards are told apart by content: each input line's request (method, url, body) is recorded as a
+digest per ``custom_id``. A later batch that holds a known ``custom_id`` with the same request is a round of
+it; one with a different request is not, and :meth:`ResultJoin.add_inputs` raises :class:`RequestConflict`
+rather than let one answer silently replace another.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -40,6 +46,29 @@ class JoinedRow:
     line: bytes | None
 
 
+class RequestConflict(Exception):
+    """Two batches hold the same ``custom_id`` with different requests: they are shards, not rounds.
+
+    :param custom_id: The ``custom_id``.
+    :param earlier_rank: Rank of the last earlier batch whose input held it (with the other request).
+    :param rank: Rank of the batch being added.
+    """
+
+    def __init__(self, custom_id: str, earlier_rank: int, rank: int) -> None:
+        super().__init__(f"custom_id {custom_id!r} holds different requests in batches {earlier_rank} and {rank}")
+        self.custom_id = custom_id
+        self.earlier_rank = earlier_rank
+        self.rank = rank
+
+
+def request_digest(item: dict) -> bytes:
+    """SHA-256 of the request an input line makes: its method, url and body, keys sorted (so the same request
+    written with its keys in another order has the same digest)."""
+    request = [item.get("method"), item.get("url"), item.get("body")]
+    text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
 class ResultJoin:
     """Positions and results of several batches, spilled to a SQLite file at ``path``.
 
@@ -61,8 +90,13 @@ class ResultJoin:
         # are dense and in order of first insertion; an upsert of a known custom_id does not take one.
         self.db.execute(
             "CREATE TABLE positions (idx INTEGER PRIMARY KEY, custom_id TEXT NOT NULL UNIQUE, "
-            "last_rank INTEGER NOT NULL, model TEXT)"
+            "last_rank INTEGER NOT NULL, model TEXT, digest BLOB NOT NULL)"
         )
+        # One batch's input lines, in order, before they are checked against the positions and merged in.
+        self.db.execute(
+            "CREATE TABLE incoming (seq INTEGER PRIMARY KEY, custom_id TEXT NOT NULL, model TEXT, digest BLOB NOT NULL)"
+        )
+        self.db.execute("CREATE INDEX incoming_custom_id ON incoming (custom_id)")
         self.db.execute(
             "CREATE TABLE results (custom_id TEXT NOT NULL, rank INTEGER NOT NULL, line BLOB NOT NULL, "
             "PRIMARY KEY (custom_id, rank))"
@@ -74,10 +108,14 @@ class ResultJoin:
         self.db.close()
 
     def add_inputs(self, rank: int, lines: Iterable[bytes]) -> int:
-        """Record the requests of one batch's input file; returns how many lines were read."""
+        """Record the requests of one batch's input file; returns how many lines were read.
+
+        :raises RequestConflict: when a ``custom_id`` already recorded (or repeated in this file) comes with a
+            different request; nothing of this file is recorded then.
+        """
         count = 0
 
-        def records() -> Iterator[tuple[str, int, str | None]]:
+        def records() -> Iterator[tuple[str, str | None, bytes]]:
             nonlocal count
             for line in lines:
                 try:
@@ -93,14 +131,32 @@ class ResultJoin:
                 body = item.get("body")
                 model = body.get("model") if isinstance(body, dict) else None
                 count += 1
-                yield custom_id, rank, model if isinstance(model, str) else None
+                yield custom_id, model if isinstance(model, str) else None, request_digest(item)
 
         with self.db:
-            self.db.executemany(
-                "INSERT INTO positions (custom_id, last_rank, model) VALUES (?, ?, ?) "
+            self.db.execute("DELETE FROM incoming")
+            self.db.executemany("INSERT INTO incoming (custom_id, model, digest) VALUES (?, ?, ?)", records())
+            clash = self.db.execute(
+                "SELECT i.custom_id, p.last_rank FROM incoming i JOIN positions p ON p.custom_id = i.custom_id "
+                "WHERE p.digest != i.digest ORDER BY i.seq LIMIT 1"
+            ).fetchone()
+            if clash is None:
+                clash = self.db.execute(
+                    "SELECT a.custom_id, ? FROM incoming a JOIN incoming b ON b.custom_id = a.custom_id "
+                    "AND b.seq > a.seq WHERE b.digest != a.digest ORDER BY a.seq LIMIT 1",
+                    (rank,),
+                ).fetchone()
+            if clash is not None:
+                self.db.execute("DELETE FROM incoming")
+                raise RequestConflict(clash[0], int(clash[1]), rank)
+            # "WHERE true" keeps SQLite from reading ON CONFLICT as part of the SELECT's join.
+            self.db.execute(
+                "INSERT INTO positions (custom_id, last_rank, model, digest) "
+                "SELECT custom_id, ?, model, digest FROM incoming WHERE true ORDER BY seq "
                 "ON CONFLICT (custom_id) DO UPDATE SET last_rank = excluded.last_rank, model = excluded.model",
-                records(),
+                (rank,),
             )
+            self.db.execute("DELETE FROM incoming")
         return count
 
     def add_results(self, rank: int, lines: Iterable[bytes]) -> int:

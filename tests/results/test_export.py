@@ -83,21 +83,55 @@ def test_a_batch_that_ended_early_classifies_its_unfinished_requests(
     assert sum(manifest["counts"].values()) == 6
 
 
-def test_rounds_merge_latest_result_wins_and_positions_come_from_the_first(hook, tmp_path):
-    first = submit(hook, [chat("p0"), chat("p1"), chat("p2", model="fail-x"), chat("p3"), chat("p4", "v1")])
-    # The resubmitted round holds only some requests, in another order and with other answers.
-    second = submit(hook, [chat("p4", "v2"), chat("p2")])
+def test_rounds_merge_latest_result_wins_and_positions_come_from_the_first(hook, openai_batch_emulator, tmp_path):
+    # Every request fails transiently on its first attempt: round 1 fails them all, round 2 (the same input
+    # lines, as resubmit_unfinished writes them) succeeds.
+    openai_batch_emulator.configure(transient_failure_attempts=1)
+    first = submit(hook, [chat(f"p{i}", f"question {i}") for i in range(5)])
+    # The resubmitted round holds only some requests, in another order.
+    second = submit(hook, [chat("p4", "question 4"), chat("p2", "question 2")])
 
     manifest = hook.export_results([first.id, second.id], tmp_path / "out.jsonl")
 
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert [(r["custom_id"], r["index"]) for r in rows] == [(f"p{i}", i) for i in range(5)]
     by_id = {r["custom_id"]: r for r in rows}
-    assert by_id["p2"]["status"] == "succeeded" and by_id["p2"]["batch_id"] == second.id
-    assert by_id["p4"]["batch_id"] == second.id and "v2" in by_id["p4"]["output_text"]
-    assert by_id["p0"]["batch_id"] == first.id
+    for custom_id in ("p2", "p4"):
+        assert by_id[custom_id]["status"] == "succeeded" and by_id[custom_id]["batch_id"] == second.id
+    assert "question 4" in by_id["p4"]["output_text"]
+    for custom_id in ("p0", "p1", "p3"):
+        assert by_id[custom_id]["status"] == "failed" and by_id[custom_id]["batch_id"] == first.id
     assert manifest["batch_ids"] == [first.id, second.id]
-    assert manifest["counts"]["succeeded"] == 5 and manifest["rows"] == 5
+    assert manifest["counts"]["succeeded"] == 2 and manifest["counts"]["failed"] == 3 and manifest["rows"] == 5
+
+
+def test_shards_that_reuse_custom_ids_are_refused_not_merged(hook, tmp_path):
+    a = submit(hook, [chat("request-1", "shard a, first"), chat("request-2", "shard a, second")])
+    b = submit(hook, [chat("request-1", "shard b, first"), chat("request-2", "shard b, second"), chat("request-3")])
+    with pytest.raises(ResultsExportError) as caught:
+        hook.export_results([a.id, b.id], tmp_path / "out.jsonl")
+    message = str(caught.value)
+    assert a.id in message and b.id in message and "request-1" in message
+    assert "shards of one job need unique custom_ids" in message
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_round_with_the_same_request_under_another_method_or_url_is_refused(hook, tmp_path):
+    first = submit(hook, [chat("x")])
+    other = submit(hook, [{"custom_id": "x", "body": {"model": "gpt-4o-mini", "input": "hello"}}], "/v1/responses")
+    with pytest.raises(ResultsExportError, match=f"custom_id 'x'.*{first.id}.*{other.id}"):
+        hook.export_results([first.id, other.id], tmp_path / "out.jsonl")
+
+
+def test_identical_requests_merge_whatever_the_key_order_of_their_lines(hook, tmp_path):
+    first = submit(hook, [chat("x", "same"), chat("y")])
+    body = chat("x", "same")["body"]
+    reordered = {"custom_id": "x", "body": dict(reversed(list(body.items())))}
+    second = submit(hook, [reordered])
+    manifest = hook.export_results([first.id, second.id], tmp_path / "out.jsonl")
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert [(r["custom_id"], r["batch_id"]) for r in rows] == [("x", second.id), ("y", first.id)]
+    assert manifest["rows"] == 2
 
 
 @pytest.mark.parametrize("ending", ["cancelled", "failed"])

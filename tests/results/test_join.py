@@ -1,4 +1,4 @@
-"""``ResultJoin`` on its own: which batch a request's row comes from."""
+"""``ResultJoin`` on its own: rounds are told from shards by the request each input line makes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from airflow_provider_openai_batch.results.join import ResultJoin
+from airflow_provider_openai_batch.results.join import RequestConflict, ResultJoin, request_digest
 
 
 def line(custom_id: str, text: str = "hi", url: str = "/v1/chat/completions") -> bytes:
@@ -19,6 +19,29 @@ def join(tmp_path):
     j = ResultJoin(tmp_path / "join.sqlite")
     yield j
     j.close()
+
+
+def test_the_digest_covers_method_url_and_body_but_not_key_order_or_custom_id():
+    item = json.loads(line("a"))
+    reordered = {**json.loads(line("b")), "body": dict(reversed(item["body"].items()))}
+    assert request_digest(item) == request_digest(reordered)
+    assert request_digest(item) != request_digest(json.loads(line("a", "other")))
+    assert request_digest(item) != request_digest(json.loads(line("a", url="/v1/responses")))
+    assert request_digest(item) != request_digest({**item, "method": "GET"})
+
+
+def test_a_conflicting_batch_records_nothing_and_names_both_ranks(join):
+    join.add_inputs(0, [line("a"), line("b")])
+    with pytest.raises(RequestConflict) as caught:
+        join.add_inputs(1, [line("c"), line("b", "changed")])
+    assert (caught.value.custom_id, caught.value.earlier_rank, caught.value.rank) == ("b", 0, 1)
+    assert [(r.custom_id, r.last_rank) for r in join.rows()] == [("a", 0), ("b", 0)]  # "c" was not added
+
+
+def test_one_file_holding_a_custom_id_twice_with_different_requests(join):
+    with pytest.raises(RequestConflict) as caught:
+        join.add_inputs(0, [line("a"), line("b"), line("a", "again")])
+    assert (caught.value.custom_id, caught.value.earlier_rank, caught.value.rank) == ("a", 0, 0)
 
 
 def test_the_line_of_an_older_round_does_not_stand_in_for_the_last_round_that_held_the_request(join):

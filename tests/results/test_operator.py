@@ -25,9 +25,14 @@ class FakeOutletEvents(dict):
         return self[asset]
 
 
-def test_the_task_exports_pushes_the_manifest_and_fills_the_asset_event(openai_batch_connection, tmp_path):
+def test_the_task_exports_pushes_the_manifest_and_fills_the_asset_event(
+    openai_batch_connection, openai_batch_emulator, tmp_path
+):
+    # Round 1 expires after running "a"; round 2 re-sends "b" (the same line) and completes.
+    openai_batch_emulator.configure(expire_after_fraction=0.5)
     with OpenAIBatchHook() as hook:
-        first = submit(hook, [chat("a"), chat("b", model="fail-m")])
+        first = submit(hook, [chat("a"), chat("b")])
+        openai_batch_emulator.configure(expire_after_fraction=None)
         second = submit(hook, [chat("b")])
     destination = tmp_path / "answers.jsonl"
     op = BatchResultsOperator(

@@ -113,7 +113,7 @@ def test_the_join_keeps_first_positions_and_the_latest_result(tmp_path):
     join = ResultJoin(tmp_path / "j.sqlite")
     lines = [json.dumps({"custom_id": c, "body": {"model": "m"}}).encode() for c in ("a", "b", "c")]
     assert join.add_inputs(0, [*lines, b"not json"]) == 3
-    assert join.add_inputs(1, [json.dumps({"custom_id": "c"}).encode(), json.dumps({"custom_id": "d"}).encode()]) == 2
+    assert join.add_inputs(1, [lines[2], json.dumps({"custom_id": "d"}).encode()]) == 2  # a round repeats the line
     join.add_results(0, [json.dumps({"custom_id": "c", "v": 0}).encode(), json.dumps({"custom_id": "z"}).encode()])
     join.add_results(1, [json.dumps({"custom_id": "c", "v": 1}).encode()])
     rows = list(join.rows())
