@@ -150,7 +150,14 @@ async def connection_settings(conn_id: str) -> ClientSettings:
 async def _read_settings(conn_id: str) -> ClientSettings:
     from airflow.sdk import BaseHook
 
-    return settings_from_connection(await BaseHook.aget_connection(conn_id))
+    conn = await BaseHook.aget_connection(conn_id)
+    settings = settings_from_connection(conn)
+    if settings.api_key != conn.password:
+        # Airflow masks the password as stored ("sk-...\n"); the key we send is the cleaned one, as the hook does.
+        from airflow.sdk.log import amask_secret
+
+        await amask_secret(settings.api_key)
+    return settings
 
 
 def _settle(

@@ -234,45 +234,82 @@ class OpenAIBatchHook(BaseHook):
                 raise
 
         # Every retryable failure may be retried here: the look-up above makes a repeat safe.
-        batch: Batch = tenacity.Retrying(**retry_policy(self.settings.max_retries, idempotent=True))(attempt)
+        try:
+            batch: Batch = tenacity.Retrying(**retry_policy(self.settings.max_retries, idempotent=True))(attempt)
+        except OpenAIBatchError:
+            if not ambiguous:
+                raise
+            # Every attempt failed, but the ambiguous ones may still be carried out late: the create succeeded
+            # if one of them lands within the watch, and the others are cancelled.
+            late = self._settle_key(key, None, since)
+            if late is None:
+                raise
+            self.log.warning("Every create attempt failed, but the API carried one out late: batch %s", late.id)
+            return late
         if ambiguous:
-            self._cancel_duplicates(key, batch, since)
+            self._settle_key(key, batch, since)
         return batch
 
-    def _cancel_duplicates(self, key: str, keep: Batch, since: float) -> None:
-        """After an ambiguous create, watch for a late twin and cancel it.
+    def _settle_key(self, key: str, keep: Batch | None, since: float) -> Batch | None:
+        """After an ambiguous create, watch for batches carrying ``key`` and leave exactly one live.
 
         A gateway that buffers requests can forward a create whose client already timed out, so a batch with
-        our key may appear after the look-up that preceded our successful POST. For ``reconcile_seconds``
-        every batch carrying the key other than ``keep`` is cancelled; cancelled while ``validating``, it is
-        never billed. A twin processed later than that is not caught (docs/reliability.md).
+        our key may appear after the look-up that preceded a successful POST, or after every attempt failed.
+        For ``reconcile_seconds`` every live batch carrying the key other than ``keep`` (or, with no ``keep``,
+        the oldest live one) is cancelled; cancelled while ``validating``, it is never billed. A twin carried
+        out later than that is not caught (docs/reliability.md).
+
+        :returns: The batch kept, or ``None`` when none appeared.
         """
         # Counted in polls, not read off a clock: a slow machine then only makes this slower, never shorter.
         polls = 1 + int(self.reconcile_seconds // RECONCILE_POLL_SECONDS)
-        handled: set[str] = {keep.id}
+        cancelled: set[str] = set()
         for poll in range(polls):
             if poll:
                 time.sleep(RECONCILE_POLL_SECONDS)
             try:
-                twins = [b for b in self._batches_with_key(key, created_after=since) if b.id not in handled]
+                found = self._batches_with_key(key, created_after=since)
             except OpenAIBatchError as err:
-                self.log.warning("Could not check for a duplicate of batch %s: %s", keep.id, err)
-                return
-            for twin in twins:
-                handled.add(twin.id)
-                if twin.status in NOT_REATTACHABLE:
-                    continue
-                self.log.warning(
-                    "Batch %s carries the same idempotency key as batch %s: a create that timed out was carried "
-                    "out late. Cancelling it so it is not billed (status %s).",
-                    twin.id,
-                    keep.id,
-                    twin.status,
-                )
-                try:
-                    self.cancel_batch(twin.id)
-                except OpenAIBatchError as err:
-                    self.log.warning("Could not cancel the duplicate batch %s: %s", twin.id, err)
+                self.log.warning("Could not check for batches carrying this create's key: %s", err)
+                return keep
+            keep = self._keep_one([b for b in found if b.id not in cancelled], keep, cancelled)
+        return keep
+
+    def claim_batch_by_idempotency_key(self, idempotency_key: str, created_after: float) -> Batch | None:
+        """The batch to go on with among those carrying ``idempotency_key`` since ``created_after``: the oldest
+        live one, every other live one cancelled (creates carried out late); with none live, the newest.
+
+        :param idempotency_key: The key stored under ``airflow_idempotency_key`` in the batch metadata.
+        :param created_after: Only batches created at or after this Unix time are searched (every one of them).
+        """
+        found = self._batches_with_key(idempotency_key, created_after=created_after)
+        return self._keep_one(found, None) or (found[0] if found else None)
+
+    def _keep_one(self, found: list[Batch], keep: Batch | None, cancelled: set[str] | None = None) -> Batch | None:
+        """Cancel every live batch in ``found`` but ``keep`` (by default the oldest live one); return the kept.
+
+        :param cancelled: Ids cancelled so far, added to; a batch may still read as live right after its cancel.
+        """
+        live = [b for b in found if b.status not in NOT_REATTACHABLE]
+        if keep is None and live:
+            keep = live[-1]  # the list is newest first, ordered finer than created_at's whole seconds
+        for twin in live:
+            if keep is None or twin.id == keep.id:
+                continue
+            self.log.warning(
+                "Batch %s carries the same idempotency key as batch %s: a create that timed out was carried out "
+                "late. Cancelling it so it is not billed (status %s).",
+                twin.id,
+                keep.id,
+                twin.status,
+            )
+            try:
+                self.cancel_batch(twin.id)
+            except OpenAIBatchError as err:
+                self.log.warning("Could not cancel the duplicate batch %s: %s", twin.id, err)
+            if cancelled is not None:
+                cancelled.add(twin.id)
+        return keep
 
     def find_batch_by_idempotency_key(
         self, idempotency_key: str, *, created_after: float | None = None, max_pages: int | None = None
@@ -617,9 +654,10 @@ class OpenAIBatchHook(BaseHook):
         ``output_tokens``, ``total_tokens``, ``batch_id`` (see :mod:`airflow_provider_openai_batch.results`).
 
         :param batch_ids: One batch id or a list (the rounds of a resubmitted job, or the shards of a large one):
-            positions come from the input files in order of first appearance; the latest batch with a result
-            for a ``custom_id`` wins.
-        :param destination: A local path, a ``file://`` URI, an object storage URI or an ``ObjectStoragePath``;
+            positions come from the input files in order of first appearance; each row comes from the last
+            batch whose input held the request (its result line, or how that batch ended). Shards that reuse a
+            ``custom_id`` for a different request are refused.
+        :param destination: An absolute local path, a ``file://`` URI, an object storage URI or an ``ObjectStoragePath``;
             written to a temporary sibling and renamed into place.
         :param format: ``"jsonl"`` (default) or ``"parquet"`` (default for a ``.parquet`` destination; needs
             the ``parquet`` extra).

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 
 DEFAULT_CONN_ID = "openai_default"
+#: How long a retry waits for an earlier batch that is being cancelled (the API takes up to 10 minutes).
+CANCELLING_WAIT_SECONDS = 660.0
 
 
 def _default_deferrable() -> bool:
@@ -199,7 +201,7 @@ class CreateBatchOperator(BaseOperator):
 
     def execute(self, context: Context) -> str:
         from airflow_provider_openai_batch import api
-        from airflow_provider_openai_batch.operators.reattach import CreateLedger, earlier_rounds, idempotency_key
+        from airflow_provider_openai_batch.operators.reattach import CreateLedger, idempotency_key
         from airflow_provider_openai_batch.outcome import describe
 
         # Checks that cost nothing come first, so a bad argument never uploads a file.
@@ -212,15 +214,15 @@ class CreateBatchOperator(BaseOperator):
         with self.hook() as hook, tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
             source, digest = self._prepare_input(tmp)
             ledger = CreateLedger(context, idempotency_key(context, digest, self.reattach), self.log)
-            batch = self._earlier_batch(hook, ledger, ti.try_number or 1) if self.reattach == "auto" else None
+            batch, rounds = (
+                self._earlier_batch(hook, ledger, ti.try_number or 1) if self.reattach == "auto" else (None, [])
+            )
             if batch is None:
                 started = time.time()
                 ledger.creating()
                 batch = self._create(hook, ledger.key, source)
                 ledger.created(batch.id, started)
                 rounds = [batch.id]
-            else:
-                rounds = earlier_rounds(ledger, batch.id)
             self.batch_id = batch.id
             remember_batch_link(self, context, hook.settings.base_url, batch.id)
             self.log.info("OpenAI %s", describe(batch.model_dump(mode="json")))
@@ -230,21 +232,43 @@ class CreateBatchOperator(BaseOperator):
                 return self._wait(context, hook, batch, ledger, rounds)
         return batch.id
 
-    def _earlier_batch(self, hook: OpenAIBatchHook, ledger: Any, try_number: int) -> Any:
-        """The batch to re-attach to, or ``None`` to create one; fails the task rather than bill twice."""
+    def _earlier_batch(self, hook: OpenAIBatchHook, ledger: Any, try_number: int) -> tuple[Any, list[str]]:
+        """The batch to re-attach to and the rounds so far, or ``(None, [])`` to create one from the whole input;
+        fails the task rather than bill a request twice."""
         from airflow.sdk.exceptions import AirflowFailException
 
+        from airflow_provider_openai_batch.exceptions import BatchTimeoutError
         from airflow_provider_openai_batch.operators.reattach import find_earlier_batch
         from airflow_provider_openai_batch.operators.resubmit import RESUBMITTABLE
-        from airflow_provider_openai_batch.statuses import COMPLETED, NOT_REATTACHABLE, BatchStatus
+        from airflow_provider_openai_batch.statuses import CANCELLING, COMPLETED, NOT_REATTACHABLE, BatchStatus
 
-        batch = find_earlier_batch(hook, ledger, try_number)
+        batch, rounds = find_earlier_batch(hook, ledger, try_number)
         if batch is None:
-            return None
+            return None, []
+        if batch.status == CANCELLING:
+            # Its counts still move until it is cancelled (up to 10 minutes): decide on the final ones.
+            self.log.info("The earlier batch %s is being cancelled; waiting for it to end before deciding", batch.id)
+            try:
+                batch = hook.wait_for_batch(batch.id, min(self.poll_interval, 15.0), CANCELLING_WAIT_SECONDS)
+            except BatchTimeoutError as err:
+                raise BatchTimeoutError(f"{err}: retry once it is cancelled") from None
         if batch.status not in NOT_REATTACHABLE:
             self.log.info("Re-attaching to batch %s created earlier for the same input (%s)", batch.id, batch.status)
-            return batch
+            return batch, rounds
         done, total = batch.request_counts.completed, batch.request_counts.total
+        if len(rounds) > 1 and (batch.status == BatchStatus.FAILED or done == 0):
+            # A later round that billed nothing: build it again from the round before, never from the whole
+            # input, whose finished requests were billed in the earlier rounds.
+            previous = hook.retrieve_batch(rounds[-2])
+            self.log.info(
+                "Round %d (batch %s) ended %s with nothing done: going on from round %d (batch %s)",
+                len(rounds),
+                batch.id,
+                batch.status,
+                len(rounds) - 1,
+                previous.id,
+            )
+            return previous, rounds[:-1]
         if batch.status in RESUBMITTABLE - {COMPLETED} and self.resubmit_unfinished:
             self.log.info(
                 "The earlier batch %s ended %s with %d of %d requests completed: re-attaching to re-run only the "
@@ -255,14 +279,14 @@ class CreateBatchOperator(BaseOperator):
                 total,
                 self.resubmit_unfinished,
             )
-            return batch
+            return batch, rounds
         if batch.status == BatchStatus.FAILED or done == 0:
             self.log.info(
                 "The earlier batch %s ended %s with no request completed, so nothing was billed: creating a new one",
                 batch.id,
                 batch.status,
             )
-            return None
+            return None, []
         if not self.rebill_completed_requests:
             raise AirflowFailException(
                 f"The earlier batch {batch.id} for this input ended {batch.status} with {done} of {total} requests "
@@ -280,7 +304,7 @@ class CreateBatchOperator(BaseOperator):
             total,
             done,
         )
-        return None
+        return None, []
 
     def _prepare_input(self, tmp: str) -> tuple[Any, str]:
         """The file to upload (``None`` for ``input_file_id``), checked, and a digest of its content."""

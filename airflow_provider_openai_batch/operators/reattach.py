@@ -118,28 +118,33 @@ def round_key(key: str, number: int) -> str:
     return key if number <= 1 else hashlib.sha256(f"{key}:round:{number}".encode()).hexdigest()
 
 
-def find_earlier_batch(hook: OpenAIBatchHook, ledger: CreateLedger, try_number: int) -> Batch | None:
-    """The batch an earlier try (or an earlier run of a cleared task) created for the same input, if any: the
-    latest round's, when the input was re-run in rounds."""
+def find_earlier_batch(hook: OpenAIBatchHook, ledger: CreateLedger, try_number: int) -> tuple[Batch | None, list[str]]:
+    """The batch an earlier try (or an earlier run of a cleared task) created for the same input, if any, and
+    the rounds so far ending with it: the latest round's, when the input was re-run in rounds.
+
+    Several batches carrying one key (creates that timed out and were carried out late) are settled: the
+    oldest live one is kept and the others are cancelled (:meth:`OpenAIBatchHook.claim_batch_by_idempotency_key`).
+    """
     from airflow_provider_openai_batch.exceptions import NotFoundError
 
     record = ledger.read()
+    rounds = [str(b) for b in ((record or {}).get("rounds") or [])]
     if record and record.get("batch_id"):
         try:
-            return hook.retrieve_batch(str(record["batch_id"]))
+            return hook.retrieve_batch(str(record["batch_id"])), rounds or [str(record["batch_id"])]
         except NotFoundError:  # deleted, or another project's: look for the key instead
             pass
     if record:
         since = float(record.get("create_started_at") or time.time()) - SKEW_SECONDS
-        key = str(record.get("creating_key") or ledger.key)
-        return hook.find_batch_by_idempotency_key(key, created_after=since)
-    if not ledger.available and try_number > 1:
-        since = time.time() - FALLBACK_WINDOW_SECONDS
-        return hook.find_batch_by_idempotency_key(ledger.key, created_after=since)
-    return None
-
-
-def earlier_rounds(ledger: CreateLedger, batch_id: str) -> list[str]:
-    """The rounds recorded before ``batch_id`` (which the ledger found), ending with it."""
-    recorded = [str(b) for b in ((ledger.record or {}).get("rounds") or [])]
-    return recorded[: recorded.index(batch_id) + 1] if batch_id in recorded else [*recorded, batch_id]
+        found = hook.claim_batch_by_idempotency_key(str(record.get("creating_key") or ledger.key), since)
+        if found is not None:
+            return found, [*[r for r in rounds if r != found.id], found.id]
+        if rounds:  # a later round's create never landed: go on from the last round that exists
+            return hook.retrieve_batch(rounds[-1]), rounds
+        return None, []
+    if try_number > 1:
+        # No record on a retry: no store, a failing one, or one emptied since (`[state_store] clear_on_success`,
+        # retention). The key in the batches' metadata still leads back to any batch of the last 25 h.
+        found = hook.claim_batch_by_idempotency_key(ledger.key, time.time() - FALLBACK_WINDOW_SECONDS)
+        return (found, [found.id]) if found is not None else (None, [])
+    return None, []

@@ -222,10 +222,15 @@ def test_shorthand_keeps_line_keys_out_of_the_body(tmp_path):
 
 
 def test_a_retry_never_reattaches_to_a_batch_being_cancelled(openai_batch_connection):
+    from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+
     openai_batch_connection.configure(phase_seconds=30)
     first = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=1))
-    openai_batch_connection.force_status(first, "cancelling")  # a user killed the task with cancel_on_kill
-    second = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=2))
+    with OpenAIBatchHook() as hook:
+        assert hook.cancel_batch(first).status == "cancelling"  # a user killed the task with cancel_on_kill
+    openai_batch_connection.configure(phase_seconds=0.3)  # the cancel now completes in 0.3 s
+    # The retry waits for the cancel to end, then decides: nothing was done, so a new batch.
+    second = CreateBatchOperator(task_id="create", requests=prompts(), poll_interval=0.1).execute(ctx(try_number=2))
     assert second != first
 
 

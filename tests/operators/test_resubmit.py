@@ -148,3 +148,66 @@ def test_a_part_way_expiry_is_finished_by_the_next_round(openai_batch_connection
         create(requests=prompts(10), resubmit_unfinished=3, deferrable=False).execute(context)
     rounds = context["ti"].xcom["batch_ids"]
     assert len(rounds) == 4 and emulator.stats()["requests_completed"] == 9
+
+
+def unfinished_of(batch_id: str) -> set[str]:
+    with OpenAIBatchHook() as hook:
+        finished = {r.custom_id for r in hook.iter_results(batch_id) if r.ok}
+    return {f"p{i}" for i in range(6)} - finished
+
+
+def test_a_round_whose_create_failed_is_built_again_by_the_retry_never_the_whole_input(
+    openai_batch_connection, monkeypatch
+):
+    """Round 2's upload or create fails (the API down past the retries, or the worker dies before the POST):
+    the retry goes on from round 1's record and sends round 2 again, not the whole input."""
+    from airflow_provider_openai_batch.exceptions import APIConnectionError
+
+    emulator = openai_batch_connection
+    emulator.configure(phase_seconds=30)
+    store = FakeStateStore()
+    context = ctx(state=store, try_number=1)
+    op = create(resubmit_unfinished=2, deferrable=True)
+    with pytest.raises(TaskDeferred) as first:
+        op.execute(context)
+    round_one = first.value.trigger.batch_id
+    emulator.force_status(round_one, "expired")
+
+    def down(*args, **kwargs):
+        raise APIConnectionError("the API is down")
+
+    real_create = CreateBatchOperator._create
+    monkeypatch.setattr(CreateBatchOperator, "_create", down)
+    with pytest.raises(APIConnectionError):
+        op.execute_complete(context, terminal_event(round_one), **first.value.kwargs)
+    monkeypatch.setattr(CreateBatchOperator, "_create", real_create)
+    emulator.configure(phase_seconds=0.1)
+    retry = ctx(state=store, try_number=2)
+    last = create(resubmit_unfinished=2, deferrable=False).execute(retry)
+    assert retry["ti"].xcom["batch_ids"] == [round_one, last]
+    assert set(input_ids(last)) == unfinished_of(round_one)
+    assert emulator.stats()["batches_created"] == 2
+
+
+def test_a_later_round_that_failed_is_built_again_from_the_round_before(openai_batch_connection):
+    """Round 2 failed at validation (nothing billed); after a clear the retry builds round 2 again from round
+    1's unfinished requests, never the whole input whose finished requests round 1 billed."""
+    emulator = openai_batch_connection
+    emulator.configure(phase_seconds=30)
+    store = FakeStateStore()
+    context = ctx(state=store, try_number=1)
+    op = create(resubmit_unfinished=2, deferrable=True)
+    with pytest.raises(TaskDeferred) as first:
+        op.execute(context)
+    round_one = first.value.trigger.batch_id
+    emulator.force_status(round_one, "expired")
+    with pytest.raises(TaskDeferred) as second:
+        op.execute_complete(context, terminal_event(round_one), **first.value.kwargs)
+    failed_round = second.value.trigger.batch_id
+    emulator.force_status(failed_round, "failed")
+    emulator.configure(phase_seconds=0.1)
+    retry = ctx(state=store, try_number=2)
+    last = create(resubmit_unfinished=2, deferrable=False).execute(retry)
+    assert last not in (round_one, failed_round) and retry["ti"].xcom["batch_ids"] == [round_one, last]
+    assert set(input_ids(last)) == unfinished_of(round_one)
+    assert emulator.stats()["batches_created"] == 3

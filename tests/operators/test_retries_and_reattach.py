@@ -4,6 +4,8 @@ keep its deadline, and fail for good on final verdicts. Against the emulator, wi
 from __future__ import annotations
 
 import gc
+import os
+import tempfile
 import time
 import warnings
 
@@ -12,10 +14,10 @@ from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_openai_batch.exceptions import BatchTimeoutError
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
-from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
-from airflow_provider_openai_batch.operators.reattach import STATE_KEY
+from airflow_provider_openai_batch.operators.batch import CreateBatchOperator, check_input_file, write_requests_jsonl
+from airflow_provider_openai_batch.operators.reattach import STATE_KEY, idempotency_key
 from airflow_provider_openai_batch.sensors.batch import BatchSensor
-from tests.helpers import FakeStateStore, ctx, prompts
+from tests.helpers import ENDPOINT, FakeStateStore, ctx, prompts
 
 
 def create(**kwargs) -> CreateBatchOperator:
@@ -51,8 +53,63 @@ def test_a_worker_killed_between_post_and_record_is_found_by_one_bounded_list_pa
 
 
 def test_with_a_state_store_a_first_run_never_scans(openai_batch_connection):
-    create().execute(ctx(state=FakeStateStore(), try_number=3))
+    create().execute(ctx(state=FakeStateStore(), try_number=1))
     assert list_calls(openai_batch_connection) == 0 and openai_batch_connection.stats()["batches_created"] == 1
+
+
+def test_a_store_emptied_since_the_create_still_finds_the_batch_by_its_key(openai_batch_connection):
+    """[state_store] clear_on_success, or retention, can empty the store: a cleared task must not bill again."""
+    first = create().execute(ctx(state=FakeStateStore(), try_number=1))
+    openai_batch_connection.force_status(first, "completed")
+    again = create().execute(ctx(state=FakeStateStore(), try_number=2))  # the same task, its store emptied
+    assert again == first and openai_batch_connection.stats()["batches_created"] == 1
+
+
+def test_late_twins_found_by_a_retry_are_settled_to_one_live_batch(openai_batch_connection):
+    """Creates that all timed out and were carried out late leave several batches with one key: the retry
+    keeps the oldest live one and cancels the others."""
+    openai_batch_connection.configure(phase_seconds=30)
+    context = ctx(state=FakeStateStore(), try_number=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "in.jsonl")
+        write_requests_jsonl(prompts(), ENDPOINT, path)
+        key = idempotency_key(context, check_input_file(path, ENDPOINT))
+        with OpenAIBatchHook() as hook:
+            file_id = hook.upload_file(path).id
+            made = [hook.create_batch(file_id, ENDPOINT, idempotency_key=key).id for _ in range(3)]
+    kept = create().execute(context)
+    assert kept == made[0]
+    with OpenAIBatchHook() as hook:
+        statuses = {b: hook.retrieve_batch(b).status for b in made}
+    assert statuses[made[0]] == "validating" and {statuses[made[1]], statuses[made[2]]} == {"cancelling"}
+    assert openai_batch_connection.stats()["batches_created"] == 3
+
+
+def test_a_retry_waits_for_a_batch_being_cancelled_before_deciding(openai_batch_connection):
+    """cancel_on_kill, then a clear: the counts of a cancelling batch still move, so the retry waits for
+    cancelled and decides on the final counts: some done, so it refuses to bill them twice; none done, so a
+    new batch (which one depends on how far the batch got, and both are right)."""
+    emulator = openai_batch_connection
+    emulator.configure(phase_seconds=0.5)
+    store = FakeStateStore()
+    first = CreateBatchOperator(task_id="create", requests=prompts(10)).execute(ctx(state=store, try_number=1))
+    with OpenAIBatchHook() as hook:
+        deadline = time.monotonic() + 60
+        while hook.retrieve_batch(first).status == "validating":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        hook.cancel_batch(first)
+    try:
+        again = CreateBatchOperator(task_id="create", requests=prompts(10), poll_interval=0.1).execute(
+            ctx(state=store, try_number=2)
+        )
+    except AirflowFailException as err:
+        assert "ended cancelled with" in str(err) and "billed" in str(err)
+        assert emulator.stats()["batches_created"] == 1
+    else:
+        assert again != first and emulator.stats()["batches_created"] == 2
+    with OpenAIBatchHook() as hook:
+        assert hook.retrieve_batch(first).status == "cancelled"  # decided only once it had ended
 
 
 def test_a_failing_state_store_falls_back_to_the_metadata_search(openai_batch_connection):

@@ -95,3 +95,23 @@ def test_a_trigger_with_an_unusable_connection_ends_at_once(openai_batch_emulato
     payload = found[0].payload
     assert payload["status"] == "error" and "nothing was sent" in payload["message"]  # not 5 polls of back-off
     assert CANARY not in str(payload)
+
+
+def test_a_key_with_a_trailing_newline_is_masked_as_sent_in_the_triggerer_too(openai_batch_emulator, monkeypatch):
+    import asyncio
+    import json
+
+    from airflow.sdk.log import redact
+
+    from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient
+
+    clean = "sk-test-async-newline-canary-9"
+    conn = {"conn_type": "openai_batch", "host": openai_batch_emulator.base_url, "password": clean + "\n"}
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_NEWLINE", json.dumps(conn))
+
+    async def read() -> str:
+        client = await AsyncBatchClient.from_connection("openai_newline")
+        return client.settings.api_key
+
+    assert asyncio.run(read()) == clean
+    assert clean not in str(redact(f"an echoed key: {clean}"))
