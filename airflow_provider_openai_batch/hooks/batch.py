@@ -657,8 +657,8 @@ class OpenAIBatchHook(BaseHook):
             positions come from the input files in order of first appearance; each row comes from the last
             batch whose input held the request (its result line, or how that batch ended). Shards that reuse a
             ``custom_id`` for a different request are refused.
-        :param destination: An absolute local path, a ``file://`` URI, an object storage URI or an ``ObjectStoragePath``;
-            written to a temporary sibling and renamed into place.
+        :param destination: An absolute local path, a ``file://`` URI, an object storage URI or an
+            ``ObjectStoragePath``; written to a temporary sibling and renamed into place.
         :param format: ``"jsonl"`` (default) or ``"parquet"`` (default for a ``.parquet`` destination; needs
             the ``parquet`` extra).
         :param price_table: ``{model: {"input": usd, "output": usd}}`` per 1M tokens, over the dated default.
