@@ -158,7 +158,9 @@ class CreateBatchOperator(BaseOperator):
                 f"{self.task_id}: give exactly one of requests, input_file or input_file_id; got {given or 'none'}"
             )
         check_fraction(max_failed_fraction, self.task_id)
-        if reattach not in ("auto", "never"):
+        from airflow_provider_openai_batch.operators.reattach import REATTACH_CHOICES
+
+        if reattach not in REATTACH_CHOICES:
             raise ValueError(f"{self.task_id}: reattach must be 'auto' or 'never'; got {reattach!r}")
         if timeout is not None:
             check_seconds(timeout, "timeout", self.task_id)

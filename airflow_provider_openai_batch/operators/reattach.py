@@ -4,8 +4,9 @@ Two records lead back to it. The task state store (Airflow 3.3+, ``context["task
 outlives a killed worker: before the create POST the operator writes "creating since T", after it the batch
 id. And the batch's own metadata, which carries the idempotency key. A retry reads the store: a batch id is
 one ``GET``; "creating since T" (the worker died around the POST) is one list pass over the batches created
-since T; nothing means no earlier try created a batch for this input. Only without a state store is the API's
-batch list searched more widely, over the 24 h completion window plus slack.
+since T; nothing on a first try means no earlier try created a batch for this input. Only a retry that finds
+no record (no store, a failing one, or one emptied since) searches the API's batch list more widely, over the
+24 h completion window plus slack.
 
 Import-light: operator modules import this at execute time only.
 """
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 #: The task state store key holding this task instance's create record.
 STATE_KEY = "openai_batch"
-#: Without a task state store, a retry searches the batches created this long ago: the 24 h completion
+#: Without a record in the task state store, a retry searches the batches created this long ago: the 24 h completion
 #: window, in which an earlier try's batch may still be running, plus an hour of slack.
 FALLBACK_WINDOW_SECONDS = 25 * 3600
 #: Clock skew allowed between this worker and the API when comparing creation times.
@@ -62,10 +63,6 @@ class CreateLedger:
         self.log = log
         #: The record as last read for this key (``None`` before a read or when there is none).
         self.record: dict[str, Any] | None = None
-
-    @property
-    def available(self) -> bool:
-        return self._store is not None
 
     def read(self) -> dict[str, Any] | None:
         """The record for this key, or ``None`` (no record, another input's record, or no store)."""

@@ -34,8 +34,11 @@ def is_transient(record: ResultRecord) -> bool:
         return False
     if record.error is not None:
         return record.error.code in TRANSIENT_CODES
+    from airflow_provider_openai_batch.retries import RETRYABLE_STATUS
+
     status = record.response.status_code if record.response else None
-    return status is not None and (status in (408, 409, 429) or status >= 500)
+    # The statuses the client's own retry policy calls transient, and every other 5xx.
+    return status is not None and (status in RETRYABLE_STATUS or status >= 500)
 
 
 def write_unfinished_input(hook: OpenAIBatchHook, batch: dict[str, Any], path: str) -> tuple[int, int]:
