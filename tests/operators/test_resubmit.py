@@ -36,6 +36,19 @@ def terminal_event(batch_id: str) -> dict:
     return {"status": "terminal", "batch_id": batch_id, "batch": batch, "message": "done"}
 
 
+def first_round_expired(emulator, resubmit_unfinished: int):
+    """A deferrable create whose first batch the emulator then expires part-way (some done, the rest
+    ``batch_expired``): the operator, its context and state store, the deferral, and the expired batch."""
+    emulator.configure(phase_seconds=30)
+    store = FakeStateStore()
+    context = ctx(state=store, try_number=1)
+    op = create(resubmit_unfinished=resubmit_unfinished, deferrable=True)
+    with pytest.raises(TaskDeferred) as first:
+        op.execute(context)
+    expired = emulator.force_status(first.value.trigger.batch_id, "expired")
+    return op, context, store, first.value, expired
+
+
 @pytest.mark.parametrize(
     ("line", "transient"),
     [
@@ -53,17 +66,12 @@ def test_only_what_a_repeat_may_cure_is_transient(line, transient):
 
 def test_an_expired_batch_is_followed_by_a_round_of_exactly_its_unfinished_requests(openai_batch_connection):
     emulator = openai_batch_connection
-    emulator.configure(phase_seconds=30)
-    context = ctx(state=FakeStateStore())
-    op = create(resubmit_unfinished=2, deferrable=True)
-    with pytest.raises(TaskDeferred) as first:
-        op.execute(context)
-    round_one = first.value.trigger.batch_id
-    expired = emulator.force_status(round_one, "expired")  # part done, the rest batch_expired
+    op, context, _, first, expired = first_round_expired(emulator, 2)
+    round_one = first.trigger.batch_id
     done = expired["request_counts"]["completed"]
     assert 0 < done < 6
     with pytest.raises(TaskDeferred) as second:
-        op.execute_complete(context, terminal_event(round_one), **first.value.kwargs)
+        op.execute_complete(context, terminal_event(round_one), **first.kwargs)
     round_two = second.value.trigger.batch_id
     assert round_two != round_one and second.value.kwargs["rounds"] == [round_one, round_two]
     with OpenAIBatchHook() as hook:
@@ -78,14 +86,9 @@ def test_an_expired_batch_is_followed_by_a_round_of_exactly_its_unfinished_reque
 
 def test_rounds_stop_at_the_limit_and_the_last_round_is_judged(openai_batch_connection):
     emulator = openai_batch_connection
-    emulator.configure(phase_seconds=30)
-    context = ctx(state=FakeStateStore())
-    op = create(resubmit_unfinished=1, deferrable=True)
-    with pytest.raises(TaskDeferred) as first:
-        op.execute(context)
-    emulator.force_status(first.value.trigger.batch_id, "expired")
+    op, context, _, first, _ = first_round_expired(emulator, 1)
     with pytest.raises(TaskDeferred) as second:
-        op.execute_complete(context, terminal_event(first.value.trigger.batch_id), **first.value.kwargs)
+        op.execute_complete(context, terminal_event(first.trigger.batch_id), **first.kwargs)
     emulator.force_status(second.value.trigger.batch_id, "expired")
     with pytest.raises(AirflowFailException, match="expired"):  # no round left: the end is judged
         op.execute_complete(context, terminal_event(second.value.trigger.batch_id), **second.value.kwargs)
@@ -164,14 +167,8 @@ def test_a_round_whose_create_failed_is_built_again_by_the_retry_never_the_whole
     from airflow_provider_openai_batch.exceptions import APIConnectionError
 
     emulator = openai_batch_connection
-    emulator.configure(phase_seconds=30)
-    store = FakeStateStore()
-    context = ctx(state=store, try_number=1)
-    op = create(resubmit_unfinished=2, deferrable=True)
-    with pytest.raises(TaskDeferred) as first:
-        op.execute(context)
-    round_one = first.value.trigger.batch_id
-    emulator.force_status(round_one, "expired")
+    op, context, store, first, _ = first_round_expired(emulator, 2)
+    round_one = first.trigger.batch_id
 
     def down(*args, **kwargs):
         raise APIConnectionError("the API is down")
@@ -179,7 +176,7 @@ def test_a_round_whose_create_failed_is_built_again_by_the_retry_never_the_whole
     real_create = CreateBatchOperator._create
     monkeypatch.setattr(CreateBatchOperator, "_create", down)
     with pytest.raises(APIConnectionError):
-        op.execute_complete(context, terminal_event(round_one), **first.value.kwargs)
+        op.execute_complete(context, terminal_event(round_one), **first.kwargs)
     monkeypatch.setattr(CreateBatchOperator, "_create", real_create)
     emulator.configure(phase_seconds=0.1)
     retry = ctx(state=store, try_number=2)
@@ -193,16 +190,10 @@ def test_a_later_round_that_failed_is_built_again_from_the_round_before(openai_b
     """Round 2 failed at validation (nothing billed); after a clear the retry builds round 2 again from round
     1's unfinished requests, never the whole input whose finished requests round 1 billed."""
     emulator = openai_batch_connection
-    emulator.configure(phase_seconds=30)
-    store = FakeStateStore()
-    context = ctx(state=store, try_number=1)
-    op = create(resubmit_unfinished=2, deferrable=True)
-    with pytest.raises(TaskDeferred) as first:
-        op.execute(context)
-    round_one = first.value.trigger.batch_id
-    emulator.force_status(round_one, "expired")
+    op, context, store, first, _ = first_round_expired(emulator, 2)
+    round_one = first.trigger.batch_id
     with pytest.raises(TaskDeferred) as second:
-        op.execute_complete(context, terminal_event(round_one), **first.value.kwargs)
+        op.execute_complete(context, terminal_event(round_one), **first.kwargs)
     failed_round = second.value.trigger.batch_id
     emulator.force_status(failed_round, "failed")
     emulator.configure(phase_seconds=0.1)
