@@ -1,2 +1,17 @@
 """The emulator's routes, one module per concern: ``files`` and ``batches`` (the emulated ``/v1`` API),
 ``admin`` (``/_emulator``, for tests and demos) and ``page`` (a batch's page for a browser)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import Request
+
+    from airflow_provider_openai_batch.emulator.store import Store
+
+
+def store_of(request: Request) -> Store:
+    """The app's store (``create_app`` puts it on ``app.state``), typed for the routes."""
+    store: Store = request.app.state.store
+    return store

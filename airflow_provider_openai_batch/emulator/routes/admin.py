@@ -12,14 +12,9 @@ from fastapi.responses import Response
 
 from airflow_provider_openai_batch.emulator.errors import json_response
 from airflow_provider_openai_batch.emulator.faults import FaultInjector
-from airflow_provider_openai_batch.emulator.store import Store
+from airflow_provider_openai_batch.emulator.routes import store_of
 
 router = APIRouter(prefix="/_emulator")
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
 
 
 def _refused(message: str) -> Response:
@@ -28,7 +23,7 @@ def _refused(message: str) -> Response:
 
 @router.get("/config")
 async def get_config(request: Request) -> Response:
-    return json_response(_store(request).config.public())
+    return json_response(store_of(request).config.public())
 
 
 @router.patch("/config")
@@ -40,7 +35,7 @@ async def patch_config(request: Request) -> Response:
         return _refused("the body must be a JSON object of settings")
     if not isinstance(changes, dict):
         return _refused("the body must be a JSON object of settings")
-    config = _store(request).config
+    config = store_of(request).config
     try:
         config.apply(changes)
     except ValueError as err:
@@ -53,20 +48,20 @@ async def patch_config(request: Request) -> Response:
 
 @router.get("/stats")
 async def get_stats(request: Request) -> Response:
-    store = _store(request)
+    store = store_of(request)
     return json_response({**store.stats, "batches": len(store.batches), "files": len(store.files)})
 
 
 @router.post("/reset")
 async def reset(request: Request) -> Response:
-    _store(request).reset()
+    store_of(request).reset()
     return json_response({"reset": True})
 
 
 @router.post("/batches/{batch_id}/status")
 async def force_status(batch_id: str, request: Request) -> Response:
     status = (await request.json()).get("status")
-    return json_response(_store(request).force_status(batch_id, str(status)))
+    return json_response(store_of(request).force_status(batch_id, str(status)))
 
 
 @router.get("/health")

@@ -7,21 +7,16 @@ from fastapi.responses import Response
 
 from airflow_provider_openai_batch.emulator import contract
 from airflow_provider_openai_batch.emulator.errors import ApiFailure, json_response
+from airflow_provider_openai_batch.emulator.routes import store_of
 from airflow_provider_openai_batch.emulator.routes.bodies import json_body
-from airflow_provider_openai_batch.emulator.store import Store
 
 router = APIRouter()
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
 
 
 @router.post("/v1/batches")
 async def create_batch(request: Request) -> Response:
     body = contract.create_batch_body(await json_body(request))
-    store = _store(request)
+    store = store_of(request)
     source = store.files.get(body["input_file_id"])
     if source is not None and source["purpose"] != "batch":
         raise ApiFailure(
@@ -44,14 +39,14 @@ async def create_batch(request: Request) -> Response:
 @router.get("/v1/batches")
 async def list_batches(request: Request) -> Response:
     query = contract.list_batches_query(request.query_params)
-    return json_response(_store(request).list_batches(query.get("after"), query["limit"]))
+    return json_response(store_of(request).list_batches(query.get("after"), query["limit"]))
 
 
 @router.get("/v1/batches/{batch_id}")
 async def retrieve_batch(batch_id: str, request: Request) -> Response:
-    return json_response(_store(request).get_batch(batch_id))
+    return json_response(store_of(request).get_batch(batch_id))
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
 async def cancel_batch(batch_id: str, request: Request) -> Response:
-    return json_response(_store(request).cancel_batch(batch_id))
+    return json_response(store_of(request).cancel_batch(batch_id))

@@ -9,15 +9,10 @@ from starlette.datastructures import UploadFile
 from airflow_provider_openai_batch.emulator import contract
 from airflow_provider_openai_batch.emulator.contract import guide
 from airflow_provider_openai_batch.emulator.errors import ApiFailure, json_response
+from airflow_provider_openai_batch.emulator.routes import store_of
 from airflow_provider_openai_batch.emulator.routes.bodies import multipart_form
-from airflow_provider_openai_batch.emulator.store import Store
 
 router = APIRouter()
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
 
 
 @router.post("/v1/files")
@@ -41,7 +36,7 @@ async def upload_file(request: Request) -> Response:
     if len(data) > guide.MAX_UPLOAD_BYTES:
         raise too_large
     expiry = judged.get("expires_after")
-    obj = _store(request).add_file(
+    obj = store_of(request).add_file(
         data, upload.filename or "upload.jsonl", judged["purpose"], expiry["seconds"] if expiry else None
     )
     return json_response(obj)
@@ -51,7 +46,7 @@ async def upload_file(request: Request) -> Response:
 async def list_files(request: Request) -> Response:
     query = contract.list_files_query(request.query_params)
     purpose, limit, after = query.get("purpose"), query["limit"], query.get("after")
-    items = [f for f in _store(request).files.values() if purpose is None or f["purpose"] == purpose]
+    items = [f for f in store_of(request).files.values() if purpose is None or f["purpose"] == purpose]
     items.sort(key=lambda f: (f["created_at"], f["id"]), reverse=query["order"] != "asc")
     if after is not None:
         ids = [f["id"] for f in items]
@@ -70,16 +65,16 @@ async def list_files(request: Request) -> Response:
 
 @router.get("/v1/files/{file_id}")
 async def retrieve_file(file_id: str, request: Request) -> Response:
-    return json_response(_store(request).get_file(file_id))
+    return json_response(store_of(request).get_file(file_id))
 
 
 @router.get("/v1/files/{file_id}/content")
 async def file_content(file_id: str, request: Request) -> Response:
-    store = _store(request)
+    store = store_of(request)
     store.get_file(file_id)
     return Response(store.contents.get(file_id, b""), media_type="application/octet-stream")
 
 
 @router.delete("/v1/files/{file_id}")
 async def delete_file(file_id: str, request: Request) -> Response:
-    return json_response(_store(request).delete_file(file_id))
+    return json_response(store_of(request).delete_file(file_id))

@@ -11,14 +11,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from airflow_provider_openai_batch.emulator.errors import ApiFailure
-from airflow_provider_openai_batch.emulator.store import Store
+from airflow_provider_openai_batch.emulator.routes import store_of
 
 router = APIRouter()
 
 
 @router.get("/batches/{batch_id}")
 async def batch_page(batch_id: str, request: Request) -> Response:
-    store: Store = request.app.state.store
+    store = store_of(request)
     try:
         batch = store.get_batch(batch_id)
     except ApiFailure as failure:
