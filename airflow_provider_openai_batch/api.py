@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import pydantic
 
+from airflow_provider_openai_batch.backends import OPENAI, RULES
 from airflow_provider_openai_batch.exceptions import (
     APIError,
     AuthenticationError,
@@ -41,17 +42,8 @@ from airflow_provider_openai_batch.models import (
 
 T = TypeVar("T", bound=ApiModel)
 
-#: Endpoints a batch may target (the input file's ``url`` must equal the batch's endpoint).
-ENDPOINTS: tuple[str, ...] = (
-    "/v1/responses",
-    "/v1/chat/completions",
-    "/v1/embeddings",
-    "/v1/completions",
-    "/v1/moderations",
-    "/v1/images/generations",
-    "/v1/images/edits",
-    "/v1/videos",
-)
+#: Endpoints an OpenAI batch may target (the input file's ``url`` must equal the batch's endpoint).
+ENDPOINTS: tuple[str, ...] = RULES[OPENAI].endpoints or ()
 COMPLETION_WINDOWS: tuple[str, ...] = ("24h",)
 METADATA_MAX_PAIRS = 16
 METADATA_MAX_KEY = 64

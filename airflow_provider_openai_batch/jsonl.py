@@ -9,10 +9,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-MAX_LINES = 50_000
-#: Embedding batches: at most this many inputs over all lines (a line's ``input`` may be a list).
-MAX_EMBEDDING_INPUTS = 50_000
-MAX_BYTES = 200 * 1024 * 1024
+from airflow_provider_openai_batch.backends import BackendRules, rules_for
 
 
 @dataclass(frozen=True)
@@ -35,14 +32,21 @@ class Problem:
 
 
 def validate_batch_input_lines(
-    lines: Iterable[bytes | str], endpoint: str, *, max_problems: int = 100
+    lines: Iterable[bytes | str],
+    endpoint: str,
+    *,
+    max_problems: int = 100,
+    rules: BackendRules | None = None,
 ) -> list[Problem]:
     """Check every line of a batch input file; return the problems found (empty when the file is fine).
 
     :param lines: The file's lines (bytes or str), blank lines included so numbering matches the file.
     :param endpoint: The batch's endpoint; every line's ``url`` must equal it.
     :param max_problems: Stop collecting after this many, so a hopeless file costs little.
+    :param rules: The back end's limits (default: OpenAI's).
     """
+    rules = rules or rules_for()
+    max_lines = rules.max_requests_per_file
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     count = 0
@@ -66,9 +70,9 @@ def validate_batch_input_lines(
         if not text.strip():
             continue
         count += 1
-        if count > MAX_LINES:
+        if count > max_lines:
             problems.append(
-                Problem(None, "too_many_requests", f"the file has more than {MAX_LINES} requests; split it")
+                Problem(None, "too_many_requests", f"the file has more than {max_lines} requests; split it")
             )
             break
         try:
@@ -114,18 +118,19 @@ def validate_batch_input_lines(
         body = item.get("body")
         if not isinstance(body, dict):
             problems.append(Problem(number, "invalid_body", "body must be a JSON object", "body"))
-        elif endpoint == "/v1/embeddings":
+        elif endpoint.endswith("/embeddings"):
             embedding_inputs += count_embedding_inputs(body.get("input"))
-    if embedding_inputs > MAX_EMBEDDING_INPUTS:
+    max_inputs = rules.max_embedding_inputs
+    if max_inputs is not None and embedding_inputs > max_inputs:
         problems.append(
             Problem(
                 None,
                 "too_many_embedding_inputs",
-                f"the file has {embedding_inputs} embedding inputs in all; at most {MAX_EMBEDDING_INPUTS} are "
+                f"the file has {embedding_inputs} embedding inputs in all; at most {max_inputs} are "
                 "allowed per batch: split it",
             )
         )
-    problems.extend(too_large(size))
+    problems.extend(too_large(size, rules))
     if count == 0 and not problems:
         problems.append(Problem(None, "empty_file", "the file contains no requests"))
     return problems
@@ -143,8 +148,12 @@ def count_embedding_inputs(value: object) -> int:
     return 1
 
 
-def too_large(size: int) -> list[Problem]:
-    """The problem of a file over the Batch API's size limit, if it is."""
-    if size <= MAX_BYTES:
+def too_large(size: int, rules: BackendRules | None = None) -> list[Problem]:
+    """The problem of a file over the back end's size limit, if it is."""
+    limit = (rules or rules_for()).max_bytes_per_file
+    if size <= limit:
         return []
-    return [Problem(None, "file_too_large", f"the file is {size} bytes; at most {MAX_BYTES} (200 MB) are allowed")]
+    megabytes = limit / (1024 * 1024)
+    return [
+        Problem(None, "file_too_large", f"the file is {size} bytes; at most {limit} ({megabytes:g} MB) are allowed")
+    ]
