@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
-# parquet: the results export's Parquet writer is tested too, not skipped.
-EXTRAS ?= test,lint,parquet
+# parquet: the results export's Parquet writer is tested too, not skipped; azure: the Entra ID flow, likewise.
+EXTRAS ?= test,lint,parquet,azure
 
 .PHONY: setup bytecode test lint demo clean airflow e2e
 

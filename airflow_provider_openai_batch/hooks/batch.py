@@ -17,6 +17,7 @@ import tenacity
 from airflow.sdk import BaseHook
 
 from airflow_provider_openai_batch import api
+from airflow_provider_openai_batch.backends import BackendRules
 from airflow_provider_openai_batch.connection import ClientSettings, settings_from_connection
 from airflow_provider_openai_batch.exceptions import (
     APIConnectionError,
@@ -124,7 +125,7 @@ class OpenAIBatchHook(BaseHook):
         """The connection's settings (key, base URL, headers, timeout, retries), read once."""
         conn = self.get_connection(self.conn_id)
         settings = settings_from_connection(conn)
-        if settings.api_key != conn.password:
+        if settings.api_key and settings.api_key != conn.password:
             # Airflow masks the password as stored ("sk-...\n"); the key we send is the cleaned one.
             from airflow.sdk.log import mask_secret
 
@@ -139,6 +140,21 @@ class OpenAIBatchHook(BaseHook):
 
             settings = replace(settings, **overrides)
         return settings
+
+    @cached_property
+    def rules(self) -> BackendRules:
+        """The back end's rules (limits, endpoints, completion windows, one model per file), from the
+        connection's ``api_type`` and any ``backend_rules`` overrides in its extra."""
+        return self.settings.rules()
+
+    def _auth_headers(self) -> dict[str, str]:
+        """A fresh Entra ID bearer token for each request (cached and refreshed before it expires by the
+        provider), or nothing: an API key already travels in the session's headers."""
+        if self.settings.entra is None:
+            return {}
+        from airflow_provider_openai_batch.azure_auth import provider_for
+
+        return provider_for(self.settings.entra).headers()
 
     @cached_property
     def session(self) -> requests.Session:
@@ -205,7 +221,7 @@ class OpenAIBatchHook(BaseHook):
         :param idempotency_key: A stable key for this logical create, e.g. derived from the task instance.
         """
         call = api.create_batch(
-            input_file_id, endpoint, completion_window, metadata, output_expires_after, idempotency_key
+            input_file_id, endpoint, completion_window, metadata, output_expires_after, idempotency_key, self.rules
         )
         batch = self._request(call) if idempotency_key is None else self._create_idempotently(call, idempotency_key)
         self.log.info("Batch %s is %s (endpoint %s, input file %s)", batch.id, batch.status, endpoint, input_file_id)
@@ -437,7 +453,7 @@ class OpenAIBatchHook(BaseHook):
         """
         call = api.upload_file(purpose, expires_after)
         opener, name, size = upload_source(source)
-        limit = MAX_BATCH_INPUT_BYTES if purpose == "batch" else MAX_UPLOAD_BYTES
+        limit = self.rules.max_bytes_per_file if purpose == "batch" else MAX_UPLOAD_BYTES
         if size is not None and size > limit:
             raise ValueError(
                 f"source is {size} bytes; the API accepts at most {limit} bytes for purpose {purpose!r}: "
@@ -587,11 +603,14 @@ class OpenAIBatchHook(BaseHook):
     def _http(self, call: api.ApiCall[Any], *, stream: bool, **kwargs: Any) -> requests.Response:
         settings = self.settings
         url = call.url(settings.base_url)
+        auth = self._auth_headers()
+        if auth:
+            kwargs["headers"] = {**kwargs.get("headers", {}), **auth}
         try:
             return self.session.request(
                 call.method,
                 url,
-                params=call.params,
+                params=call.query(settings.api_version),
                 json=call.json,
                 timeout=settings.timeout,
                 stream=stream,

@@ -206,15 +206,18 @@ class CreateBatchOperator(BaseOperator):
         from airflow_provider_openai_batch.operators.reattach import CreateLedger, idempotency_key
         from airflow_provider_openai_batch.outcome import describe
 
-        # Checks that cost nothing come first, so a bad argument never uploads a file.
-        api.validate_endpoint(self.endpoint)
-        api.validate_completion_window(self.completion_window)
+        # Checks that cost nothing come first, so a bad argument never uploads a file. The back end's rules come
+        # from the connection (no request); the endpoint is put in its shape (Azure: no /v1).
+        hook = self.hook()
+        rules = hook.rules
+        self.endpoint = api.validate_endpoint(self.endpoint, rules)
+        api.validate_completion_window(self.completion_window, rules)
         api.validate_metadata(self.metadata, reserved_keys=(api.IDEMPOTENCY_METADATA_KEY,))
         api.validate_expires_after(self.output_expires_after)
         api.validate_expires_after(self.input_expires_after, "input_expires_after")
         ti = self._running_ti = context["ti"]
-        with self.hook() as hook, tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
-            source, digest = self._prepare_input(tmp)
+        with hook, tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
+            source, digest = self._prepare_input(tmp, rules)
             ledger = CreateLedger(context, idempotency_key(context, digest, self.reattach), self.log)
             batch, rounds = (
                 self._earlier_batch(hook, ledger, ti.try_number or 1) if self.reattach == "auto" else (None, [])
@@ -308,7 +311,7 @@ class CreateBatchOperator(BaseOperator):
         )
         return None, []
 
-    def _prepare_input(self, tmp: str) -> tuple[Any, str]:
+    def _prepare_input(self, tmp: str, rules: Any = None) -> tuple[Any, str]:
         """The file to upload (``None`` for ``input_file_id``), checked, and a digest of its content."""
         from airflow_provider_openai_batch import api
 
@@ -324,7 +327,7 @@ class CreateBatchOperator(BaseOperator):
             source = os.path.join(tmp, "batch_input.jsonl")
             write_requests_jsonl(self.requests, self.endpoint, source)
         name = "input_file" if self.requests is None else "requests; line N is requests[N-1]"
-        return source, check_input_file(source, self.endpoint, name)
+        return source, check_input_file(source, self.endpoint, name, rules)
 
     def _create(self, hook: OpenAIBatchHook, key: str, source: Any) -> Any:
         from airflow_provider_openai_batch.exceptions import APIError, OpenAIBatchError
@@ -632,11 +635,12 @@ def write_requests_jsonl(requests: Any, endpoint: str, path: str) -> int:
     return len(requests)
 
 
-def check_input_file(source: Any, endpoint: str, name: str = "input_file") -> str:
+def check_input_file(source: Any, endpoint: str, name: str = "input_file", rules: Any = None) -> str:
     """Refuse an input file the API would fail at validation, naming every bad line; else return the
     SHA-256 of its content (read once, for both).
 
     :param name: What the file came from, for the message (``input_file`` or ``requests``).
+    :param rules: The back end's :class:`~airflow_provider_openai_batch.backends.BackendRules` (default OpenAI's).
     :raises BatchValidationError: with the problems (at most 100 listed).
     """
     from airflow_provider_openai_batch.exceptions import BatchValidationError
@@ -651,11 +655,11 @@ def check_input_file(source: Any, endpoint: str, name: str = "input_file") -> st
         size = source.stat().st_size if is_object_storage else os.path.getsize(source)
     except Exception:  # any store's failure to stat is only a missed shortcut
         size = 0
-    problems = too_large(size)
+    problems = too_large(size, rules)
     digest = hashlib.sha256()
     if not problems:
         with source.open("rb") if is_object_storage else open(source, "rb") as stream:
-            problems = validate_batch_input_lines(_hashing(stream, digest), endpoint)
+            problems = validate_batch_input_lines(_hashing(stream, digest), endpoint, rules=rules)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
