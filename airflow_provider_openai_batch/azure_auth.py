@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from airflow_provider_openai_batch.exceptions import OpenAIBatchError
 
@@ -27,6 +28,16 @@ if TYPE_CHECKING:
 #: Refresh a token this many seconds before it expires (azure-identity's own credentials use 5 minutes).
 REFRESH_MARGIN = 300.0
 _INSTALL = "pip install 'airflow-provider-openai-batch[azure]'"
+#: Microsoft's own Entra ID hosts (public and sovereign clouds), which instance discovery knows.
+KNOWN_AUTHORITY_HOSTS = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
+        "login.microsoftonline.de",
+    }
+)
 
 
 class CredentialError(OpenAIBatchError):
@@ -150,6 +161,10 @@ def make_credential(entra: EntraSettings) -> TokenCredentialLike:
     credential: TokenCredentialLike
     if entra.kind == "service_principal":
         assert entra.tenant_id and entra.client_id and entra.client_secret  # checked by the connection parser
+        if entra.authority and urlsplit(entra.authority).hostname not in KNOWN_AUTHORITY_HOSTS:
+            # Instance discovery asks the public cloud about the authority: an Azure Stack or private authority
+            # is not known there, and a machine that can only reach its own authority would wait on it.
+            options["disable_instance_discovery"] = True
         credential = identity.ClientSecretCredential(entra.tenant_id, entra.client_id, entra.client_secret, **options)
     elif entra.kind == "managed_identity":
         credential = identity.ManagedIdentityCredential(client_id=entra.client_id)

@@ -224,7 +224,8 @@ class OpenAIBatchHook(BaseHook):
             input_file_id, endpoint, completion_window, metadata, output_expires_after, idempotency_key, self.rules
         )
         batch = self._request(call) if idempotency_key is None else self._create_idempotently(call, idempotency_key)
-        self.log.info("Batch %s is %s (endpoint %s, input file %s)", batch.id, batch.status, endpoint, input_file_id)
+        sent = (call.json or {}).get("endpoint", endpoint)  # in the back end's shape (Azure: no /v1)
+        self.log.info("Batch %s is %s (endpoint %s, input file %s)", batch.id, batch.status, sent, input_file_id)
         return batch
 
     def _create_idempotently(self, call: api.ApiCall[Batch], key: str) -> Batch:

@@ -15,8 +15,8 @@ router = APIRouter()
 
 @router.post("/v1/batches")
 async def create_batch(request: Request) -> Response:
-    body = contract.create_batch_body(await json_body(request))
     store = store_of(request)
+    body = contract.create_batch_body(await json_body(request), store.config.flavor)
     source = store.files.get(body["input_file_id"])
     if source is not None and source["purpose"] != "batch":
         raise ApiFailure(
