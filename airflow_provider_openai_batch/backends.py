@@ -62,7 +62,7 @@ class BackendRules:
 
         :raises ValueError: naming the accepted endpoints, for one this back end does not serve.
         """
-        if isinstance(endpoint, str) and not self.accepts_endpoint(endpoint):
+        if isinstance(endpoint, str) and endpoint.startswith("/") and not self.accepts_endpoint(endpoint):
             bare = endpoint[3:] if endpoint.startswith("/v1/") else endpoint
             shaped = self.line_url_prefix + bare
             if self.accepts_endpoint(shaped):

@@ -33,7 +33,8 @@ async def create_batch(request: Request) -> Response:
         body.get("metadata"),
         expiry["seconds"] if expiry else None,
     )
-    return json_response(batch)
+    # Azure answers a create with 201 Created (its published CreateBatch example); OpenAI with 200.
+    return json_response(batch, 201 if store.config.flavor == "azure" else 200)
 
 
 @router.get("/v1/batches")
