@@ -5,13 +5,15 @@ one idempotency key. The hook must end with exactly one live batch for the key, 
 from __future__ import annotations
 
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
-from tests.helpers import ENDPOINT
+from tests.helpers import BOTH_FLAVORS, endpoint_of
 
 KEY = "late-twin-key"
 
 
+@BOTH_FLAVORS
 def test_a_create_processed_after_its_timeout_leaves_one_live_batch(openai_batch_emulator, monkeypatch):
     emulator = openai_batch_emulator
+    ENDPOINT = endpoint_of(emulator)  # noqa: N806 - the module's constant before, per flavor now
     monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", emulator.connection_json({"timeout": 0.5, "max_retries": 3}))
     # A long cancelling phase keeps a cancelled twin visibly "cancelling" rather than racing to "cancelled".
     emulator.configure(phase_seconds=30, slow_seconds=2.5)
@@ -34,10 +36,12 @@ def test_a_create_processed_after_its_timeout_leaves_one_live_batch(openai_batch
         assert twin.status == "cancelling" and twin.request_counts.completed == 0
 
 
+@BOTH_FLAVORS
 def test_creates_that_all_timed_out_but_were_carried_out_leave_one_live_batch(openai_batch_emulator, monkeypatch):
     """Every attempt timed out and a gateway carried each out late: the create still succeeds with the first
     that landed, and the others are cancelled; nothing is left running twice."""
     emulator = openai_batch_emulator
+    ENDPOINT = endpoint_of(emulator)  # noqa: N806 - the module's constant before, per flavor now
     monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", emulator.connection_json({"timeout": 0.5, "max_retries": 2}))
     emulator.configure(phase_seconds=30, slow_seconds=1.5)
     with OpenAIBatchHook(reconcile_seconds=12) as hook:
