@@ -198,3 +198,12 @@ def test_a_quota_error_is_not_retried_while_a_rate_limit_is():
 
 def test_openais_request_id_still_comes_from_x_request_id():
     assert api.http_info(200, {"X-Request-Id": "req_1"}).request_id == "req_1"
+
+
+def test_the_forms_defaults_and_empty_fields_change_nothing():
+    """What the connection form saves when only the OpenAI fields were filled in."""
+    form = {"api_type": "openai", "api_version": None, "auth_type": "api_key", "tenant_id": "", "client_id": None,
+            "managed_identity": False}
+    s = settings(host="https://api.openai.com/v1", **form)
+    assert (s.api_type, s.api_version, s.entra) == ("openai", None, None)
+    assert s.headers()["Authorization"] == f"Bearer {KEY}"
