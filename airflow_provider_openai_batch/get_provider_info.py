@@ -89,7 +89,11 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "auth_type": {
                         "label": "Azure authentication",
-                        "schema": {"type": ["string", "null"], "enum": ["api_key", "entra_id", None], "default": "api_key"},
+                        "schema": {
+                            "type": ["string", "null"],
+                            "enum": ["api_key", "entra_id", None],
+                            "default": "api_key",
+                        },
                         "description": "api_key: the API key field is sent as the api-key header. entra_id: Microsoft "
                         "Entra ID tokens (needs the 'azure' extra): a service principal (Tenant ID, Client ID, its "
                         "client secret in the API key field), a managed identity, or the default credential chain.",

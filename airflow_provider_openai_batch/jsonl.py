@@ -109,9 +109,7 @@ def validate_batch_input_lines(
                 Problem(number, "invalid_method", f"method must be 'POST', got {item.get('method')!r}", "method")
             )
         if item.get("url") != endpoint:
-            problems.append(
-                Problem(number, "mismatched_url", _url_message(item.get("url"), endpoint, rules), "url")
-            )
+            problems.append(Problem(number, "mismatched_url", _url_message(item.get("url"), endpoint, rules), "url"))
         body = item.get("body")
         if not isinstance(body, dict):
             problems.append(Problem(number, "invalid_body", "body must be a JSON object", "body"))

@@ -81,7 +81,9 @@ class Gateway:
         counts[route] = counts.get(route, 0) + 1
         if cfg.latency_ms:
             await asyncio.sleep(cfg.latency_ms / 1000)
-        refusal = _azure_auth_refusal(scope, cfg.api_key, self.store.stats) if azure else _auth_refusal(scope, cfg.api_key)
+        refusal = (
+            _azure_auth_refusal(scope, cfg.api_key, self.store.stats) if azure else _auth_refusal(scope, cfg.api_key)
+        )
         if refusal is not None:
             await refusal.response()(scope, receive, send)
             return

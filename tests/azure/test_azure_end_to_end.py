@@ -20,8 +20,14 @@ from tests.helpers import ctx, prompts, run
 
 def test_the_hook_runs_a_batch_and_reads_its_results(azure_connection):
     data = b"".join(
-        json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/chat/completions",
-                    "body": {"model": "my-deployment", "messages": [{"role": "user", "content": "hi"}]}}).encode()
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/chat/completions",
+                "body": {"model": "my-deployment", "messages": [{"role": "user", "content": "hi"}]},
+            }
+        ).encode()
         + b"\n"
         for i in range(3)
     )
@@ -63,9 +69,12 @@ def test_a_429_is_retried_on_azure_as_on_openai(azure_connection, monkeypatch):
 def test_the_async_client_speaks_both_shapes(azure_connection):
     with OpenAIBatchHook() as hook:
         settings = hook.settings
-        batch_id = hook.create_batch(hook.upload_file(
-            b'{"custom_id": "a", "method": "POST", "url": "/chat/completions", "body": {"model": "d"}}\n'
-        ).id, "/chat/completions").id
+        batch_id = hook.create_batch(
+            hook.upload_file(
+                b'{"custom_id": "a", "method": "POST", "url": "/chat/completions", "body": {"model": "d"}}\n'
+            ).id,
+            "/chat/completions",
+        ).id
 
     async def poll() -> tuple[str, str]:
         client = AsyncBatchClient(settings)

@@ -159,7 +159,7 @@ def test_the_link_target_is_openais_dashboard_only_for_openai():
 def test_unknown_api_types_and_rules_are_refused_by_name():
     with pytest.raises(ValueError, match="api_type must be one of openai, azure, openai_compatible"):
         rules_for("bedrock")
-    with pytest.raises(ValueError, match="unknown back-end rule.*max_lines"):
+    with pytest.raises(ValueError, match=r"unknown back-end rule.*max_lines"):
         rules_for(AZURE, max_lines=5)
 
 
@@ -177,9 +177,9 @@ class Conn:
 def test_a_connection_overrides_a_rule_with_extra_backend_rules():
     settings = settings_from_connection(Conn({"api_type": "azure", "backend_rules": {"max_requests_per_file": 7}}))
     assert settings.rules().max_requests_per_file == 7 and settings.rules().one_model_per_file is True
-    with pytest.raises(ValueError, match="'c': extra field 'backend_rules': unknown back-end rule.*max_lines"):
+    with pytest.raises(ValueError, match=r"'c': extra field 'backend_rules': unknown back-end rule.*max_lines"):
         settings_from_connection(Conn({"api_type": "azure", "backend_rules": {"max_lines": 7}}))
-    with pytest.raises(ValueError, match="backend_rules.max_requests_per_file' must be a whole number"):
+    with pytest.raises(ValueError, match=r"backend_rules\.max_requests_per_file' must be a whole number"):
         settings_from_connection(Conn({"api_type": "azure", "backend_rules": {"max_requests_per_file": "many"}}))
     with pytest.raises(ValueError, match="must be a JSON object"):
         settings_from_connection(Conn({"api_type": "azure", "backend_rules": "[1]"}))

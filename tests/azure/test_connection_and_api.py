@@ -23,7 +23,9 @@ KEY = "canary-azure-key-51c0"
 
 
 class Conn:
-    def __init__(self, host: str | None = "https://res.openai.azure.com/openai/v1", password: str | None = KEY, **extra):
+    def __init__(
+        self, host: str | None = "https://res.openai.azure.com/openai/v1", password: str | None = KEY, **extra
+    ):
         self.conn_id = "az"
         self.host = host
         self.password = password
@@ -47,7 +49,9 @@ def test_openai_stays_the_default_with_a_bearer_key():
 
 @pytest.mark.parametrize("value", ["bedrock", 3, ["azure"]])
 def test_an_unknown_api_type_names_the_field_and_the_choices(value):
-    with pytest.raises(ValueError, match="'az': extra field 'api_type' must be one of openai, azure, openai_compatible"):
+    with pytest.raises(
+        ValueError, match="'az': extra field 'api_type' must be one of openai, azure, openai_compatible"
+    ):
         settings(api_type=value)
 
 
@@ -98,7 +102,11 @@ def test_the_classic_paths_carry_api_version_on_every_call():
 @pytest.mark.parametrize(
     ("host", "extra", "message"),
     [
-        ("https://res.openai.azure.com/openai", {}, "ends in /openai, the classic Azure paths, which need an API version"),
+        (
+            "https://res.openai.azure.com/openai",
+            {},
+            "ends in /openai, the classic Azure paths, which need an API version",
+        ),
         ("https://res.openai.azure.com/other", {}, "should end in /openai/v1"),
         ("https://res.openai.azure.com/openai/v1", {"api_version": "2024-10-21"}, "remove 'api_version'"),
         ("https://res.openai.azure.com", {"api_version": "latest"}, "must be a date such as 2024-10-21"),
@@ -168,18 +176,48 @@ AZURE_401 = {
     ("status", "body", "cls", "code"),
     [
         (401, AZURE_401, AuthenticationError, "401"),
-        (401, {"statusCode": 401, "message": "Unauthorized. Access token is missing, invalid, audience is incorrect"},
-         AuthenticationError, None),
+        (
+            401,
+            {"statusCode": 401, "message": "Unauthorized. Access token is missing, invalid, audience is incorrect"},
+            AuthenticationError,
+            None,
+        ),
         (404, {"error": {"code": "404", "message": "Resource not found"}}, NotFoundError, "404"),
-        (404, {"error": {"code": "DeploymentNotFound", "message": "The API deployment for this resource does not exist."}},
-         NotFoundError, "DeploymentNotFound"),
-        (429, {"error": {"code": "429", "message": "Requests ... have exceeded call rate limit"}}, RateLimitError, "429"),
-        (429, {"error": {"code": "insufficient_quota", "message": "You exceeded your current quota"}},
-         QuotaExceededError, "insufficient_quota"),
-        (403, {"error": {"code": "QuotaExceeded", "message": "Out of call volume quota."}}, QuotaExceededError,
-         "QuotaExceeded"),
-        (500, {"error": {"code": "InternalServerError", "message": "Backend returned unexpected response."}},
-         ServerError, "InternalServerError"),
+        (
+            404,
+            {
+                "error": {
+                    "code": "DeploymentNotFound",
+                    "message": "The API deployment for this resource does not exist.",
+                }
+            },
+            NotFoundError,
+            "DeploymentNotFound",
+        ),
+        (
+            429,
+            {"error": {"code": "429", "message": "Requests ... have exceeded call rate limit"}},
+            RateLimitError,
+            "429",
+        ),
+        (
+            429,
+            {"error": {"code": "insufficient_quota", "message": "You exceeded your current quota"}},
+            QuotaExceededError,
+            "insufficient_quota",
+        ),
+        (
+            403,
+            {"error": {"code": "QuotaExceeded", "message": "Out of call volume quota."}},
+            QuotaExceededError,
+            "QuotaExceeded",
+        ),
+        (
+            500,
+            {"error": {"code": "InternalServerError", "message": "Backend returned unexpected response."}},
+            ServerError,
+            "InternalServerError",
+        ),
     ],
 )
 def test_azure_error_bodies_keep_their_meaning_and_the_request_id(status, body, cls, code):
@@ -202,8 +240,14 @@ def test_openais_request_id_still_comes_from_x_request_id():
 
 def test_the_forms_defaults_and_empty_fields_change_nothing():
     """What the connection form saves when only the OpenAI fields were filled in."""
-    form = {"api_type": "openai", "api_version": None, "auth_type": "api_key", "tenant_id": "", "client_id": None,
-            "managed_identity": False}
+    form = {
+        "api_type": "openai",
+        "api_version": None,
+        "auth_type": "api_key",
+        "tenant_id": "",
+        "client_id": None,
+        "managed_identity": False,
+    }
     s = settings(host="https://api.openai.com/v1", **form)
     assert (s.api_type, s.api_version, s.entra) == ("openai", None, None)
     assert s.headers()["Authorization"] == f"Bearer {KEY}"

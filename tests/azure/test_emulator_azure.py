@@ -39,8 +39,9 @@ class Azure:
         return {**extra, "api-version": VERSION} if self.classic else extra
 
     def upload(self, data: bytes) -> str:
-        answer = self.http.post(self.url("/files"), params=self.params(), files={"file": ("in.jsonl", data)},
-                                data={"purpose": "batch"})
+        answer = self.http.post(
+            self.url("/files"), params=self.params(), files={"file": ("in.jsonl", data)}, data={"purpose": "batch"}
+        )
         assert answer.status_code == 200, answer.text
         return answer.json()["id"]
 
@@ -86,8 +87,9 @@ def test_the_classic_paths_need_an_api_version(azure_emulator):
             "message": "The api-version query parameter (?api-version=) is required for all requests.",
         }
     }
-    odd = requests.get(f"{azure_emulator.root}/openai/batches", params={"api-version": "latest"},
-                       headers={"api-key": "k"})
+    odd = requests.get(
+        f"{azure_emulator.root}/openai/batches", params={"api-version": "latest"}, headers={"api-key": "k"}
+    )
     assert odd.status_code == 400 and odd.json()["error"]["code"] == "UnsupportedApiVersion"
 
 
