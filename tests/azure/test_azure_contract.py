@@ -56,7 +56,8 @@ def classic(azure_emulator):
     return azure_emulator.root + "/openai", http
 
 
-def test_the_emulators_batch_answers_fit_microsofts_examples(classic):
+def test_the_emulators_batch_answers_fit_microsofts_examples(classic, azure_emulator):
+    azure_emulator.configure(phase_seconds=60)  # still running when cancelled, however slow the machine
     base, http = classic
     data = b'{"custom_id": "a", "method": "POST", "url": "/chat/completions", "body": {"model": "d"}}\n'
     uploaded = http.post(f"{base}/files", files={"file": ("in.jsonl", data)}, data={"purpose": "batch"})

@@ -67,6 +67,7 @@ def test_a_429_is_retried_on_azure_as_on_openai(azure_connection, monkeypatch):
 
 
 def test_the_async_client_speaks_both_shapes(azure_connection):
+    azure_connection.configure(phase_seconds=60)  # still running when cancelled, however slow the machine
     with OpenAIBatchHook() as hook:
         settings = hook.settings
         batch_id = hook.create_batch(
