@@ -42,7 +42,10 @@ def faulty_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     home = tmp_path_factory.mktemp("airflow-home")
     with run_emulator_process(
         flavor=flavor,
-        phase_seconds=0.5,
+        # Longer than two of the hook's 2 s watches for late twins: a create carried out late (a "slow" fault)
+        # is then seen, and cancelled, while still validating however busy the machine. At 0.5 s the twin could
+        # finish before the first watch saw it, and whether it did depended on the machine's speed.
+        phase_seconds=4.0,
         api_key=CANARY,  # pinned: the key really travels on every request
         fault_rate=0.3,
         fault_kinds=["429", "500", "502", "503", "drop", "slow"],
