@@ -12,8 +12,11 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from airflow_provider_openai_batch.backends import BackendRules
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TIMEOUT = 60.0
@@ -88,7 +91,7 @@ class ClientSettings:
     entra: EntraSettings | None = None
     rule_overrides: tuple[tuple[str, Any], ...] = ()
 
-    def rules(self) -> Any:
+    def rules(self) -> BackendRules:
         """The back end's :class:`~airflow_provider_openai_batch.backends.BackendRules`, with the connection's
         ``backend_rules`` overrides applied."""
         from airflow_provider_openai_batch.backends import rules_for

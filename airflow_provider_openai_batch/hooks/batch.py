@@ -67,7 +67,9 @@ class OpenAIBatchHook(BaseHook):
 
     The connection (type ``openai_batch``) holds the API key in *password*, an optional OpenAI-compatible
     base URL in *host* (default ``https://api.openai.com/v1``), and in *extra* the optional
-    ``organization``, ``project``, ``timeout`` (seconds) and ``max_retries``.
+    ``organization``, ``project``, ``timeout`` (seconds) and ``max_retries``, and the back end: ``api_type``
+    (``openai``, ``azure`` or ``openai_compatible``), for Azure ``api_version`` and ``auth_type`` (``api_key``
+    or ``entra_id``, whose tokens are fetched and refreshed per request by :mod:`..azure_auth`).
 
     Every call is validated before anything is sent (a ``ValueError`` names the field and the rule),
     transient failures (429, 500, 502, 503, 504, connection errors, timeouts) are retried with exponential
@@ -214,8 +216,9 @@ class OpenAIBatchHook(BaseHook):
         carrying the key and cancels it while it is still validating, when cancelling costs nothing.
 
         :param input_file_id: Id of a file uploaded with purpose ``batch``.
-        :param endpoint: One of :data:`api.ENDPOINTS`; every line of the file must use the same url.
-        :param completion_window: ``"24h"``, the only window offered.
+        :param endpoint: One of the back end's endpoints (:attr:`rules`); on Azure an OpenAI-style
+            ``/v1/chat/completions`` is sent as ``/chat/completions``. Every line of the file must use that url.
+        :param completion_window: One of the back end's windows: ``"24h"``, the only one offered today.
         :param metadata: Up to 16 string pairs (15 with an idempotency key).
         :param output_expires_after: Seconds (3600..2592000) after creation when output files expire.
         :param idempotency_key: A stable key for this logical create, e.g. derived from the task instance.
