@@ -69,7 +69,8 @@ class OpenAIBatchHook(BaseHook):
     base URL in *host* (default ``https://api.openai.com/v1``), and in *extra* the optional
     ``organization``, ``project``, ``timeout`` (seconds) and ``max_retries``, and the back end: ``api_type``
     (``openai``, ``azure`` or ``openai_compatible``), for Azure ``api_version`` and ``auth_type`` (``api_key``
-    or ``entra_id``, whose tokens are fetched and refreshed per request by :mod:`..azure_auth`).
+    or ``entra_id``, whose tokens are fetched and refreshed per request by
+    :mod:`airflow_provider_openai_batch.azure_auth`).
 
     Every call is validated before anything is sent (a ``ValueError`` names the field and the rule),
     transient failures (429, 500, 502, 503, 504, connection errors, timeouts) are retried with exponential
