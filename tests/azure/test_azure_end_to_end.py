@@ -122,3 +122,19 @@ def test_the_pre_flight_speaks_azures_rules(azure_connection, tmp_path):
     with pytest.raises(ValueError, match="endpoint must be one of /chat/completions, /embeddings, /responses"):
         CreateBatchOperator(task_id="create", endpoint="/v1/moderations", requests=prompts()).execute(ctx())
     assert azure_connection.stats()["files_uploaded"] == 0  # refused before anything was uploaded
+
+
+def test_an_openai_compatible_server_takes_any_endpoint_path_and_the_usual_bearer(openai_batch_emulator, monkeypatch):
+    """``api_type: openai_compatible``: OpenAI's wire format at the server's own base URL, any endpoint path the
+    server serves (here the emulator playing OpenAI), the Bearer key, OpenAI's line limit."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OPENAI_DEFAULT", openai_batch_emulator.connection_json({"api_type": "openai_compatible"})
+    )
+    create = CreateBatchOperator(
+        task_id="create", requests=prompts(2), wait_for_completion=True, deferrable=False, poll_interval=0.05
+    )
+    create.execute(ctx())
+    with OpenAIBatchHook() as hook:
+        assert hook.rules.api_type == "openai_compatible" and hook.rules.endpoints is None
+        assert hook.settings.headers()["Authorization"] == "Bearer test-key"
+        assert hook.list_batches().data[0].request_counts.completed == 2
