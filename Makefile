@@ -43,7 +43,7 @@ airflow: setup
 	bash scripts/airflow.sh
 
 e2e: setup
-	$(UV) pip install --quiet --python $(PY) -e '.[test,lint,parquet,e2e]'
+	$(UV) pip install --quiet --python $(PY) -e '.[$(EXTRAS),e2e]'
 	$(MAKE) --no-print-directory bytecode
 	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	OPENAI_BATCH_E2E=1 $(PY) -m pytest -m e2e tests/e2e -v
