@@ -171,3 +171,16 @@ def test_the_provider_refreshes_a_margin_before_expiry_with_any_token_credential
     credential.now = now[0]
     assert provider.token() == "t2" and credential.calls == 2
     assert "t2" not in repr(provider)
+
+
+def test_azure_identity_is_imported_only_when_an_entra_id_connection_is_used():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import airflow_provider_openai_batch.hooks.batch, airflow_provider_openai_batch.triggers.batch, "
+        "airflow_provider_openai_batch.operators.batch, airflow_provider_openai_batch.azure_auth; "
+        "print(sorted(m for m in sys.modules if m.startswith(('azure', 'msal'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
