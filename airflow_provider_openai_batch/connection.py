@@ -153,8 +153,12 @@ def settings_from_connection(conn: Any) -> ClientSettings:
             f"Connection {conn_id!r}: api_type {api_type!r} needs the server's base URL in the host field "
             f"('Base URL' in the UI), e.g. {example}"
         )
-    base_url = _base_url(host, conn.port, _text(conn.schema), conn_id)
     api_version = _api_version(extra.get("api_version"), api_type, conn_id)
+    schema = _text(conn.schema)
+    if api_type == "azure" and not schema and "://" not in host and "/" not in host:
+        # A bare host (as a connection URI gives it) is the resource: its API lives under /openai, not /v1.
+        schema = "openai/v1" if api_version is None else "openai"
+    base_url = _base_url(host, conn.port, schema, conn_id)
     if api_type == "azure":
         base_url = _azure_base_url(base_url, api_version, conn_id)
     return ClientSettings(

@@ -91,6 +91,19 @@ def test_azure_base_urls(host, version, base_url):
     assert s.headers()["api-key"] == KEY and "Authorization" not in s.headers()
 
 
+def test_a_connection_uri_with_a_bare_azure_host_gets_azures_paths():
+    from airflow.sdk import Connection
+
+    uri = "openai-batch://:KEY@res.openai.azure.com?api_type=azure"
+    assert settings_from_connection(Connection.from_uri(uri, conn_id="c")).base_url == (
+        "https://res.openai.azure.com/openai/v1"
+    )
+    classic = Connection.from_uri(uri + "&api_version=2024-10-21", conn_id="c")
+    assert settings_from_connection(classic).base_url == "https://res.openai.azure.com/openai"
+    local = Connection.from_uri("openai-batch://:KEY@127.0.0.1:8089?api_type=azure", conn_id="c")
+    assert settings_from_connection(local).base_url == "http://127.0.0.1:8089/openai/v1"
+
+
 def test_the_classic_paths_carry_api_version_on_every_call():
     call = api.list_batches(limit=5)
     assert call.query("2024-10-21") == {"limit": 5, "api-version": "2024-10-21"}
