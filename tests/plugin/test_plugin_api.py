@@ -268,3 +268,83 @@ def test_concurrent_identical_questions_share_one_api_call(client: Any, emulator
         pages = list(pool.map(lambda _: service.list_page("openai_default", None), range(8)))
     assert all(page == pages[0] for page in pages)
     assert api_calls(emulator, "GET /v1/batches") - before == 1
+
+
+# ----------------------------------------------------------------------------------------- the task tab
+
+
+def record(table: Any, **row: Any) -> None:
+    """A row of a task's XCom or rendered fields, as a task would leave it. Foreign keys are off for this
+    insert only: a task instance needs a DAG run, a serialized DAG and a bundle, none of which the tab reads."""
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.connection().exec_driver_sql("PRAGMA foreign_keys=OFF")
+        session.execute(table.__table__.insert().values(**row))
+        session.commit()
+        session.connection().exec_driver_sql("PRAGMA foreign_keys=ON")
+
+
+def xcom(task_id: str, key: str, value: Any, run_id: str = "manual__1", map_index: int = -1) -> None:
+    from airflow.models.xcom import XComModel
+
+    record(
+        XComModel,
+        dag_run_id=1,
+        dag_id="reports",
+        run_id=run_id,
+        task_id=task_id,
+        map_index=map_index,
+        key=key,
+        value=XComModel.serialize_value(value),
+    )
+
+
+def test_the_tab_shows_every_batch_of_a_task_with_files_and_errors(client: Any, emulator: Any) -> None:
+    first, second = create(emulator, made_by("reports")), create(emulator, made_by("reports"))
+    emulator.force_status(second, "failed")
+    xcom("create", "batch_ids", [first, second])
+    xcom("create", "return_value", second)
+    answer = client.get(
+        "/api/task-batches?dag_id=reports&run_id=manual__1&task_id=create&map_index={MAP_INDEX}", user="viewer"
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["conn_id"] == "openai_default" and body["batch_ids"] == [first, second]
+    assert body["task"]["map_index"] == -1  # the UI leaves {MAP_INDEX} as is for a task that is not mapped
+    shown = {b["id"]: b for b in body["batches"]}
+    assert shown[first]["input_file_id"].startswith("file-") and shown[first]["can_cancel"] is False  # a viewer
+    assert shown[second]["status"] == "failed" and shown[second]["errors"][0]["code"] == "forced_failure"
+
+
+def test_the_tab_falls_back_to_the_return_value_and_the_rendered_batch_id(client: Any, emulator: Any) -> None:
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+
+    done, waiting = create(emulator, made_by("reports")), create(emulator, made_by("reports"))
+    xcom("sensor_done", "return_value", {"id": done, "status": "completed"}, map_index=2)
+    record(
+        RenderedTaskInstanceFields,
+        dag_id="reports",
+        task_id="sensor_waiting",
+        run_id="manual__1",
+        map_index=-1,
+        rendered_fields={"batch_id": waiting},
+        k8s_pod_yaml=None,
+    )
+    tab = "/api/task-batches?dag_id=reports&run_id=manual__1&task_id={}&map_index={}&conn_id=openai_default"
+    assert [b["id"] for b in client.get(tab.format("sensor_done", 2)).json()["batches"]] == [done]
+    assert [b["id"] for b in client.get(tab.format("sensor_waiting", -1)).json()["batches"]] == [waiting]
+    nothing = client.get(tab.format("build_requests", -1)).json()
+    assert nothing["batches"] == [] and nothing["batch_ids"] == []
+
+
+def test_the_tab_needs_read_access_to_the_dag(client: Any, emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.api_fastapi.app import get_auth_manager
+
+    monkeypatch.setattr(
+        get_auth_manager(),
+        "is_authorized_dag",
+        lambda *, method, user, details=None, access_entity=None: details is not None and details.id == "reports",
+    )
+    assert client.get("/api/task-batches?dag_id=payroll&run_id=r&task_id=t", user="viewer").status_code == 403
+    assert client.get("/api/task-batches?dag_id=reports&run_id=r&task_id=t", user="viewer").status_code == 200
