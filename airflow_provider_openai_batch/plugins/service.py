@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from airflow_provider_openai_batch.plugins.cache import TTLCache
+from airflow_provider_openai_batch.statuses import CANCELLING, TERMINAL, BatchStatus
 from airflow_provider_openai_batch.task_metadata import creator
 
 CONN_TYPE = "openai_batch"
@@ -33,8 +34,8 @@ PAGE_SIZE = 20
 MAX_PAGE_SIZE = 50
 #: Most batches the task tab shows (a job of many shards lists its first ones, and says how many more).
 MAX_TASK_BATCHES = 50
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-CANCELLABLE = frozenset({"validating", "in_progress", "finalizing"})
+#: Statuses a cancel can still change (not ended, not already cancelling).
+CANCELLABLE = frozenset(s.value for s in BatchStatus) - TERMINAL - {CANCELLING}
 
 cache = TTLCache(CACHE_SECONDS)
 

@@ -23,9 +23,11 @@ _ENV = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A migrated SQLite database, the ORM of this process pointed at it for the session."""
+    """A migrated SQLite database, the ORM of this process pointed at it for the module (and the environment,
+    for Airflow code that reads the configuration; both are restored after the module, so later tests and
+    their subprocesses never see them)."""
     from airflow import settings
 
     home = tmp_path_factory.mktemp("airflow-home")
@@ -53,18 +55,23 @@ def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         settings.configure_orm()
 
 
-@pytest.fixture(scope="session")
-def tokens(airflow_db: Path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def tokens(airflow_db: Path) -> Iterator[dict[str, str]]:
     """A JWT of each user, signed as the api-server signs the UI's session token."""
     from airflow.api_fastapi.app import _AuthManagerState, create_auth_manager
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 
     _AuthManagerState.instance = None
     manager = create_auth_manager()
-    return {name: manager.generate_jwt(SimpleAuthManagerUser(username=name, role=role)) for name, role in USERS.items()}
+    try:
+        yield {
+            name: manager.generate_jwt(SimpleAuthManagerUser(username=name, role=role)) for name, role in USERS.items()
+        }
+    finally:
+        _AuthManagerState.instance = None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def app(tokens: dict[str, str]) -> Any:
     from fastapi import FastAPI
 
