@@ -206,7 +206,7 @@ cat <<EOF
 
   Airflow is ready: $URL
   Login:            admin / $ADMIN_PASSWORD (or viewer / $VIEWER_PASSWORD: may read, not edit)
-  OpenAI Batches:   $URL/plugin/openai-batches (Browse menu), and the "OpenAI Batch" tab of a task
+  OpenAI Batches:   $URL/plugin/openai-batches (Browse menu), and the "Batch status" tab of a task
   DAGs:             $AIRFLOW__CORE__DAGS_FOLDER (trigger openai_batch_example)
   Connection:       openai_default -> http://$HOST:$EMULATOR_PORT/v1 (OpenAI Batch emulator, fake key)
   Logs:             $AIRFLOW_HOME/{api-server,scheduler,dag-processor,triggerer,emulator}.log

@@ -1,4 +1,4 @@
-"""The provider's Airflow UI plugin: an "OpenAI Batches" page and an "OpenAI Batch" tab on task instances.
+"""The provider's Airflow UI plugin: an "OpenAI Batches" page and a "Batch status" tab on task instances.
 
 Registered through the package's ``airflow.plugins`` entry point (nothing to copy into ``plugins/``).
 
@@ -57,7 +57,7 @@ def _base_path() -> str:
 
 
 class OpenAIBatchesPlugin(AirflowPlugin):
-    """The "OpenAI Batches" page (Browse menu) and the "OpenAI Batch" task instance tab."""
+    """The "OpenAI Batches" page (Browse menu) and the "Batch status" task instance tab."""
 
     name = "openai_batches"
     fastapi_apps = [{"app": _LazyApp(), "url_prefix": URL_PREFIX, "name": "OpenAI Batches"}]
@@ -70,7 +70,8 @@ class OpenAIBatchesPlugin(AirflowPlugin):
             "url_route": URL_ROUTE,
         },
         {
-            "name": "OpenAI Batch",
+            # Not "OpenAI Batch": that is the extra link's name, shown on the same page.
+            "name": "Batch status",
             "href": (
                 f"{_base_path()}{URL_PREFIX}/task?dag_id={{DAG_ID}}&run_id={{RUN_ID}}&task_id={{TASK_ID}}"
                 "&map_index={MAP_INDEX}"

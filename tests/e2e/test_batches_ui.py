@@ -168,9 +168,9 @@ def test_the_task_tab_shows_the_batch_with_its_files(page: Any, airflow: Airflow
     run_id, batch_id = example_run
     page.goto(f"{airflow.url}/dags/{DAG_ID}/runs/{run_id}/tasks/{CREATE_TASK}")
     tab = page.locator("a[href$='/plugin/openai-batch-task']")  # the plugin's tab among the task's tabs
-    expect(tab).to_have_text("OpenAI Batch")
+    expect(tab).to_have_text("Batch status")
     tab.click()
-    frame = page.frame_locator("iframe[title='OpenAI Batch']")
+    frame = page.frame_locator("iframe[title='Batch status']")
     card = frame.locator(f"section[data-batch='{batch_id}']")
     expect(card.locator(".status")).to_have_text("completed", timeout=TIMEOUT * 1000)
     expect(card.locator(".progress-text")).to_have_text("5 / 5 done, 0 failed")
@@ -181,7 +181,7 @@ def test_the_task_tab_shows_the_batch_with_its_files(page: Any, airflow: Airflow
     # The sensor's tab shows the same batch (from its rendered batch_id, or its return value once done).
     page.goto(f"{airflow.url}/dags/{DAG_ID}/runs/{run_id}/tasks/{SENSOR_TASK}/plugin/openai-batch-task")
     expect(
-        page.frame_locator("iframe[title='OpenAI Batch']").locator(f"section[data-batch='{batch_id}']")
+        page.frame_locator("iframe[title='Batch status']").locator(f"section[data-batch='{batch_id}']")
     ).to_be_visible()
 
 
