@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from airflow.sdk import BaseOperator, conf
 
 from airflow_provider_openai_batch.links import OpenAIBatchLink, remember_batch_link
+from airflow_provider_openai_batch.task_metadata import validate_user_metadata, with_task_metadata
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -86,7 +87,9 @@ class CreateBatchOperator(BaseOperator):
     :param input_file: A JSONL file (templated).
     :param input_file_id: An uploaded input file id (templated).
     :param completion_window: ``"24h"``.
-    :param metadata: Up to 15 string pairs stored on the batch (``airflow_idempotency_key`` is reserved).
+    :param metadata: Up to 11 string pairs stored on the batch; the provider adds five of its own
+        (``airflow_idempotency_key`` and the creating task instance, see
+        :mod:`~airflow_provider_openai_batch.task_metadata`), whose keys are reserved.
     :param output_expires_after: Seconds (3600..2592000) after which output files expire.
     :param input_expires_after: Seconds (3600..2592000) after which the uploaded input file expires at the API
         (the Files API's ``expires_after``), so inputs do not fill the account's file storage. ``None``: the
@@ -209,7 +212,7 @@ class CreateBatchOperator(BaseOperator):
         # Checks that cost nothing come first, so a bad argument never uploads a file.
         api.validate_endpoint(self.endpoint)
         api.validate_completion_window(self.completion_window)
-        api.validate_metadata(self.metadata, reserved_keys=(api.IDEMPOTENCY_METADATA_KEY,))
+        validate_user_metadata(self.metadata)  # the provider's five pairs counted, its keys refused
         api.validate_expires_after(self.output_expires_after)
         api.validate_expires_after(self.input_expires_after, "input_expires_after")
         ti = self._running_ti = context["ti"]
@@ -339,7 +342,7 @@ class CreateBatchOperator(BaseOperator):
                 uploaded.id if uploaded is not None else str(self.input_file_id),
                 self.endpoint,
                 self.completion_window,
-                self.metadata,
+                with_task_metadata(self.metadata, self._running_ti),  # which DAG/task/run/map index made it
                 self.output_expires_after,
                 idempotency_key=key,
             )

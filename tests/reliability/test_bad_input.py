@@ -170,10 +170,17 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         r"endpoint must be one of",
     ),
     (
-        "16 metadata pairs (one is reserved)",
-        lambda e: create(e, requests=prompts(), metadata={f"k{i}": "v" for i in range(16)}),
+        "12 metadata pairs (five are reserved: the idempotency key and the creating task instance)",
+        lambda e: create(e, requests=prompts(), metadata={f"k{i}": "v" for i in range(12)}),
         ValueError,
-        r"at most 15 are allowed \(airflow_idempotency_key is set by the provider\)",
+        r"metadata has 12 pairs; at most 11 are allowed \(the provider sets airflow_idempotency_key, airflow_dag_id, "
+        r"airflow_task_id, airflow_run_id and airflow_map_index\)",
+    ),
+    (
+        "the user's own airflow_dag_id (would hide which task created the batch)",
+        lambda e: create(e, requests=prompts(), metadata={"airflow_dag_id": "mine"}),
+        ValueError,
+        r"metadata key 'airflow_dag_id' is reserved: the provider records the creating DAG.*rename your key",
     ),
     (
         "the user's own airflow_idempotency_key (would be silently overwritten)",
