@@ -33,6 +33,25 @@ __all__ = ["ApiFailure", "EmulatorConfig", "Store"]  # EmulatorConfig and ApiFai
 
 #: Statuses a batch never leaves (the emulator's own list: it shares nothing with the client).
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+#: Statuses whose input tokens count against the enqueued-token limit once a batch was admitted.
+ENQUEUED = frozenset({"in_progress", "finalizing"})
+
+
+def estimate_input_tokens(requests: list[dict[str, Any]]) -> int:
+    """The emulator's own estimate of a file's input tokens: the characters of every string in the request
+    bodies (prompts, model names, roles), divided by 4, rounded up. It reads the bodies, not the bytes of the
+    lines, so it is independent of any client's estimate, and it is smaller than a bytes-of-the-line one."""
+
+    def chars(value: Any) -> int:
+        if isinstance(value, str):
+            return len(value)
+        if isinstance(value, dict):
+            return sum(chars(v) for v in value.values())
+        if isinstance(value, list):
+            return sum(chars(v) for v in value)
+        return 0
+
+    return (sum(chars(item.get("body")) for item in requests) + 3) // 4
 
 
 def _fresh_stats() -> dict[str, Any]:
@@ -351,6 +370,19 @@ class Store:
                 )
                 self._save()
                 return
+            refusal = self._over_token_limit(batch)
+            if refusal is not None:
+                batch.update(
+                    status="failed",
+                    failed_at=int(t0 + phase),
+                    errors={
+                        "object": "list",
+                        "data": [{"code": "token_limit_exceeded", "message": refusal, "param": None, "line": None}],
+                    },
+                )
+                self._save()
+                return
+            private["admitted"] = True
             batch["status"] = "in_progress"
             batch["in_progress_at"] = int(t0 + phase)
             batch["request_counts"]["total"] = report.requests
@@ -379,6 +411,38 @@ class Store:
         if key not in self._verdicts:
             self._verdicts[key] = judge_input_file(self.contents.get(file_id, b""), batch["endpoint"])
         return self._verdicts[key]
+
+    def _over_token_limit(self, batch: dict[str, Any]) -> str | None:
+        """The refusal message when admitting ``batch`` would exceed the enqueued-token limit, else ``None``.
+
+        Older batches still validating are admitted (or refused) first, so admission follows creation order
+        however the batches happen to be read.
+        """
+        limit = self.config.enqueued_token_limit
+        if limit is None:
+            return None
+        private = self._private[batch["id"]]
+        if "tokens" not in private:
+            private["tokens"] = estimate_input_tokens(self._requests(batch))
+        enqueued = 0
+        for other in list(self.batches.values()):
+            if other["id"] == batch["id"] or other["status"] in TERMINAL:
+                continue
+            theirs = self._private[other["id"]]
+            if other["status"] == "validating" and theirs["t0"] < private["t0"]:
+                self._advance(other)  # only strictly older ones: the recursion ends
+            if theirs.get("admitted"):
+                self._advance(other)
+                if other["status"] in ENQUEUED:
+                    enqueued += int(theirs.get("tokens") or 0)
+        if private["tokens"] + enqueued <= limit:
+            return None
+        models = sorted({str((r.get("body") or {}).get("model")) for r in self._requests(batch)}) or ["the model"]
+        return (
+            f"Enqueued token limit reached for {models[0]} in organization org-emulator. Limit: {limit:,} enqueued "
+            f"tokens (this batch: {private['tokens']:,}, already enqueued: {enqueued:,}). Please try again once some "
+            "in_progress batches have been completed."
+        )
 
     def _transient_status(self, custom_id: str, attempt: int) -> int | None:
         """The status of a transient failure of ``custom_id``'s ``attempt``-th run (from 1), or ``None``.
