@@ -197,7 +197,16 @@ def split_input(
 
     try:
         for number, source in enumerate(sources):
-            for line_number, line in _lines(source, whole):
+            for line_number, line in _lines(source, whole, rules.max_bytes_per_file):
+                if isinstance(line, int):
+                    limit = rules.max_bytes_per_file
+                    problems.append(
+                        f"{names[number]} line {line_number}: the line is {line} bytes; a batch input file holds at "
+                        f"most {limit} bytes ({limit / (1024 * 1024):g} MB), so no split can make it fit: shorten it"
+                    )
+                    if len(problems) >= MAX_PROBLEMS:
+                        break
+                    continue
                 if not line.endswith(b"\n"):
                     line += b"\n"
                 tokens = estimate_tokens(line)
@@ -241,12 +250,28 @@ def split_input(
     return SplitResult(shards, whole.hexdigest(), sum(s.requests for s in shards))
 
 
-def _lines(source: Any, whole: Any) -> Iterator[tuple[int, bytes]]:
-    """The non-blank lines of a source with their 1-based numbers, each added to the input's digest."""
+def _lines(source: Any, whole: Any, limit: int) -> Iterator[tuple[int, bytes | int]]:
+    """The non-blank lines of a source with their 1-based numbers, each added to the input's digest. A line
+    longer than ``limit`` bytes is read in pieces and given as its length only: memory stays bounded, and no
+    split can make it fit a batch anyway."""
     with _open(source) as stream:
-        for number, line in enumerate(stream, start=1):
+        number = 0
+        while True:
+            line = stream.readline(limit + 1)
+            if not line:
+                return
+            number += 1
             whole.update(line)
-            if line.strip():
+            if len(line) > limit and not line.endswith(b"\n"):
+                length = len(line)
+                while True:  # the rest of the oversized line, in pieces
+                    piece = stream.readline(1 << 20)
+                    whole.update(piece)
+                    length += len(piece)
+                    if not piece or piece.endswith(b"\n"):
+                        break
+                yield number, length
+            elif line.strip():
                 yield number, line
 
 
