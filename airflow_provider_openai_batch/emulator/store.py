@@ -33,8 +33,6 @@ __all__ = ["ApiFailure", "EmulatorConfig", "Store"]  # EmulatorConfig and ApiFai
 
 #: Statuses a batch never leaves (the emulator's own list: it shares nothing with the client).
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-#: Statuses whose input tokens count against the enqueued-token limit once a batch was admitted.
-ENQUEUED = frozenset({"in_progress", "finalizing"})
 
 
 def estimate_input_tokens(requests: list[dict[str, Any]]) -> int:
@@ -303,6 +301,7 @@ class Store:
                 cap = None if status == "completed" else private.get("expire_after_fraction")
                 self._finish(batch, status, now, fraction, cap)
             elif status == "failed":
+                private["ended_at"] = now
                 batch.update(
                     status="failed",
                     failed_at=int(now),
@@ -424,17 +423,23 @@ class Store:
         private = self._private[batch["id"]]
         if "tokens" not in private:
             private["tokens"] = estimate_input_tokens(self._requests(batch))
+        # Judged at the instant validation ends, from the other batches' own timestamps, so the verdict does not
+        # depend on when a client happens to read the batches.
+        at = private["t0"] + self.config.phase_seconds
         enqueued = 0
         for other in list(self.batches.values()):
-            if other["id"] == batch["id"] or other["status"] in TERMINAL:
+            if other["id"] == batch["id"]:
                 continue
             theirs = self._private[other["id"]]
             if other["status"] == "validating" and theirs["t0"] < private["t0"]:
                 self._advance(other)  # only strictly older ones: the recursion ends
-            if theirs.get("admitted"):
-                self._advance(other)
-                if other["status"] in ENQUEUED:
-                    enqueued += int(theirs.get("tokens") or 0)
+            if not theirs.get("admitted"):
+                continue
+            self._advance(other)
+            started = theirs["t0"] + self.config.phase_seconds
+            ended = theirs.get("ended_at")
+            if started <= at and (ended is None or ended > at):
+                enqueued += int(theirs.get("tokens") or 0)
         if private["tokens"] + enqueued <= limit:
             return None
         models = sorted({str((r.get("body") or {}).get("model")) for r in self._requests(batch)}) or ["the model"]
@@ -495,6 +500,7 @@ class Store:
                 batch[key] = self.add_file(data, name, "batch_output", expires_after)["id"]
         batch["status"] = status
         batch[f"{status}_at"] = int(when)
+        self._private[batch["id"]]["ended_at"] = when  # the token limit's reckoning needs it to the millisecond
         if status in ("completed",) and batch["finalizing_at"] is None:
             batch["finalizing_at"] = int(when)
         batch["request_counts"] = {"total": len(requests), "completed": len(ok_lines), "failed": len(error_lines)}
