@@ -43,8 +43,8 @@ class EmulatorConfig:
         has run it (not when it expired or was cancelled before running).
     :param enqueued_token_limit: When set, the organisation's enqueued-token limit: a batch whose estimated
         input tokens, added to those of the batches admitted before it and still running (``in_progress`` or
-        ``finalizing``) at the end of its ``validating``, exceed it fails at the end of ``validating`` with ``token_limit_exceeded``, as the real
-        API does (never billed). The estimate is the emulator's own reading (see
+        ``finalizing``) at the end of its ``validating``, exceed it fails then with ``token_limit_exceeded``, as
+        the real API does (never billed). The estimate is the emulator's own reading (see
         :func:`~airflow_provider_openai_batch.emulator.store.estimate_input_tokens`). ``None``: no limit.
     """
 
