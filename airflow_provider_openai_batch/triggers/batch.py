@@ -124,8 +124,9 @@ class BatchTrigger(BaseTrigger):
         job: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.batch_ids = [str(b) for b in batch_ids] if batch_ids else [batch_id]
-        self.batch_id = self.batch_ids[0]
+        # An empty list is a job's wait with nothing running: only ``wake_at`` ends it.
+        self.batch_ids = [str(b) for b in batch_ids] if batch_ids is not None else [batch_id]
+        self.batch_id = self.batch_ids[0] if self.batch_ids else batch_id
         self.wake_on_any = bool(wake_on_any)
         self.wake_at = None if wake_at is None else float(wake_at)
         self.job = dict(job) if job else None
@@ -164,7 +165,7 @@ class BatchTrigger(BaseTrigger):
 
     @property
     def _is_job(self) -> bool:
-        return len(self.batch_ids) > 1 or self.wake_at is not None or self.job is not None
+        return self.batch_ids != [self.batch_id] or self.wake_at is not None or self.job is not None
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Released when run() ends however it ends, and by cleanup() as a backstop.
