@@ -8,7 +8,8 @@ task on a worker.
 A wait for several batches of one job adds ``"batches"``: every batch of the wait as last seen (the ended
 ones and those still running), and may end with status ``"wake"`` when the job asked to be woken at a time
 (a shard waits out its back-off after ``token_limit_exceeded``). ``batch_id``/``batch`` then name the first
-batch that ended (or the first of the wait).
+batch that ended (or the first of the wait). A job's wait also hands back ``"resume"``, the job's record, so
+the task resumes from it wherever the deferral's kwargs are not handed back.
 """
 
 from __future__ import annotations

@@ -573,6 +573,7 @@ class CreateBatchOperator(BaseOperator):
                         wake_on_any=bool(job.queued()),
                         wake_at=job.wake_at(),
                         job=job.progress(),
+                        resume={"job": job.state},
                     ),
                     method_name="execute_complete",
                     kwargs={"job": job.state},
@@ -620,6 +621,8 @@ class CreateBatchOperator(BaseOperator):
         """Resume after the trigger: start the next round of unfinished requests, or record and judge the end."""
         from airflow_provider_openai_batch.events import batch_from_event
 
+        if job is None and isinstance(event.get("resume"), dict):  # the record came back with the event
+            job = event["resume"].get("job")
         if job is not None:
             return self._resume_job(context, event, job)
         from airflow_provider_openai_batch.exceptions import BatchTimeoutError

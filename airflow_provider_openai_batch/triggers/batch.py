@@ -104,6 +104,9 @@ class BatchTrigger(BaseTrigger):
         back-off is over); ``None``: no such time. The triggerer never creates batches: the task does.
     :param job: Progress of the job's batches outside this wait, for the progress lines: ``batches_total``,
         ``batches_done``, ``done``, ``total``, ``failed``, ``tokens``, and ``expected`` (requests per batch id).
+    :param resume: Opaque JSON handed back in the event (key ``resume``): the job's record, so the task resumes
+        from it even where the deferral's own kwargs are not handed back (``airflow dags test`` runs a trigger
+        in line and passes the method only the event).
 
     While waiting, a progress line (:mod:`~airflow_provider_openai_batch.progress`) goes to the log when the
     progress changed and at most every 5 minutes, and after 30 polls without a line.
@@ -122,6 +125,7 @@ class BatchTrigger(BaseTrigger):
         wake_on_any: bool = True,
         wake_at: float | None = None,
         job: dict[str, Any] | None = None,
+        resume: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # An empty list is a job's wait with nothing running: only ``wake_at`` ends it.
@@ -130,6 +134,7 @@ class BatchTrigger(BaseTrigger):
         self.wake_on_any = bool(wake_on_any)
         self.wake_at = None if wake_at is None else float(wake_at)
         self.job = dict(job) if job else None
+        self.resume = resume
         self.conn_id = conn_id
         self.poll_interval = float(poll_interval)
         self.end_time = None if end_time is None else float(end_time)
@@ -156,6 +161,7 @@ class BatchTrigger(BaseTrigger):
                         "wake_on_any": self.wake_on_any,
                         "wake_at": self.wake_at,
                         "job": self.job,
+                        "resume": self.resume,
                     }
                     if self._is_job
                     else {}
@@ -165,7 +171,9 @@ class BatchTrigger(BaseTrigger):
 
     @property
     def _is_job(self) -> bool:
-        return self.batch_ids != [self.batch_id] or self.wake_at is not None or self.job is not None
+        return (
+            self.batch_ids != [self.batch_id] or self.wake_at is not None or self.job is not None or bool(self.resume)
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Released when run() ends however it ends, and by cleanup() as a backstop.
@@ -364,4 +372,7 @@ class BatchTrigger(BaseTrigger):
         if not self._is_job:
             return TriggerEvent(event_payload(status, self.batch_id, as_json, message))
         everything = [seen[b].model_dump(mode="json") for b in self.batch_ids if seen and b in seen]
-        return TriggerEvent(event_payload(status, named, as_json, message, everything))
+        payload = event_payload(status, named, as_json, message, everything)
+        if self.resume is not None:
+            payload["resume"] = self.resume
+        return TriggerEvent(payload)

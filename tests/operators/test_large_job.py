@@ -267,8 +267,10 @@ def test_a_deferred_job_wakes_submits_and_defers_again_until_done(openai_batch_c
         revived = BatchTrigger(**json.loads(json.dumps(trigger.serialize()[1])))
         payload = run(revived)
         wakes += 1
+        # Every other wake without the deferral's kwargs, as `airflow dags test` resumes: the record comes back
+        # with the event.
         try:
-            ids = op.execute_complete(context, payload, **kwargs)
+            ids = op.execute_complete(context, payload, **(kwargs if wakes % 2 else {}))
             break
         except TaskDeferred as again:
             deferred = again
