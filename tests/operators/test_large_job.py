@@ -313,3 +313,16 @@ def test_the_emulator_cli_takes_an_enqueued_token_limit():
     assert parse_args([]).enqueued_token_limit is None
     with pytest.raises(SystemExit):
         parse_args(["--enqueued-token-limit", "0"])
+
+
+def test_one_file_per_batch_when_asked(openai_batch_connection, tmp_path):
+    ids = job(wait_for_completion=True, deferrable=False).execute(ctx())
+    out = tmp_path / "answers.jsonl"
+    manifest = BatchResultsOperator(
+        task_id="export", batch_id=ids, destination=str(out), one_file_per_batch=True
+    ).execute(ctx())
+    files = [tmp_path / f"answers-{n:05d}.jsonl" for n in (1, 2, 3)]
+    assert [len(f.read_text().splitlines()) for f in files] == [4, 4, 2] and not out.exists()
+    assert [json.loads(f.read_text().splitlines()[0])["custom_id"] for f in files] == ["p0", "p4", "p8"]
+    assert manifest["rows"] == 10 and manifest["counts"]["succeeded"] == 10 and len(manifest["files"]) == 3
+    assert manifest["batch_ids"] == ids
