@@ -30,7 +30,7 @@ def event_payload(
     batches: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The payload of the one event a trigger emits; ``batches`` only for a wait on several batches."""
-    payload = {"status": status, "batch_id": batch_id, "batch": batch, "message": message}
+    payload: dict[str, Any] = {"status": status, "batch_id": batch_id, "batch": batch, "message": message}
     if batches is not None:
         payload["batches"] = batches
     return payload

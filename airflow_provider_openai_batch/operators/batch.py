@@ -234,7 +234,7 @@ class CreateBatchOperator(BaseOperator):
 
         return OpenAIBatchHook(conn_id=self.conn_id)
 
-    def execute(self, context: Context) -> str:
+    def execute(self, context: Context) -> str | list[str]:
         from airflow_provider_openai_batch import api
         from airflow_provider_openai_batch.operators.reattach import CreateLedger, idempotency_key
         from airflow_provider_openai_batch.outcome import describe

@@ -232,7 +232,7 @@ class BatchSensor(BaseSensorOperator):
         self._judge_final(batch)
         return PokeReturnValue(is_done=True, xcom_value=batch)
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
         """Resume after the trigger: judge the final batch exactly as :meth:`poke` does."""
         from airflow_provider_openai_batch.events import batch_from_event
         from airflow_provider_openai_batch.exceptions import BatchTimeoutError
