@@ -22,11 +22,13 @@ character) is overestimated more. It never reads a tokenizer: that would cost a 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sqlite3
 from array import array
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +91,29 @@ def request_cap(max_requests_per_batch: int | None, rules: BackendRules) -> int:
 
 def _open(source: Any) -> Any:
     return source.open("rb") if hasattr(source, "fs") else open(source, "rb")
+
+
+class _Raw(io.RawIOBase):
+    """An object-storage file as a raw stream, so :class:`io.BufferedReader` gives it ``readline(limit)``
+    (fsspec's own ``readline`` takes no limit, and an unbounded line would be read whole)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@contextmanager
+def _open_bounded(source: Any) -> Iterator[Any]:
+    """The source opened for ``readline(limit)``."""
+    with _open(source) as stream:
+        yield io.BufferedReader(_Raw(stream), 1 << 20) if hasattr(source, "fs") else stream
 
 
 def _size(source: Any) -> int | None:
@@ -254,7 +279,7 @@ def _lines(source: Any, whole: Any, limit: int) -> Iterator[tuple[int, bytes | i
     """The non-blank lines of a source with their 1-based numbers, each added to the input's digest. A line
     longer than ``limit`` bytes is read in pieces and given as its length only: memory stays bounded, and no
     split can make it fit a batch anyway."""
-    with _open(source) as stream:
+    with _open_bounded(source) as stream:
         number = 0
         while True:
             line = stream.readline(limit + 1)

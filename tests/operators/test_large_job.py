@@ -326,3 +326,14 @@ def test_one_file_per_batch_when_asked(openai_batch_connection, tmp_path):
     assert [json.loads(f.read_text().splitlines()[0])["custom_id"] for f in files] == ["p0", "p4", "p8"]
     assert manifest["rows"] == 10 and manifest["counts"]["succeeded"] == 10 and len(manifest["files"]) == 3
     assert manifest["batch_ids"] == ids
+
+
+def test_an_object_storage_input_is_split_too(openai_batch_connection, tmp_path):
+    from airflow.sdk import ObjectStoragePath
+
+    source = write_lines(tmp_path / "in.jsonl", lines(5))
+    context = ctx()
+    ids = CreateBatchOperator(
+        task_id="create", input_file=ObjectStoragePath(source.as_uri()), max_requests_per_batch=2
+    ).execute(context)
+    assert [input_ids(b) for b in ids] == [["p0", "p1"], ["p2", "p3"], ["p4"]]
