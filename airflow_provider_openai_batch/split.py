@@ -308,14 +308,15 @@ def _where(shard: Shard, line: int | None, names: Sequence[str]) -> str:
 
 def _check_shard(shard: Shard, endpoint: str, rules: BackendRules, names: Sequence[str], ids: _IdTable) -> list[str]:
     """The pre-flight rules on one shard (read back from disk), then ``custom_id`` uniqueness across shards."""
+    seen: dict[str, int] = {}
     with open(shard.path, "rb") as stream:
-        found: list[Problem] = validate_batch_input_lines(stream, endpoint, rules=rules)
+        found: list[Problem] = validate_batch_input_lines(stream, endpoint, rules=rules, seen_ids=seen)
     if found:
         return [f"{_where(shard, p.line, names)}: {p.message}" for p in found]
     return [
         f"{_where(shard, line, names)}: custom_id {custom_id!r} is also used on {earlier}; custom_ids must be "
         "unique across the whole input"
-        for line, custom_id, earlier in ids.add(shard, names)
+        for line, custom_id, earlier in ids.add(shard, names, seen)
     ]
 
 
@@ -328,18 +329,15 @@ class _IdTable:
         self.db.execute("PRAGMA synchronous=OFF")
         self.db.execute("CREATE TABLE IF NOT EXISTS ids (custom_id TEXT PRIMARY KEY, source INTEGER, line INTEGER)")
 
-    def add(self, shard: Shard, names: Sequence[str]) -> list[tuple[int, str, str]]:
-        """Record a shard's ids; return (shard line, custom_id, where it was seen first) for each clash."""
+    def add(self, shard: Shard, names: Sequence[str], seen: dict[str, int]) -> list[tuple[int, str, str]]:
+        """Record a shard's ids (``custom_id`` -> 1-based shard line, as the pre-flight check collected them);
+        return (shard line, custom_id, where it was seen first) for each clash with an earlier shard."""
         clashes: list[tuple[int, str, str]] = []
-        with open(shard.path, "rb") as stream:
-            rows = [
-                (json.loads(line)["custom_id"], shard.sources[number], shard.origins[number])
-                for number, line in enumerate(stream)
-            ]
+        rows = [(custom_id, shard.sources[n - 1], shard.origins[n - 1], n) for custom_id, n in seen.items()]
         before = self.db.total_changes
-        self.db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", rows)
+        self.db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", (row[:3] for row in rows))
         if self.db.total_changes - before < len(rows):
-            for number, (custom_id, source, line) in enumerate(rows, start=1):
+            for custom_id, source, line, number in rows:
                 first = self.db.execute("SELECT source, line FROM ids WHERE custom_id = ?", (custom_id,)).fetchone()
                 if first and (first[0], first[1]) != (source, line):
                     clashes.append((number, custom_id, f"{names[first[0]]} line {first[1]}"))

@@ -379,10 +379,11 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         r"batch_id must be a non-empty string such as 'batch_abc123', got None",
     ),
     (
-        "sensor batch_id a list",
-        lambda e: BatchSensor(task_id="s", batch_id=["b"]).execute(ctx()),
+        # A list of batch ids is now accepted (issue 11: the shards of a job); an empty one is not.
+        "sensor batch_id an empty list",
+        lambda e: BatchSensor(task_id="s", batch_id=[]).execute(ctx()),
         ValueError,
-        r"batch_id must be a non-empty string such as 'batch_abc123', got \['b'\]",
+        r"batch_id must be a batch id such as 'batch_abc123', a non-empty list of them",
     ),
     (
         "upload from a text-mode handle",
