@@ -712,8 +712,10 @@ class CreateBatchOperator(BaseOperator):
 
     def on_kill(self) -> None:
         if self.cancel_on_kill and self._job_state is not None:
+            from airflow_provider_openai_batch.statuses import TERMINAL
+
             for shard in self._job_state.get("shards") or []:
-                if shard.get("batch_id") and shard.get("status") not in ("completed", "failed", "expired", "cancelled"):
+                if shard.get("batch_id") and shard.get("status") not in TERMINAL:
                     cancel_quietly(self, str(shard["batch_id"]), self._running_ti)
             return
         if self.cancel_on_kill and self.batch_id:

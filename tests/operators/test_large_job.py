@@ -337,3 +337,12 @@ def test_an_object_storage_input_is_split_too(openai_batch_connection, tmp_path)
         task_id="create", input_file=ObjectStoragePath(source.as_uri()), max_requests_per_batch=2
     ).execute(context)
     assert [input_ids(b) for b in ids] == [["p0", "p1"], ["p2", "p3"], ["p4"]]
+
+
+def test_a_killed_job_cancels_every_running_batch(openai_batch_connection):
+    openai_batch_connection.configure(phase_seconds=30)
+    op = job(cancel_on_kill=True)
+    ids = op.execute(ctx())
+    op.on_kill()
+    with OpenAIBatchHook() as hook:
+        assert {hook.retrieve_batch(b).status for b in ids} == {"cancelling"}
