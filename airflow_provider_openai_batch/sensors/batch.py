@@ -91,6 +91,7 @@ class BatchSensor(BaseSensorOperator):
         self.max_consecutive_errors = max_consecutive_errors
         self._last_status: str | None = None
         self._last_statuses: dict[str, str] = {}
+        self._progress: Any = None
         self._hook: OpenAIBatchHook | None = None
         self._running_ti: Any = None
 
@@ -208,8 +209,21 @@ class BatchSensor(BaseSensorOperator):
                 self._judge_final(batch)  # one that ended badly fails the task now
             batches.append(batch)
         if any(b["status"] not in TERMINAL for b in batches):
+            self._observe(batches)
             return False
         return PokeReturnValue(is_done=True, xcom_value=batches)
+
+    def _observe(self, batches: list[dict[str, Any]]) -> None:
+        """A progress line when one is due (:mod:`~airflow_provider_openai_batch.progress`), in ``poke`` mode:
+        there one object sees every poke. In ``reschedule`` mode each poke is a new object with no memory of
+        the last line, so it writes none (the status lines remain)."""
+        if self.mode != "poke":
+            return
+        from airflow_provider_openai_batch.progress import ProgressLog, snapshot
+
+        if self._progress is None:
+            self._progress = ProgressLog(self.log)
+        self._progress.observe(snapshot(batches, batches_total=len(batches) if len(batches) > 1 else None))
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
         from airflow_provider_openai_batch.outcome import describe
@@ -228,6 +242,7 @@ class BatchSensor(BaseSensorOperator):
             self.log.info("OpenAI %s", describe(batch))
             self._last_status = batch["status"]
         if batch["status"] not in TERMINAL:
+            self._observe([batch])
             return False
         self._judge_final(batch)
         return PokeReturnValue(is_done=True, xcom_value=batch)

@@ -95,3 +95,14 @@ def test_the_sensor_fails_for_a_failed_batch_among_several(openai_batch_connecti
     openai_batch_connection.force_status(ids[1], "failed")
     with pytest.raises(AirflowFailException, match="failed"):
         BatchSensor(task_id="wait", batch_id=ids, deferrable=False, poll_interval=0.05).execute(ctx())
+
+
+def test_a_poking_sensor_writes_a_progress_line(openai_batch_connection, capsys):
+    import re
+
+    openai_batch_connection.configure(phase_seconds=1.0)  # 2 s with a known total: many pokes see it
+    batch_id = make_batch(openai_batch_connection)
+    BatchSensor(task_id="wait", batch_id=batch_id, deferrable=False, poll_interval=0.05).execute(ctx())
+    # The first look that knows the total writes a line at once; the next would come 5 minutes later.
+    found = re.findall(r"Progress: requests \d/3 \(\d+\.\d%\), 0 failed", capsys.readouterr().out)
+    assert len(found) == 1
