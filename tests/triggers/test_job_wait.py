@@ -103,6 +103,7 @@ def test_a_poking_sensor_writes_a_progress_line(openai_batch_connection, capsys)
     openai_batch_connection.configure(phase_seconds=1.0)  # 2 s with a known total: many pokes see it
     batch_id = make_batch(openai_batch_connection)
     BatchSensor(task_id="wait", batch_id=batch_id, deferrable=False, poll_interval=0.05).execute(ctx())
-    # The first look that knows the total writes a line at once; the next would come 5 minutes later.
+    # The first look that knows the total writes a line at once; then one per 30 polls while nothing changes
+    # for 5 minutes: about 40 polls here, so 1 to 3 lines, never one per poll.
     found = re.findall(r"Progress: requests \d/3 \(\d+\.\d%\), 0 failed", capsys.readouterr().out)
-    assert len(found) == 1
+    assert 1 <= len(found) <= 3, found
