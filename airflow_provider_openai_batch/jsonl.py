@@ -37,6 +37,7 @@ def validate_batch_input_lines(
     *,
     max_problems: int = 100,
     rules: BackendRules | None = None,
+    seen_ids: dict[str, int] | None = None,
 ) -> list[Problem]:
     """Check every line of a batch input file; return the problems found (empty when the file is fine).
 
@@ -45,11 +46,13 @@ def validate_batch_input_lines(
     :param max_problems: Stop collecting after this many, so a hopeless file costs little.
     :param rules: The back end's limits (default: OpenAI's). With ``one_model_per_file`` (Azure, where the
         ``model`` is a deployment) every line must name the model of the first.
+    :param seen_ids: A dict to fill with each ``custom_id`` and its line number (the splitter keeps ids unique
+        across shards from it, without parsing every line a second time).
     """
     rules = rules or rules_for()
     max_lines = rules.max_requests_per_file
     problems: list[Problem] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {} if seen_ids is None else seen_ids
     first_model: tuple[object, int] | None = None
     count = 0
     size = 0
@@ -78,7 +81,7 @@ def validate_batch_input_lines(
             )
             break
         try:
-            item = json.loads(text, parse_constant=_refuse_constant)
+            item = _DECODER.decode(text)
         except json.JSONDecodeError as err:
             problems.append(Problem(number, "invalid_json_line", f"not valid JSON ({err.msg})"))
             continue
@@ -157,6 +160,10 @@ def _url_message(url: object, endpoint: str, rules: BackendRules) -> str:
 
 def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value; write null or a number")
+
+
+#: One decoder for every line: ``json.loads`` with ``parse_constant`` builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def count_embedding_inputs(value: object) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from airflow.sdk import BaseOperatorLink
 
@@ -12,9 +12,16 @@ if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey
 
 
+#: Where the provider's plugin shows one batch in the Airflow UI (see :mod:`airflow_provider_openai_batch.plugins`):
+#: the "OpenAI Batches" page (``/plugin/<url_route>``) showing the page the plugin's app serves.
+PLUGIN_PAGE_PATH = "/plugin/openai-batches/openai-batches/"
+
+
 class OpenAIBatchLink(BaseOperatorLink):
-    """Links a task to its batch: the OpenAI platform page when the connection's base URL is OpenAI's,
-    otherwise ``{scheme}://{host}/batches/{id}``, the page the local emulator serves.
+    """Links a task to its batch: the OpenAI platform page when the connection's base URL is OpenAI's (the
+    ``openai_platform`` link of :mod:`~airflow_provider_openai_batch.backends`), otherwise the provider's own
+    "OpenAI Batches" page in the Airflow UI, showing that batch (``airflow``): any other server (Azure, a
+    self-hosted OpenAI-compatible one, the emulator) has no page of its own that is known to exist.
 
     The operator stores the URL in XCom under :attr:`xcom_key` as soon as the batch is known, so the link
     is there while the task is deferred.
@@ -33,17 +40,26 @@ class OpenAIBatchLink(BaseOperatorLink):
 
 def remember_batch_link(operator: BaseOperator, context: Any, base_url: str, batch_id: str) -> str:
     """Record the batch's URL for :class:`OpenAIBatchLink` now (visible while deferred) and on the operator."""
-    url = batch_url(base_url, batch_id)
+    url = batch_url(base_url, batch_id, getattr(operator, "conn_id", None))
     operator._openai_batch_url = url  # type: ignore[attr-defined]
     context["ti"].xcom_push(key=OpenAIBatchLink().xcom_key, value=url)
     return url
 
 
-def batch_url(base_url: str, batch_id: str) -> str:
-    """The batch's page for a person: on the OpenAI platform when the base URL is OpenAI's, otherwise
-    ``{scheme}://{host}/batches/{id}`` on the server itself, where the emulator serves one (the ``/v1`` API
-    needs a key that a browser does not send). Other OpenAI-compatible servers may have no such page."""
-    parts = urlsplit(base_url)
-    if parts.hostname == "api.openai.com":
+def batch_url(base_url: str, batch_id: str, conn_id: str | None = None, airflow_url: str | None = None) -> str:
+    """The batch's page for a person: on the OpenAI platform when the base URL is OpenAI's, otherwise the
+    "OpenAI Batches" page of this Airflow showing the batch (no other server is known to have a page a browser
+    can open; the ``/v1`` API needs a key that a browser does not send).
+
+    :param conn_id: The connection the batch belongs to (the page lists that connection's batches).
+    :param airflow_url: The Airflow UI's URL; default ``[api] base_url``, and without one a path from the root
+        of the site the UI is served from (a browser resolves it against the Airflow page showing the link).
+    """
+    if urlsplit(base_url).hostname == "api.openai.com":
         return f"https://platform.openai.com/batches/{quote(batch_id)}"
-    return f"{parts.scheme}://{parts.netloc}/batches/{quote(batch_id)}"
+    if airflow_url is None:
+        from airflow.sdk import conf
+
+        airflow_url = conf.get("api", "base_url", fallback=None) or ""
+    query = urlencode({"conn_id": conn_id or "openai_default", "batch_id": batch_id})
+    return f"{airflow_url.rstrip('/')}{PLUGIN_PAGE_PATH}?{query}"

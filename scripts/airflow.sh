@@ -14,6 +14,7 @@
 #   AIRFLOW_UI_HOME              AIRFLOW_HOME of this instance (default .airflow/ui)
 #   AIRFLOW_UI_FRESH=1           start from an empty database
 #   AIRFLOW_ADMIN_PASSWORD       password of the `admin` user (default admin)
+#   AIRFLOW_VIEWER_PASSWORD      password of the `viewer` user, who may read but not edit DAGs (default viewer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,6 +26,7 @@ AIRFLOW_PORT=${AIRFLOW_PORT:-8080}
 HOST=127.0.0.1
 URL="http://$HOST:$AIRFLOW_PORT"
 ADMIN_PASSWORD=${AIRFLOW_ADMIN_PASSWORD:-admin}
+VIEWER_PASSWORD=${AIRFLOW_VIEWER_PASSWORD:-viewer}
 export AIRFLOW_HOME=${AIRFLOW_UI_HOME:-$ROOT/.airflow/ui}
 case $AIRFLOW_HOME in /*) ;; *) AIRFLOW_HOME=$ROOT/$AIRFLOW_HOME ;; esac
 mkdir -p "$AIRFLOW_HOME"
@@ -54,7 +56,8 @@ export AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=${AIRFLOW__CORE__MAX_ACTIVE_TASKS
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
 export AIRFLOW__CORE__TEST_CONNECTION=Enabled
 export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
-export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
+# viewer: the role that may read DAGs but not edit them (the batches page shows it no working Cancel).
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin,viewer:viewer
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=False
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$AIRFLOW_HOME/simple_auth_manager_passwords.json
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=$URL/execution/
@@ -64,7 +67,8 @@ export AIRFLOW__API__WORKERS=1
 export AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES=1
 export AIRFLOW__LOGGING__LOGGING_LEVEL=${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}
 export OPENAI_BATCH_POLL_INTERVAL=${OPENAI_BATCH_POLL_INTERVAL:-2}
-printf '{"admin": "%s"}\n' "$ADMIN_PASSWORD" >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
+printf '{"admin": "%s", "viewer": "%s"}\n' "$ADMIN_PASSWORD" "$VIEWER_PASSWORD" \
+  >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
 
 declare -A PIDS=()
 tagged_pids() { # pids of every live process carrying our tag (pure bash: starts no tagged helper process)
@@ -201,7 +205,8 @@ done
 cat <<EOF
 
   Airflow is ready: $URL
-  Login:            admin / $ADMIN_PASSWORD
+  Login:            admin / $ADMIN_PASSWORD (or viewer / $VIEWER_PASSWORD: may read, not edit)
+  OpenAI Batches:   $URL/plugin/openai-batches (Browse menu), and the "Batch status" tab of a task
   DAGs:             $AIRFLOW__CORE__DAGS_FOLDER (trigger openai_batch_example)
   Connection:       openai_default -> http://$HOST:$EMULATOR_PORT/v1 (OpenAI Batch emulator, fake key)
   Logs:             $AIRFLOW_HOME/{api-server,scheduler,dag-processor,triggerer,emulator}.log

@@ -24,6 +24,7 @@ def test_example_dags_import_without_errors():
         "openai_batch_cancel",
         "openai_batch_mapped",
         "openai_batch_results_consumer",
+        "openai_batch_large_job",  # issue 11
     }
     assert set(bag.dags["openai_batch_example"].task_ids) == {
         "build_requests",
@@ -98,3 +99,40 @@ def test_airflow_dags_test_runs_the_example_end_to_end(tmp_path, flavor):
         assert [(uri, json.loads(extra)["counts"]["succeeded"]) for uri, extra in events] == [
             ((tmp_path / "results" / "openai_batch_example.jsonl").as_uri(), 5)
         ]
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_runs_the_large_job_example(tmp_path):
+    """The path a 120,000-request run takes (split, queue, one deferral per wake, merged export), at a size the
+    suite can afford: 25 requests in batches of 10 make 3 batches and one file of 25 rows in input order. The
+    full 120,000 is run by ``bench/large_job.py --dag`` (figures in bench/README.md)."""
+    from airflow_provider_openai_batch.emulator.testing import run_emulator_process
+
+    with run_emulator_process(phase_seconds=0.5) as emulator:
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(tmp_path),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
+            "AIRFLOW_CONN_OPENAI_DEFAULT": emulator.connection_json(),
+            "OPENAI_BATCH_POLL_INTERVAL": "0.5",
+            "OPENAI_BATCH_EXAMPLE_REQUESTS": "25",
+            "OPENAI_BATCH_MAX_REQUESTS_PER_BATCH": "10",
+        }
+        airflow = str(Path(sys.executable).parent / "airflow")
+        subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=300)
+        result = subprocess.run(
+            [airflow, "dags", "test", "openai_batch_large_job"], env=env, capture_output=True, text=True, timeout=300
+        )
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, log[-3000:]
+        assert "deferred" in log and "Job: 25 requests in 3 shards" in log
+        assert emulator.stats()["batches_created"] == 3
+        rows = [
+            json.loads(line)
+            for line in (tmp_path / "results" / "openai_batch_large_job.jsonl").read_text().splitlines()
+        ]
+        assert [(r["index"], r["custom_id"], r["status"]) for r in rows] == [
+            (i, f"request-{i}", "succeeded") for i in range(25)
+        ]
+        assert "MANIFEST {" in log and "'rows': 25" in log

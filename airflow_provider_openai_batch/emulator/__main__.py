@@ -82,6 +82,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fail every request transiently on its first N attempts (counted per custom_id across batches), "
         "then let it succeed (default 0)",
     )
+    parser.add_argument(
+        "--enqueued-token-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fail a new batch with token_limit_exceeded at validation when its estimated input tokens plus those "
+        "of the batches still in progress exceed N, as the real API does (default: no limit)",
+    )
     parser.add_argument("--data-dir", default=None, help="persist state here so a restart loses nothing")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
@@ -97,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--transient-failure-rate must be between 0 and 1")
     if args.transient_failure_attempts < 0:
         parser.error("--transient-failure-attempts must be 0 or more")
+    if args.enqueued_token_limit is not None and args.enqueued_token_limit < 1:
+        parser.error("--enqueued-token-limit must be 1 or more")
     script = args.fault_script.split(",") if args.fault_script else []
     unknown = set(script) - set(FAULT_KINDS) - {""}
     if unknown:
@@ -123,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         expire_after_fraction=args.expire_after_fraction,
         transient_failure_rate=args.transient_failure_rate,
         transient_failure_attempts=args.transient_failure_attempts,
+        enqueued_token_limit=args.enqueued_token_limit,
         flavor=args.flavor,
     )
     app = create_app(config, data_dir=args.data_dir)

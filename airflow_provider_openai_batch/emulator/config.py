@@ -44,6 +44,11 @@ class EmulatorConfig:
         attempts and then succeeds (unless ``transient_failure_rate`` draws a failure). Attempts are counted
         per ``custom_id`` across batches, from the last reset; a request counts as attempted once its batch
         has run it (not when it expired or was cancelled before running).
+    :param enqueued_token_limit: When set, the organisation's enqueued-token limit: a batch whose estimated
+        input tokens, added to those of the batches admitted before it and still running (``in_progress`` or
+        ``finalizing``) at the end of its ``validating``, exceed it fails then with ``token_limit_exceeded``, as
+        the real API does (never billed). The estimate is the emulator's own reading (see
+        :func:`~airflow_provider_openai_batch.emulator.store.estimate_input_tokens`). ``None``: no limit.
     :param flavor: ``openai`` or ``azure`` (see :data:`FLAVORS`). Azure: paths ``/openai/v1/...`` and
         ``/openai/...?api-version=...``; the key in an ``api-key`` header (or any ``Authorization: Bearer``
         token, an Entra ID token, checked against ``api_key`` when that is set); ``apim-request-id`` on every
@@ -65,6 +70,7 @@ class EmulatorConfig:
     expire_after_fraction: float | None = None
     transient_failure_rate: float = 0.0
     transient_failure_attempts: int = 0
+    enqueued_token_limit: int | None = None
     flavor: str = "openai"
 
     def public(self) -> dict[str, Any]:
@@ -108,6 +114,10 @@ def _check(name: str, value: Any) -> Any:
         if name in _FRACTIONS and value > 1:
             raise ValueError(f"{name} must be between 0 and 1; got {value!r}")
         return float(value)
+    if name == "enqueued_token_limit":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"enqueued_token_limit must be an integer >= 1 or null; got {value!r}")
+        return value
     if name == "transient_failure_attempts":
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"transient_failure_attempts must be an integer >= 0; got {value!r}")

@@ -35,6 +35,23 @@ __all__ = ["ApiFailure", "EmulatorConfig", "Store"]  # EmulatorConfig and ApiFai
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
+def estimate_input_tokens(requests: list[dict[str, Any]]) -> int:
+    """The emulator's own estimate of a file's input tokens: the characters of every string in the request
+    bodies (prompts, model names, roles), divided by 4, rounded up. It reads the bodies, not the bytes of the
+    lines, so it is independent of any client's estimate, and it is smaller than a bytes-of-the-line one."""
+
+    def chars(value: Any) -> int:
+        if isinstance(value, str):
+            return len(value)
+        if isinstance(value, dict):
+            return sum(chars(v) for v in value.values())
+        if isinstance(value, list):
+            return sum(chars(v) for v in value)
+        return 0
+
+    return (sum(chars(item.get("body")) for item in requests) + 3) // 4
+
+
 def _fresh_stats() -> dict[str, Any]:
     return {
         "requests": {},
@@ -287,6 +304,7 @@ class Store:
                 cap = None if status == "completed" else private.get("expire_after_fraction")
                 self._finish(batch, status, now, fraction, cap)
             elif status == "failed":
+                private["ended_at"] = now
                 batch.update(
                     status="failed",
                     failed_at=int(now),
@@ -354,6 +372,19 @@ class Store:
                 )
                 self._save()
                 return
+            refusal = self._over_token_limit(batch)
+            if refusal is not None:
+                batch.update(
+                    status="failed",
+                    failed_at=int(t0 + phase),
+                    errors={
+                        "object": "list",
+                        "data": [{"code": "token_limit_exceeded", "message": refusal, "param": None, "line": None}],
+                    },
+                )
+                self._save()
+                return
+            private["admitted"] = True
             batch["status"] = "in_progress"
             batch["in_progress_at"] = int(t0 + phase)
             batch["request_counts"]["total"] = report.requests
@@ -383,6 +414,44 @@ class Store:
         if key not in self._verdicts:
             self._verdicts[key] = judge_input_file(self.contents.get(file_id, b""), batch["endpoint"], flavor)
         return self._verdicts[key]
+
+    def _over_token_limit(self, batch: dict[str, Any]) -> str | None:
+        """The refusal message when admitting ``batch`` would exceed the enqueued-token limit, else ``None``.
+
+        Older batches still validating are admitted (or refused) first, so admission follows creation order
+        however the batches happen to be read.
+        """
+        limit = self.config.enqueued_token_limit
+        if limit is None:
+            return None
+        private = self._private[batch["id"]]
+        if "tokens" not in private:
+            private["tokens"] = estimate_input_tokens(self._requests(batch))
+        # Judged at the instant validation ends, from the other batches' own timestamps, so the verdict does not
+        # depend on when a client happens to read the batches.
+        at = private["t0"] + self.config.phase_seconds
+        enqueued = 0
+        for other in list(self.batches.values()):
+            if other["id"] == batch["id"]:
+                continue
+            theirs = self._private[other["id"]]
+            if other["status"] == "validating" and theirs["t0"] < private["t0"]:
+                self._advance(other)  # only strictly older ones: the recursion ends
+            if not theirs.get("admitted"):
+                continue
+            self._advance(other)
+            started = theirs["t0"] + self.config.phase_seconds
+            ended = theirs.get("ended_at")
+            if started <= at and (ended is None or ended > at):
+                enqueued += int(theirs.get("tokens") or 0)
+        if private["tokens"] + enqueued <= limit:
+            return None
+        models = sorted({str((r.get("body") or {}).get("model")) for r in self._requests(batch)}) or ["the model"]
+        return (
+            f"Enqueued token limit reached for {models[0]} in organization org-emulator. Limit: {limit:,} enqueued "
+            f"tokens (this batch: {private['tokens']:,}, already enqueued: {enqueued:,}). Please try again once some "
+            "in_progress batches have been completed."
+        )
 
     def _transient_status(self, custom_id: str, attempt: int) -> int | None:
         """The status of a transient failure of ``custom_id``'s ``attempt``-th run (from 1), or ``None``.
@@ -435,6 +504,7 @@ class Store:
                 batch[key] = self.add_file(data, name, "batch_output", expires_after)["id"]
         batch["status"] = status
         batch[f"{status}_at"] = int(when)
+        self._private[batch["id"]]["ended_at"] = when  # the token limit's reckoning needs it to the millisecond
         if status in ("completed",) and batch["finalizing_at"] is None:
             batch["finalizing_at"] = int(when)
         batch["request_counts"] = {"total": len(requests), "completed": len(ok_lines), "failed": len(error_lines)}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from airflow.sdk import BaseOperator, conf
 
 from airflow_provider_openai_batch.links import OpenAIBatchLink, remember_batch_link
+from airflow_provider_openai_batch.task_metadata import validate_user_metadata, with_task_metadata
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -80,13 +81,27 @@ class CreateBatchOperator(BaseOperator):
     Returns the batch id (XCom ``return_value``), pushes the batch as JSON to XCom key ``batch`` and the ids of
     every round's batch to ``batch_ids`` (one id unless ``resubmit_unfinished`` made more rounds).
 
+    **Inputs of any size.** An input that does not fit one batch (more than ``max_requests_per_batch`` requests,
+    more than the back end's bytes per file or embedding inputs, or several files in ``input_file``) runs as a *job*:
+    it is split while streaming into shards, each checked by the same pre-flight rules, all uploaded, and their
+    batches created in input order within ``max_active_batches`` and ``max_enqueued_tokens``; a shard refused
+    with ``token_limit_exceeded`` is re-queued with back-off; a retry re-attaches shard by shard (see
+    :mod:`~airflow_provider_openai_batch.operators.job`). With ``wait_for_completion`` the task waits for the
+    whole job (one deferral, woken when a batch ends so the next shards can be created). A job returns the list
+    of its shards' batch ids in input order, pushes every batch id (re-queued attempts included) to
+    ``batch_ids`` and a summary to ``job``; give the return value to ``BatchSensor`` or
+    ``BatchResultsOperator`` to wait for or merge the results in input order. One input that fits one batch
+    takes the one-batch way above, unchanged.
+
     :param endpoint: The batch endpoint, e.g. ``/v1/chat/completions``.
     :param requests: Requests to send (templated: strings in a literal list are rendered by Jinja, so a
         prompt containing ``{{`` needs ``{% raw %}``; a list from XCom, e.g. ``build_requests()``, is not).
-    :param input_file: A JSONL file (templated).
+    :param input_file: A JSONL file, or a list of them read in order as one input (templated).
     :param input_file_id: An uploaded input file id (templated).
     :param completion_window: ``"24h"``.
-    :param metadata: Up to 15 string pairs stored on the batch (``airflow_idempotency_key`` is reserved).
+    :param metadata: Up to 11 string pairs stored on the batch; the provider adds five of its own
+        (``airflow_idempotency_key`` and the creating task instance, see
+        :mod:`~airflow_provider_openai_batch.task_metadata`), whose keys are reserved.
     :param output_expires_after: Seconds (3600..2592000) after which output files expire.
     :param input_expires_after: Seconds (3600..2592000) after which the uploaded input file expires at the API
         (the Files API's ``expires_after``), so inputs do not fill the account's file storage. ``None``: the
@@ -108,7 +123,14 @@ class CreateBatchOperator(BaseOperator):
         exactly those input lines is created (an idempotency key of its own per round) and waited for, up to
         this many times. A request that succeeded is never sent twice. Needs ``wait_for_completion``. XCom
         ``batch_ids`` lists every round's batch; the return value and ``batch`` are the last round's. A retry
-        re-attaches to the latest round and goes on from there instead of failing.
+        re-attaches to the latest round and goes on from there instead of failing. One batch only: a job of
+        several batches refuses it.
+    :param max_requests_per_batch: Most requests per batch when an input is split (default 50,000; capped by the
+        back end's ``max_requests_per_file``).
+    :param max_active_batches: Most batches of one job running at once (``None``: no bound).
+    :param max_enqueued_tokens: Most estimated input tokens of one job's running batches (``None``: no bound);
+        shards are also cut so that none exceeds it. The estimate is the bytes of the request lines / 4
+        (:func:`~airflow_provider_openai_batch.split.estimate_tokens`).
     """
 
     template_fields: Sequence[str] = (
@@ -145,6 +167,9 @@ class CreateBatchOperator(BaseOperator):
         reattach: str = "auto",
         rebill_completed_requests: bool = False,
         resubmit_unfinished: int = 0,
+        max_requests_per_batch: int = 50_000,
+        max_active_batches: int | None = None,
+        max_enqueued_tokens: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -174,6 +199,17 @@ class CreateBatchOperator(BaseOperator):
             raise ValueError(
                 f"{self.task_id}: resubmit_unfinished needs wait_for_completion=True: the rounds follow the wait"
             )
+        for name, value in (
+            ("max_requests_per_batch", max_requests_per_batch),
+            ("max_active_batches", max_active_batches),
+            ("max_enqueued_tokens", max_enqueued_tokens),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{self.task_id}: {name} must be a whole number >= 1 (or None); got {value!r}")
+        self.max_requests_per_batch = max_requests_per_batch
+        self.max_active_batches = max_active_batches
+        self.max_enqueued_tokens = max_enqueued_tokens
+        self._job_state: dict[str, Any] | None = None
         self.endpoint = endpoint
         self.requests = requests
         self.input_file = input_file
@@ -201,7 +237,7 @@ class CreateBatchOperator(BaseOperator):
 
         return OpenAIBatchHook(conn_id=self.conn_id)
 
-    def execute(self, context: Context) -> str:
+    def execute(self, context: Context) -> str | list[str]:
         from airflow_provider_openai_batch import api
         from airflow_provider_openai_batch.operators.reattach import CreateLedger, idempotency_key
         from airflow_provider_openai_batch.outcome import describe
@@ -209,15 +245,18 @@ class CreateBatchOperator(BaseOperator):
         # Checks that cost nothing come first, so a bad argument never uploads a file. The back end's rules come
         # from the connection (no request); the endpoint is put in its shape (Azure: no /v1).
         hook = self.hook()
-        rules = hook.rules
-        self.endpoint = api.validate_endpoint(self.endpoint, rules)
-        api.validate_completion_window(self.completion_window, rules)
-        api.validate_metadata(self.metadata, reserved_keys=(api.IDEMPOTENCY_METADATA_KEY,))
+        self._backend_rules = hook.rules
+        self.endpoint = api.validate_endpoint(self.endpoint, self._backend_rules)
+        api.validate_completion_window(self.completion_window, self._backend_rules)
+        validate_user_metadata(self.metadata)  # the provider's five pairs counted, its keys refused
         api.validate_expires_after(self.output_expires_after)
         api.validate_expires_after(self.input_expires_after, "input_expires_after")
         ti = self._running_ti = context["ti"]
         with hook, tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
-            source, digest = self._prepare_input(tmp, rules)
+            sources = self._sources(tmp)
+            if sources and self._needs_job(sources):
+                return self._run_job(context, hook, tmp, sources)
+            source, digest = self._prepare_input(tmp, sources)
             ledger = CreateLedger(context, idempotency_key(context, digest, self.reattach), self.log)
             batch, rounds = (
                 self._earlier_batch(hook, ledger, ti.try_number or 1) if self.reattach == "auto" else (None, [])
@@ -311,23 +350,71 @@ class CreateBatchOperator(BaseOperator):
         )
         return None, []
 
-    def _prepare_input(self, tmp: str, rules: Any = None) -> tuple[Any, str]:
+    def _rules(self) -> Any:
+        """The back end's rules every limit comes from: the connection's (read by :meth:`execute` before anything
+        else), OpenAI's when called outside it."""
+        rules = getattr(self, "_backend_rules", None)
+        if rules is not None:
+            return rules
+        from airflow_provider_openai_batch.backends import rules_for
+
+        return rules_for()
+
+    def _sources(self, tmp: str) -> list[Any]:
+        """The input's files in order (``requests`` written to one); empty for ``input_file_id``."""
+        if self.input_file_id is not None:
+            return []
+        if self.requests is not None:
+            path = os.path.join(tmp, "batch_input.jsonl")
+            write_requests_jsonl(self.requests, self.endpoint, path)
+            return [path]
+        sources = list(self.input_file) if isinstance(self.input_file, (list, tuple)) else [self.input_file]
+        if not sources:
+            raise ValueError("input_file is an empty list: give at least one JSONL file")
+        for source in sources:
+            if not (isinstance(source, (str, os.PathLike)) or hasattr(source, "fs")):
+                raise ValueError(
+                    "input_file must be a local path or an ObjectStoragePath of a JSONL file; got "
+                    f"{type(source).__name__}: give one, or a list of them"
+                )
+            if not hasattr(source, "fs") and not os.path.isfile(source):
+                raise ValueError(f"input_file {str(source)!r} does not exist or is not a file")
+        return sources
+
+    def _needs_job(self, sources: list[Any]) -> bool:
+        """Whether the input needs several batches: several files, or one that does not fit one batch."""
+        from airflow_provider_openai_batch.split import fits_one_batch
+
+        if len(sources) > 1:
+            return True
+        return not fits_one_batch(
+            sources[0],
+            self.endpoint,
+            rules=self._rules(),
+            max_requests_per_batch=self.max_requests_per_batch,
+            max_tokens_per_batch=self.max_enqueued_tokens,
+        )
+
+    def _prepare_input(self, tmp: str, sources: list[Any]) -> tuple[Any, str]:
         """The file to upload (``None`` for ``input_file_id``), checked, and a digest of its content."""
         from airflow_provider_openai_batch import api
 
         if self.input_file_id is not None:
             api.validate_id(self.input_file_id, "input_file_id")
             return None, hashlib.sha256(self.input_file_id.encode()).hexdigest()
-        source: Any = self.input_file
-        if self.requests is None and not (isinstance(source, (str, os.PathLike)) or hasattr(source, "fs")):
-            raise ValueError(
-                f"input_file must be a local path or an ObjectStoragePath of a JSONL file; got {type(source).__name__}"
-            )
-        if self.requests is not None:
-            source = os.path.join(tmp, "batch_input.jsonl")
-            write_requests_jsonl(self.requests, self.endpoint, source)
         name = "input_file" if self.requests is None else "requests; line N is requests[N-1]"
-        return source, check_input_file(source, self.endpoint, name, rules)
+        return sources[0], check_input_file(sources[0], self.endpoint, name, self._rules())
+
+    def _create_batch(self, hook: OpenAIBatchHook, input_file_id: str, key: str) -> Any:
+        """The one create call of this operator (a single batch, a round, or a job's shard)."""
+        return hook.create_batch(
+            input_file_id,
+            self.endpoint,
+            self.completion_window,
+            with_task_metadata(self.metadata, self._running_ti),  # which DAG/task/run/map index made it
+            self.output_expires_after,
+            idempotency_key=key,
+        )
 
     def _create(self, hook: OpenAIBatchHook, key: str, source: Any) -> Any:
         from airflow_provider_openai_batch.exceptions import APIError, OpenAIBatchError
@@ -338,14 +425,7 @@ class CreateBatchOperator(BaseOperator):
             else hook.upload_file(source, purpose="batch", expires_after=self.input_expires_after)
         )
         try:
-            return hook.create_batch(
-                uploaded.id if uploaded is not None else str(self.input_file_id),
-                self.endpoint,
-                self.completion_window,
-                self.metadata,
-                self.output_expires_after,
-                idempotency_key=key,
-            )
+            return self._create_batch(hook, uploaded.id if uploaded is not None else str(self.input_file_id), key)
         except APIError as err:
             # A definite refusal (any 4xx) means no batch will ever use our upload: don't leave it behind.
             # After a 5xx the batch may exist after all, so the file stays. A user's input_file_id is theirs.
@@ -387,11 +467,174 @@ class CreateBatchOperator(BaseOperator):
                 return self._finish(context, final.model_dump(mode="json"), rounds)
             batch, rounds = following, [*rounds, following.id]
 
+    # ------------------------------------------------------------------------------------------- jobs
+
+    def _run_job(self, context: Context, hook: OpenAIBatchHook, tmp: str, sources: list[Any]) -> list[str]:
+        """Split, upload and submit an input too large for one batch (see :mod:`.job`)."""
+        from airflow_provider_openai_batch.operators.job import (
+            JobLedger,
+            new_state,
+            recover_from_batch_list,
+            same_layout,
+        )
+        from airflow_provider_openai_batch.operators.reattach import FALLBACK_WINDOW_SECONDS, idempotency_key
+        from airflow_provider_openai_batch.split import request_cap, split_input
+
+        if self.resubmit_unfinished:
+            raise ValueError(
+                f"{self.task_id}: resubmit_unfinished works on one batch; this input needs several (a job). Set "
+                "resubmit_unfinished=0, or give a smaller input"
+            )
+        rules = self._rules()
+        started = time.time()
+        names = None if self.requests is None else ["requests (line N is requests[N-1])"]
+        split = split_input(
+            sources,
+            self.endpoint,
+            tmp,
+            rules=rules,
+            max_requests_per_batch=self.max_requests_per_batch,
+            max_tokens_per_batch=self.max_enqueued_tokens,
+            names=names,
+        )
+        cap = request_cap(self.max_requests_per_batch, rules)
+        layout = f"{split.digest}:{cap}:{self.max_enqueued_tokens}:{self.endpoint}"
+        key = idempotency_key(context, hashlib.sha256(layout.encode()).hexdigest(), self.reattach)
+        ledger = JobLedger(context, key, self.log)
+        state = ledger.read() if self.reattach == "auto" else None
+        if not same_layout(state, split):
+            state = new_state(key, split)
+            try_number = context["ti"].try_number or 1
+            if self.reattach == "auto" and try_number > 1:
+                found = recover_from_batch_list(hook, state, time.time() - FALLBACK_WINDOW_SECONDS)
+                if found:
+                    self.log.info("Found the batches of %d shards of this job by their keys", found)
+        else:
+            self.log.info("Re-attaching to the job recorded by an earlier try")
+        assert state is not None
+        self.log.info(
+            "Job: %d requests in %d shards of at most %d requests and %d bytes (split in %.1fs); "
+            "max_active_batches=%s, max_enqueued_tokens=%s",
+            split.requests,
+            len(split.shards),
+            cap,
+            rules.max_bytes_per_file,
+            time.time() - started,
+            self.max_active_batches,
+            self.max_enqueued_tokens,
+        )
+        job = self._job(context, state, ledger)
+        job.upload(hook, [s.path for s in split.shards], self.input_expires_after)
+        ledger.write(state)
+        return self._drive_job(context, hook, job)
+
+    def _job(self, context: Context, state: dict[str, Any], ledger: Any = None) -> Any:
+        from airflow_provider_openai_batch.operators.job import Job, JobLedger
+
+        self._job_state = state
+        return Job(
+            state,
+            ledger or JobLedger(context, state["job_key"], self.log),
+            self.log,
+            max_active_batches=self.max_active_batches,
+            max_enqueued_tokens=self.max_enqueued_tokens,
+            backoff_base=self.poll_interval,
+        )
+
+    def _drive_job(
+        self, context: Context, hook: OpenAIBatchHook, job: Any, seen: list[dict[str, Any]] | None = None
+    ) -> list[str]:
+        """Record ends, re-queue refusals, create what the limits allow; then wait, or finish."""
+        from airflow_provider_openai_batch.exceptions import BatchTimeoutError
+        from airflow_provider_openai_batch.progress import ProgressLog, snapshot
+
+        progress = ProgressLog(self.log)
+        end_time = None if self.wait_timeout is None else float(job.state["started_at"]) + self.wait_timeout
+        while True:
+            job.claim_cut_off_creates(hook)
+            job.refresh(hook, seen)
+            seen = None
+            job.requeue_refused()
+            job.submit(lambda file_id, key: self._create_batch(hook, file_id, key))
+            context["ti"].xcom_push(key="batch_ids", value=job.batch_ids())
+            if not job.queued():
+                remember_batch_link(self, context, hook.settings.base_url, job.final_batch_ids()[-1])
+            if not self.wait_for_completion and not job.queued():
+                return self._finish_job(context, hook, job, judge_it=False)
+            if job.finished():
+                return self._finish_job(context, hook, job)
+            if end_time is not None and time.time() >= end_time:
+                fail_for_good(
+                    BatchTimeoutError(f"the job was still running at its deadline: {job.summary([])}"),
+                    f"the deadline (timeout={self.wait_timeout:g}s from the job's start) passed",
+                )
+            active = [str(s["batch_id"]) for s in job.active()]
+            if self.deferrable:
+                from airflow_provider_openai_batch.triggers.batch import BatchTrigger
+
+                self.defer(
+                    trigger=BatchTrigger(
+                        active[0] if active else job.batch_ids()[-1],
+                        self.conn_id,
+                        self.poll_interval,
+                        end_time=end_time,
+                        cancel_on_kill=self.cancel_on_kill,
+                        batch_ids=active,
+                        wake_on_any=bool(job.queued()),
+                        wake_at=job.wake_at(),
+                        job=job.progress(),
+                        resume={"job": job.state},
+                    ),
+                    method_name="execute_complete",
+                    kwargs={"job": job.state},
+                )
+            pause = self.poll_interval
+            wake = job.wake_at()
+            if wake is not None:
+                pause = max(0.0, min(pause, wake - time.time()))
+            progress.observe(snapshot([], batches_total=len(job.shards), base=job.totals()))
+            time.sleep(pause)
+
+    def _finish_job(self, context: Context, hook: OpenAIBatchHook, job: Any, judge_it: bool = True) -> list[str]:
+        """Push every batch id and the summary; judge the finished job."""
+        from airflow_provider_openai_batch.exceptions import BatchNotSuccessfulError
+        from airflow_provider_openai_batch.operators.job import judge_job
+
+        finals = [hook.retrieve_batch(b).model_dump(mode="json") for b in job.final_batch_ids()]
+        summary = job.summary(finals)
+        context["ti"].xcom_push(key="batch_ids", value=job.batch_ids())
+        context["ti"].xcom_push(key="job", value=summary)
+        self.log.info(
+            "Job of %d shards: %s; %d of %d requests completed, %d failed; tokens %d",
+            summary["shards"],
+            summary["statuses"],
+            summary["completed"],
+            summary["requests"],
+            summary["failed"],
+            summary["total_tokens"],
+        )
+        if judge_it:
+            try:
+                judge_job(finals, self.max_failed_fraction)
+            except BatchNotSuccessfulError as err:
+                fail_for_good(err, "the job's batches ended and will not change")
+        return job.final_batch_ids()
+
     def execute_complete(
-        self, context: Context, event: dict[str, Any], key: str | None = None, rounds: list[str] | None = None
-    ) -> str:
+        self,
+        context: Context,
+        event: dict[str, Any],
+        key: str | None = None,
+        rounds: list[str] | None = None,
+        job: dict[str, Any] | None = None,
+    ) -> Any:
         """Resume after the trigger: start the next round of unfinished requests, or record and judge the end."""
         from airflow_provider_openai_batch.events import batch_from_event
+
+        if job is None and isinstance(event.get("resume"), dict):  # the record came back with the event
+            job = event["resume"].get("job")
+        if job is not None:
+            return self._resume_job(context, event, job)
         from airflow_provider_openai_batch.exceptions import BatchTimeoutError
         from airflow_provider_openai_batch.operators.reattach import CreateLedger
         from airflow_provider_openai_batch.outcome import describe
@@ -462,7 +705,29 @@ class CreateBatchOperator(BaseOperator):
             fail_for_good(err, "the batch ended and will not change")
         return str(batch["id"])
 
+    def _resume_job(self, context: Context, event: dict[str, Any], state: dict[str, Any]) -> list[str]:
+        """A job's wait woke: a batch ended, a back-off is over, or the wait failed."""
+        from airflow_provider_openai_batch.events import ERROR, TIMEOUT, batches_from_event
+        from airflow_provider_openai_batch.exceptions import BatchTimeoutError, OpenAIBatchError
+
+        self._running_ti = context["ti"]
+        job = self._job(context, state)
+        if event.get("status") == TIMEOUT:
+            fail_for_good(BatchTimeoutError(str(event.get("message"))), "the job's deadline passed")
+        if event.get("status") == ERROR:
+            # A retry re-attaches to every shard from the record and waits again.
+            raise OpenAIBatchError(str(event.get("message")))
+        with self.hook() as hook:
+            return self._drive_job(context, hook, job, batches_from_event(event))
+
     def on_kill(self) -> None:
+        if self.cancel_on_kill and self._job_state is not None:
+            from airflow_provider_openai_batch.statuses import TERMINAL
+
+            for shard in self._job_state.get("shards") or []:
+                if shard.get("batch_id") and shard.get("status") not in TERMINAL:
+                    cancel_quietly(self, str(shard["batch_id"]), self._running_ti)
+            return
         if self.cancel_on_kill and self.batch_id:
             cancel_quietly(self, self.batch_id, self._running_ti)
 

@@ -75,6 +75,10 @@ class BatchResultsOperator(BaseOperator):
     :param asset_uri: The URI of the outlet asset (see above); ``""`` declares none.
     :param work_dir: Where the temporary files go (default: the system's temporary directory); it needs room
         for about twice the batches' result files.
+    :param one_file_per_batch: Write one file per batch instead of one merged file (e.g. the shards of a large
+        job): batch N of the list (from 1) goes to the destination with ``-NNNNN`` before its extension
+        (``answers.jsonl`` -> ``answers-00001.jsonl``). The manifest then sums the files' figures and lists
+        each file's own manifest under ``files``. Default ``False``: one file, every batch merged in input order.
     """
 
     template_fields: Sequence[str] = ("batch_id", "destination", "format")
@@ -91,6 +95,7 @@ class BatchResultsOperator(BaseOperator):
         delete_files: Any = "none",
         asset_uri: str | None = None,
         work_dir: str | None = None,
+        one_file_per_batch: bool = False,
         **kwargs: Any,
     ) -> None:
         outlets = kwargs.pop("outlets", None)
@@ -117,6 +122,7 @@ class BatchResultsOperator(BaseOperator):
         self.format = format
         self.asset_uri = uri
         self.work_dir = work_dir
+        self.one_file_per_batch = bool(one_file_per_batch)
 
     @staticmethod
     def _asset_uri(asset_uri: str | None, destination: Any, task_id: str) -> str | None:
@@ -150,14 +156,30 @@ class BatchResultsOperator(BaseOperator):
 
         batch_ids = parse_batch_ids(self.batch_id, "batch_id")
         with OpenAIBatchHook(conn_id=self.conn_id) as hook:
-            manifest = hook.export_results(
-                batch_ids,
-                self.destination,
-                format=self.format,
-                price_table=self.price_table,
-                delete_files=self.delete_files,
-                work_dir=self.work_dir,
-            )
+            if self.one_file_per_batch and len(batch_ids) > 1:
+                from airflow_provider_openai_batch.results.writers import numbered_destination
+
+                files = [
+                    hook.export_results(
+                        [batch_id],
+                        numbered_destination(self.destination, number),
+                        format=self.format,
+                        price_table=self.price_table,
+                        delete_files=self.delete_files,
+                        work_dir=self.work_dir,
+                    )
+                    for number, batch_id in enumerate(batch_ids, start=1)
+                ]
+                manifest = _merged_manifest(files)
+            else:
+                manifest = hook.export_results(
+                    batch_ids,
+                    self.destination,
+                    format=self.format,
+                    price_table=self.price_table,
+                    delete_files=self.delete_files,
+                    work_dir=self.work_dir,
+                )
         self.log.info(
             "Exported %d rows to %s: %s; estimated cost %.4f USD (price table %s)",
             manifest["rows"],
@@ -181,3 +203,27 @@ class BatchResultsOperator(BaseOperator):
         for outlet in self.outlets:
             if isinstance(outlet, Asset):
                 events[outlet].extra = dict(extra)
+
+
+def _merged_manifest(files: list[dict[str, Any]]) -> dict[str, Any]:
+    """One manifest for the files of ``one_file_per_batch``: figures summed, each file's manifest kept."""
+    merged: dict[str, Any] = {
+        "destination": files[0]["destination"],
+        "format": files[0]["format"],
+        "files": files,
+        "estimated": True,
+        "price_table": files[0]["price_table"],
+    }
+    for key in ("rows", "input_tokens", "output_tokens", "total_tokens", "unmatched_results"):
+        merged[key] = sum(int(f[key]) for f in files)
+    merged["estimated_cost_usd"] = round(sum(float(f["estimated_cost_usd"]) for f in files), 6)
+    merged["counts"] = {status: sum(f["counts"][status] for f in files) for status in files[0]["counts"]}
+    merged["batch_ids"] = [b for f in files for b in f["batch_ids"]]
+    models: dict[str, int] = {}
+    for f in files:
+        for model, count in f["models"].items():
+            models[model] = models.get(model, 0) + count
+    merged["models"] = dict(sorted(models.items()))
+    merged["unpriced_models"] = sorted({m for f in files for m in f["unpriced_models"]})
+    merged["deleted_files"] = [d for f in files for d in f["deleted_files"]]
+    return merged

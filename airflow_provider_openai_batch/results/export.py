@@ -8,7 +8,6 @@ SQLite (:mod:`.join`) and streamed out row by row (:mod:`.writers`).
 
 from __future__ import annotations
 
-import ast
 import json
 import tempfile
 from collections import Counter
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_openai_batch.exceptions import NotFoundError, OpenAIBatchError
 from airflow_provider_openai_batch.results.join import RequestConflict, ResultJoin
-from airflow_provider_openai_batch.results.options import FILE_KINDS, parse_delete_files
+from airflow_provider_openai_batch.results.options import FILE_KINDS, parse_batch_ids, parse_delete_files
 from airflow_provider_openai_batch.results.prices import CostEstimate, check_price_table
 from airflow_provider_openai_batch.results.rows import STATUSES, row_from_line, row_without_line
 from airflow_provider_openai_batch.results.writers import (
@@ -39,46 +38,6 @@ if TYPE_CHECKING:
 
 class ResultsExportError(OpenAIBatchError):
     """A batch's results cannot be exported (not finished, or a file it needs is gone)."""
-
-
-def parse_batch_ids(value: Any, name: str = "batch_id") -> list[str]:
-    """One batch id, a list of them, a JSON (or Python literal) string of a list, or batch dicts with an
-    ``id`` (the sensor's XCom): the ids, in order, each once.
-
-    :raises ValueError: naming ``name`` and what to pass instead.
-    """
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except ValueError:
-                try:  # a list rendered by Jinja without native types: "['batch_a', 'batch_b']"
-                    value = ast.literal_eval(text)
-                except (ValueError, SyntaxError):
-                    raise ValueError(
-                        f"{name} looks like a list but is neither JSON nor a Python literal: {text[:100]!r}"
-                    ) from None
-        else:
-            value = [text]
-    elif isinstance(value, Mapping):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(
-            f"{name} must be a batch id such as 'batch_abc123', a non-empty list of them (the rounds or shards of "
-            f"one job), or a JSON string of such a list; got {value!r}"
-        )
-    ids: list[str] = []
-    for item in value:
-        batch_id = item.get("id") if isinstance(item, Mapping) else item
-        if not isinstance(batch_id, str) or not batch_id.strip():
-            raise ValueError(f"{name} must hold batch ids (strings such as 'batch_abc123'); got {item!r}")
-        from airflow_provider_openai_batch import api
-
-        api.validate_id(batch_id.strip(), name)
-        if batch_id.strip() not in ids:
-            ids.append(batch_id.strip())
-    return ids
 
 
 def export(

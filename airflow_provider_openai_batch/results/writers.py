@@ -203,3 +203,17 @@ class ParquetWriter:
 
 def open_writer(format: str, handle: IO[bytes]) -> RowWriter:
     return ParquetWriter(handle) if format == "parquet" else JsonlWriter(handle)
+
+
+def numbered_destination(destination: Any, number: int) -> Any:
+    """``destination`` with ``-NNNNN`` before its extension: ``s3://b/answers.jsonl`` -> ``s3://b/answers-00001.jsonl``
+    (a path, a URI string or an ``ObjectStoragePath``), for one file per batch."""
+    tag = f"-{number:05d}"
+    if hasattr(destination, "with_name") and not isinstance(destination, str):
+        return destination.with_name(f"{destination.stem}{tag}{destination.suffix}")
+    text = str(destination)
+    slash = text.rfind("/")
+    dot = text.rfind(".")
+    if dot > slash + 1:
+        return f"{text[:dot]}{tag}{text[dot:]}"
+    return f"{text}{tag}"

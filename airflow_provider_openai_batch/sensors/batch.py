@@ -39,7 +39,14 @@ class BatchSensor(BaseSensorOperator):
     task marked *success* keeps its batch: its results are still wanted. A retried try simply waits for the
     same batch again. A verdict on a finished batch fails the task without retries.
 
-    :param batch_id: The batch to wait for (templated), e.g. ``{{ ti.xcom_pull('create_batch') }}``.
+    **Several batches** (the shards of a large job): give ``batch_id`` a list of ids (or a JSON string of one,
+    as a template renders it, e.g. the job's return value). The sensor then waits for all of them in one
+    deferral, succeeds when every one completed within ``max_failed_fraction`` (each judged on its own), and
+    returns the list of final batches; one that ends ``failed``, ``expired`` or ``cancelled`` fails the task as
+    soon as it is seen.
+
+    :param batch_id: The batch to wait for (templated), e.g. ``{{ ti.xcom_pull('create_batch') }}``, or a
+        list of them.
     :param conn_id: Airflow connection id (type ``openai_batch``).
     :param deferrable: Wait in the triggerer (default ``True``).
     :param poll_interval: Seconds between checks (also ``poke_interval`` in poke/reschedule modes).
@@ -83,6 +90,8 @@ class BatchSensor(BaseSensorOperator):
         self.cancel_on_kill = cancel_on_kill
         self.max_consecutive_errors = max_consecutive_errors
         self._last_status: str | None = None
+        self._last_statuses: dict[str, str] = {}
+        self._progress: Any = None
         self._hook: OpenAIBatchHook | None = None
         self._running_ti: Any = None
 
@@ -102,11 +111,26 @@ class BatchSensor(BaseSensorOperator):
             finally:
                 self._hook = None
 
+    def _ids(self) -> list[str] | None:
+        """The batch ids when ``batch_id`` is a list (or a JSON string of one), else ``None`` (one batch)."""
+        value = self.batch_id
+        if isinstance(value, (list, tuple)) or (isinstance(value, str) and value.strip().startswith("[")):
+            from airflow_provider_openai_batch.results.options import parse_batch_ids
+
+            return parse_batch_ids(value, "batch_id")
+        return None
+
     def _execute(self, context: Context, hook: OpenAIBatchHook) -> Any:
         from airflow.sdk.exceptions import AirflowSensorTimeout
 
         from airflow_provider_openai_batch.api import validate_id
 
+        ids = self._ids()
+        if ids is not None and len(ids) == 1:
+            self.batch_id = ids[0]
+            ids = None
+        if ids is not None:
+            return self._execute_many(context, hook, ids)
         validate_id(self.batch_id, "batch_id")
         remember_batch_link(self, context, hook.settings.base_url, self.batch_id)
         if not self.deferrable:
@@ -134,9 +158,80 @@ class BatchSensor(BaseSensorOperator):
             method_name="execute_complete",
         )
 
+    def _execute_many(self, context: Context, hook: OpenAIBatchHook, ids: list[str]) -> Any:
+        from airflow.sdk.exceptions import AirflowSensorTimeout
+
+        remember_batch_link(self, context, hook.settings.base_url, ids[-1])
+        if not self.deferrable:
+            try:
+                return super().execute(context)
+            except AirflowSensorTimeout:
+                if self.cancel_on_timeout:
+                    for batch_id in ids:
+                        if not hook.retrieve_batch(batch_id).is_terminal:
+                            hook.cancel_batch(batch_id)
+                raise
+        first = self.poke(context)
+        if first:
+            return first.xcom_value if isinstance(first, PokeReturnValue) else first
+        from airflow_provider_openai_batch.triggers.batch import BatchTrigger
+
+        self.defer(
+            trigger=BatchTrigger(
+                ids[0],
+                self.conn_id,
+                self.poll_interval,
+                end_time=time.time() + float(self.timeout),
+                cancel_on_timeout=self.cancel_on_timeout,
+                cancel_on_kill=self.cancel_on_kill,
+                max_consecutive_errors=self.max_consecutive_errors,
+                batch_ids=ids,
+                wake_on_any=False,
+            ),
+            method_name="execute_complete",
+        )
+
+    def _poke_many(self, ids: list[str]) -> PokeReturnValue | bool:
+        from airflow_provider_openai_batch.outcome import describe
+        from airflow_provider_openai_batch.statuses import TERMINAL
+
+        batches = []
+        for batch_id in ids:
+            if self._hook is not None:
+                batch = self._hook.retrieve_batch(batch_id).model_dump(mode="json")
+            else:
+                with self.hook() as hook:
+                    batch = hook.retrieve_batch(batch_id).model_dump(mode="json")
+            if batch["status"] != self._last_statuses.get(batch_id):
+                self.log.info("OpenAI %s", describe(batch))
+                self._last_statuses[batch_id] = batch["status"]
+            if batch["status"] in TERMINAL:
+                self._judge_final(batch)  # one that ended badly fails the task now
+            batches.append(batch)
+        if any(b["status"] not in TERMINAL for b in batches):
+            self._observe(batches)
+            return False
+        return PokeReturnValue(is_done=True, xcom_value=batches)
+
+    def _observe(self, batches: list[dict[str, Any]]) -> None:
+        """A progress line when one is due (:mod:`~airflow_provider_openai_batch.progress`), in ``poke`` mode:
+        there one object sees every poke. In ``reschedule`` mode each poke is a new object with no memory of
+        the last line, so it writes none (the status lines remain)."""
+        if self.mode != "poke":
+            return
+        from airflow_provider_openai_batch.progress import ProgressLog, snapshot
+
+        if self._progress is None:
+            self._progress = ProgressLog(self.log)
+        self._progress.observe(snapshot(batches, batches_total=len(batches) if len(batches) > 1 else None))
+
     def poke(self, context: Context) -> PokeReturnValue | bool:
         from airflow_provider_openai_batch.outcome import describe
         from airflow_provider_openai_batch.statuses import TERMINAL
+
+        ids = self._ids()
+        if ids is not None:
+            return self._poke_many(ids)
 
         if self._hook is not None:
             batch = self._hook.retrieve_batch(self.batch_id).model_dump(mode="json")
@@ -147,11 +242,12 @@ class BatchSensor(BaseSensorOperator):
             self.log.info("OpenAI %s", describe(batch))
             self._last_status = batch["status"]
         if batch["status"] not in TERMINAL:
+            self._observe([batch])
             return False
         self._judge_final(batch)
         return PokeReturnValue(is_done=True, xcom_value=batch)
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
         """Resume after the trigger: judge the final batch exactly as :meth:`poke` does."""
         from airflow_provider_openai_batch.events import batch_from_event
         from airflow_provider_openai_batch.exceptions import BatchTimeoutError
@@ -163,6 +259,16 @@ class BatchSensor(BaseSensorOperator):
             from airflow.sdk.exceptions import AirflowSensorTimeout
 
             raise AirflowSensorTimeout(str(err)) from err
+        if event.get("batches") is not None:  # several batches: every one is judged
+            from airflow_provider_openai_batch.events import batches_from_event
+            from airflow_provider_openai_batch.statuses import TERMINAL
+
+            batches = batches_from_event(event)
+            for each in batches:
+                self.log.info("OpenAI %s", describe(each))
+                if each.get("status") in TERMINAL:
+                    self._judge_final(each)
+            return batches
         self.log.info("OpenAI %s", describe(batch))
         self._judge_final(batch)
         return batch
@@ -184,4 +290,5 @@ class BatchSensor(BaseSensorOperator):
         if self.cancel_on_kill:
             from airflow_provider_openai_batch.operators.batch import cancel_quietly
 
-            cancel_quietly(self, self.batch_id, self._running_ti)
+            for batch_id in self._ids() or [self.batch_id]:
+                cancel_quietly(self, batch_id, self._running_ti)

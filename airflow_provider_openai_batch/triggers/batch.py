@@ -36,12 +36,14 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 # Imported here, not inside run(): an import inside the event loop would stall every other trigger.
-from airflow_provider_openai_batch.events import ERROR, TERMINAL, TIMEOUT, event_payload
+from airflow_provider_openai_batch.events import ERROR, TERMINAL, TIMEOUT, WAKE, event_payload
 from airflow_provider_openai_batch.exceptions import APITimeoutError, OpenAIBatchError
 from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient, RequestNotSentError, SessionLease
 from airflow_provider_openai_batch.models import Batch
 from airflow_provider_openai_batch.outcome import describe
+from airflow_provider_openai_batch.progress import ProgressLog, snapshot
 from airflow_provider_openai_batch.retries import is_retryable
+from airflow_provider_openai_batch.statuses import COMPLETED
 from airflow_provider_openai_batch.task_state import STATE_LOOKUP_SECONDS, keeps_batch, read_task_state
 
 #: Upper bound of the random delay before the first poll.
@@ -94,6 +96,20 @@ class BatchTrigger(BaseTrigger):
     :param cancel_on_timeout: Cancel the batch when the deadline passes.
     :param cancel_on_kill: Cancel the batch when a user marks the task failed or clears it (Airflow 3.3+).
     :param max_consecutive_errors: Failed polls in a row tolerated before giving up.
+    :param batch_ids: Wait for these batches of one job instead of ``batch_id`` alone (it is then the first of
+        them). Each unfinished one is checked every interval; the event carries them all (``batches``).
+    :param wake_on_any: With ``batch_ids``: end the wait when any of them ends, so the task can submit the next
+        shards. ``False``: wait until all ended, or one ended other than ``completed`` (it may be re-queued).
+    :param wake_at: With ``batch_ids``: a Unix time at which to end the wait with a ``wake`` event (a shard's
+        back-off is over); ``None``: no such time. The triggerer never creates batches: the task does.
+    :param job: Progress of the job's batches outside this wait, for the progress lines: ``batches_total``,
+        ``batches_done``, ``done``, ``total``, ``failed``, ``tokens``, and ``expected`` (requests per batch id).
+    :param resume: Opaque JSON handed back in the event (key ``resume``): the job's record, so the task resumes
+        from it even where the deferral's own kwargs are not handed back (``airflow dags test`` runs a trigger
+        in line and passes the method only the event).
+
+    While waiting, a progress line (:mod:`~airflow_provider_openai_batch.progress`) goes to the log when the
+    progress changed and at most every 5 minutes, and after 30 polls without a line.
     """
 
     def __init__(
@@ -105,9 +121,20 @@ class BatchTrigger(BaseTrigger):
         cancel_on_timeout: bool = False,
         cancel_on_kill: bool = False,
         max_consecutive_errors: int = 5,
+        batch_ids: list[str] | None = None,
+        wake_on_any: bool = True,
+        wake_at: float | None = None,
+        job: dict[str, Any] | None = None,
+        resume: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.batch_id = batch_id
+        # An empty list is a job's wait with nothing running: only ``wake_at`` ends it.
+        self.batch_ids = [str(b) for b in batch_ids] if batch_ids is not None else [batch_id]
+        self.batch_id = self.batch_ids[0] if self.batch_ids else batch_id
+        self.wake_on_any = bool(wake_on_any)
+        self.wake_at = None if wake_at is None else float(wake_at)
+        self.job = dict(job) if job else None
+        self.resume = resume
         self.conn_id = conn_id
         self.poll_interval = float(poll_interval)
         self.end_time = None if end_time is None else float(end_time)
@@ -127,7 +154,25 @@ class BatchTrigger(BaseTrigger):
                 "cancel_on_timeout": self.cancel_on_timeout,
                 "cancel_on_kill": self.cancel_on_kill,
                 "max_consecutive_errors": self.max_consecutive_errors,
+                # Only for a job's wait, so a one-batch trigger serializes exactly as before.
+                **(
+                    {
+                        "batch_ids": list(self.batch_ids),
+                        "wake_on_any": self.wake_on_any,
+                        "wake_at": self.wake_at,
+                        "job": self.job,
+                        "resume": self.resume,
+                    }
+                    if self._is_job
+                    else {}
+                ),
             },
+        )
+
+    @property
+    def _is_job(self) -> bool:
+        return (
+            self.batch_ids != [self.batch_id] or self.wake_at is not None or self.job is not None or bool(self.resume)
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -148,62 +193,98 @@ class BatchTrigger(BaseTrigger):
             await lease.release()
 
     async def _wait(self, client: AsyncBatchClient) -> TriggerEvent:
-        """Poll until the batch ends, the deadline passes or the API keeps failing; return the one event."""
+        """Poll until the batch ends (for a job: any batch, or all of them, see ``wake_on_any``), the deadline or
+        the wake-up time passes, or the API keeps failing; return the one event."""
         loop = asyncio.get_running_loop()
         failures = 0
-        last: Batch | None = None
+        pending = list(self.batch_ids)  # not seen ended yet
+        seen: dict[str, Batch] = {}
+        ended: list[Batch] = []
+        progress = ProgressLog(self.log)
+        job = self.job or {}
         while True:
             polled_at = loop.time()
-            batch: Batch | None = None
             failure: Exception | None = None
-            try:
-                batch = await self._poll(client)
-            except (OpenAIBatchError, ValueError) as err:
-                failure = err
-            if batch is not None:
-                failures = 0
-                if last is None or batch.status != last.status:  # the operators' log line, once per status
+            for batch_id in list(pending):
+                try:
+                    batch = await self._poll(client, batch_id)
+                except (OpenAIBatchError, ValueError) as err:
+                    failure = err
+                    if isinstance(err, RequestNotSentError) or not is_retryable(err):
+                        return self._event(ERROR, seen.get(batch_id), f"checking batch {batch_id} failed: {err}", seen)
+                    break  # the others wait for the next round: the API is struggling
+                previous = seen.get(batch_id)
+                if previous is None or batch.status != previous.status:  # the operators' log line, once per status
                     self.log.info("OpenAI %s", describe(batch.model_dump(mode="json")))
-                last = batch
+                seen[batch_id] = batch
                 if batch.is_terminal:
-                    return self._event(TERMINAL, batch, f"batch {batch.id} is {batch.status}")
-            elif failure is not None and (isinstance(failure, RequestNotSentError) or not is_retryable(failure)):
-                return self._event(ERROR, last, f"checking batch {self.batch_id} failed: {failure}")
+                    pending.remove(batch_id)
+                    ended.append(batch)
+            if failure is None:
+                failures = 0
+                progress.observe(
+                    snapshot(
+                        (b.model_dump(mode="json") for b in seen.values()),
+                        batches_total=job.get("batches_total") if self._is_job else None,
+                        base=job,
+                        expected=job.get("expected"),
+                    )
+                )
+            if ended and (self.wake_on_any or not pending or any(b.status != COMPLETED for b in ended)):
+                first = ended[0]
+                return self._event(TERMINAL, first, f"batch {first.id} is {first.status}", seen)
+            if self.wake_at is not None and time.time() >= self.wake_at:
+                return self._event(WAKE, None, "a queued shard's back-off is over: time to submit it", seen)
             if self._deadline_passed():  # after every poll, failed ones too: an outage ends in a timeout
-                return await self._timeout(client, last, failure)
+                return await self._timeout(client, seen, pending, failure)
             if failure is not None:
                 failures += 1
+                failing = pending[0] if pending else self.batch_id
                 if failures >= self.max_consecutive_errors:
-                    return self._event(ERROR, last, f"checking batch {self.batch_id} failed: {failure}")
-                self.log.warning("Checking batch %s failed (%d in a row): %s", self.batch_id, failures, failure)
+                    return self._event(ERROR, seen.get(failing), f"checking batch {failing} failed: {failure}", seen)
+                self.log.warning("Checking batch %s failed (%d in a row): %s", failing, failures, failure)
                 pause = min(self.poll_interval, 2.0**failures)
             else:
                 # A fixed cadence: the interval counts from the start of this check, so the time an answer
                 # takes never adds up across polls, and the end of a batch is seen at most one interval late.
                 pause = max(0.0, self.poll_interval - (loop.time() - polled_at))
+            if self.wake_at is not None:
+                pause = max(0.0, min(pause, self.wake_at - time.time()))
             await self._sleep(pause)
 
-    async def _poll(self, client: AsyncBatchClient) -> Batch:
+    async def _poll(self, client: AsyncBatchClient, batch_id: str) -> Batch:
         """One status check, its retries cut off at the deadline (or after a last look, once it passed)."""
         left = self._time_left()
         if left is None:
-            return await client.retrieve_batch(self.batch_id)
+            return await self._retrieve(client, batch_id)
         limit = max(left, LAST_LOOK_SECONDS)
         try:
-            return await asyncio.wait_for(client.retrieve_batch(self.batch_id), limit)
+            return await asyncio.wait_for(self._retrieve(client, batch_id), limit)
         except asyncio.TimeoutError:
-            raise APITimeoutError(f"checking batch {self.batch_id} got no answer before the deadline") from None
+            raise APITimeoutError(f"checking batch {batch_id} got no answer before the deadline") from None
 
-    async def _timeout(self, client: AsyncBatchClient, last: Batch | None, failure: Exception | None) -> TriggerEvent:
+    async def _retrieve(self, client: AsyncBatchClient, batch_id: str) -> Batch:
+        """The one place the trigger reads a batch (a multi-batch wait reads each unfinished one here)."""
+        return await client.retrieve_batch(batch_id)
+
+    async def _timeout(
+        self, client: AsyncBatchClient, seen: dict[str, Batch], pending: list[str], failure: Exception | None
+    ) -> TriggerEvent:
+        waiting = pending[0] if pending else self.batch_id
+        last = seen.get(waiting)
         if last is not None:
-            message = f"batch {self.batch_id} was still {last.status} at the deadline"
+            message = f"batch {waiting} was still {last.status} at the deadline"
         else:
-            message = f"the deadline passed before batch {self.batch_id} could be checked"
+            message = f"the deadline passed before batch {waiting} could be checked"
         if failure is not None:
             message += f" (the last check failed: {failure})"
         if self.cancel_on_timeout:
-            last = await self._cancel(client) or last
-        return self._event(TIMEOUT, last, message)
+            for batch_id in pending:
+                cancelled = await self._cancel(client, batch_id)
+                if cancelled is not None:
+                    seen[batch_id] = cancelled
+            last = seen.get(waiting, last)
+        return self._event(TIMEOUT, last, message, seen, waiting)
 
     async def on_kill(self) -> None:
         """Cancel the batch after a user's action on the task, unless the task is now ``success`` or still
@@ -213,7 +294,9 @@ class BatchTrigger(BaseTrigger):
         state = await self._task_instance_state()
         if keeps_batch(state):
             self.log.info(
-                "Not cancelling batch %s: the task is %s, so its results are still wanted", self.batch_id, state
+                "Not cancelling batch %s: the task is %s, so its results are still wanted",
+                ", ".join(self.batch_ids),
+                state,
             )
             return
         lease = SessionLease()  # run() has already released its own lease when Airflow calls on_kill
@@ -221,9 +304,10 @@ class BatchTrigger(BaseTrigger):
             try:
                 client = await AsyncBatchClient.from_connection(self.conn_id)
             except Exception as err:  # say why nothing was cancelled
-                self.log.warning("Could not cancel batch %s on kill: %s", self.batch_id, err)
+                self.log.warning("Could not cancel batch %s on kill: %s", ", ".join(self.batch_ids), err)
                 return
-            await self._cancel(client)
+            for batch_id in self.batch_ids:  # those that ended answer 409, which is logged and harmless
+                await self._cancel(client, batch_id)
         finally:
             await lease.release()
 
@@ -250,16 +334,17 @@ class BatchTrigger(BaseTrigger):
             )
             return None
 
-    async def _cancel(self, client: AsyncBatchClient) -> Batch | None:
+    async def _cancel(self, client: AsyncBatchClient, batch_id: str | None = None) -> Batch | None:
+        batch_id = batch_id or self.batch_id
         try:
-            batch = await asyncio.wait_for(client.cancel_batch(self.batch_id), CANCEL_SECONDS)
+            batch = await asyncio.wait_for(client.cancel_batch(batch_id), CANCEL_SECONDS)
         except (OpenAIBatchError, ValueError) as err:  # e.g. it finished meanwhile (409): nothing to stop
-            self.log.warning("Could not cancel batch %s: %s", self.batch_id, err)
+            self.log.warning("Could not cancel batch %s: %s", batch_id, err)
             return None
         except asyncio.TimeoutError:
-            self.log.warning("Could not cancel batch %s: no answer within %gs", self.batch_id, CANCEL_SECONDS)
+            self.log.warning("Could not cancel batch %s: no answer within %gs", batch_id, CANCEL_SECONDS)
             return None
-        self.log.info("Cancelled batch %s (now %s)", self.batch_id, batch.status)
+        self.log.info("Cancelled batch %s (now %s)", batch_id, batch.status)
         return batch
 
     def _time_left(self) -> float | None:
@@ -274,6 +359,20 @@ class BatchTrigger(BaseTrigger):
         left = self._time_left()
         await asyncio.sleep(seconds if left is None else max(0.0, min(seconds, left)))
 
-    def _event(self, status: str, batch: Batch | None, message: str) -> TriggerEvent:
+    def _event(
+        self,
+        status: str,
+        batch: Batch | None,
+        message: str,
+        seen: dict[str, Batch] | None = None,
+        batch_id: str | None = None,
+    ) -> TriggerEvent:
         as_json = batch.model_dump(mode="json") if batch is not None else None
-        return TriggerEvent(event_payload(status, self.batch_id, as_json, message))
+        named = batch.id if batch is not None else (batch_id or self.batch_id)
+        if not self._is_job:
+            return TriggerEvent(event_payload(status, self.batch_id, as_json, message))
+        everything = [seen[b].model_dump(mode="json") for b in self.batch_ids if seen and b in seen]
+        payload = event_payload(status, named, as_json, message, everything)
+        if self.resume is not None:
+            payload["resume"] = self.resume
+        return TriggerEvent(payload)

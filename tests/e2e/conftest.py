@@ -37,6 +37,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 USERNAME = PASSWORD = "admin"
+#: The user scripts/airflow.sh adds with the viewer role: may read DAGs, not edit them.
+VIEWER = "viewer"
 START_TIMEOUT = 240.0
 STOP_TIMEOUT = 60.0
 #: Every process the script starts inherits this variable, so the teardown can prove none is left over.
@@ -176,21 +178,26 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
+def login(page: Any, airflow: Airflow, username: str = USERNAME, password: str = PASSWORD) -> None:
+    """Log in through Airflow's login form."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{airflow.url}/")
+    expect(page.get_by_text("Sign into Airflow")).to_be_visible()
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(lambda url: "/auth/login" not in url)
+
+
 @pytest.fixture
 def page(browser: Any, airflow: Airflow, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A fresh browser page, logged in to Airflow as admin through the login form."""
-    from playwright.sync_api import expect
-
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
     context.set_default_timeout(30_000)
     page = context.new_page()
     try:
-        page.goto(f"{airflow.url}/")
-        expect(page.get_by_text("Sign into Airflow")).to_be_visible()
-        page.get_by_label("Username").fill(USERNAME)
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(lambda url: "/auth/login" not in url)
+        login(page, airflow)
         yield page
     finally:
         report = getattr(request.node, "rep_call", None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import requests
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_openai_batch.exceptions import BatchNotSuccessfulError, BatchValidationError
@@ -25,10 +24,17 @@ def test_create_from_requests_pushes_id_batch_and_link(openai_batch_connection):
     ti = context["ti"]
     assert ti.xcom["batch"]["id"] == batch_id and ti.xcom["batch"]["status"] == "validating"
     assert ti.xcom["batch"]["metadata"]["airflow_idempotency_key"]
-    page = openai_batch_connection.base_url.removesuffix("/v1") + f"/batches/{batch_id}"
+    # Not OpenAI's base URL: the link shows the batch on the plugin's "OpenAI Batches" page of the Airflow UI
+    # (checked in a browser by tests/e2e); no other server is known to have a page a browser can open.
+    page = f"/plugin/openai-batches/openai-batches/?conn_id=openai_default&batch_id={batch_id}"
     assert ti.xcom[OpenAIBatchLink().xcom_key] == page
-    opened = requests.get(page, timeout=5)  # no key: a browser can follow the link
-    assert opened.status_code == 200 and f"Batch {batch_id}" in opened.text and "validating" in opened.text
+    # The creating task instance is recorded in the batch's metadata, next to the idempotency key.
+    assert {k: v for k, v in ti.xcom["batch"]["metadata"].items() if k != "airflow_idempotency_key"} == {
+        "airflow_dag_id": "dag",
+        "airflow_task_id": "create",
+        "airflow_run_id": "manual__1",
+        "airflow_map_index": "-1",
+    }
 
 
 @pytest.mark.parametrize(
@@ -36,12 +42,20 @@ def test_create_from_requests_pushes_id_batch_and_link(openai_batch_connection):
     [
         ("https://api.openai.com/v1", "https://platform.openai.com/batches/batch_1"),
         ("https://api.openai.com/v1/", "https://platform.openai.com/batches/batch_1"),
-        ("http://127.0.0.1:8089/v1", "http://127.0.0.1:8089/batches/batch_1"),
-        ("https://llm.example.com/openai/v1", "https://llm.example.com/batches/batch_1"),
+        ("http://127.0.0.1:8089/v1", "/plugin/openai-batches/openai-batches/?conn_id=c&batch_id=batch_1"),
+        ("https://llm.example.com/openai/v1", "/plugin/openai-batches/openai-batches/?conn_id=c&batch_id=batch_1"),
     ],
 )
 def test_extra_link_url(base_url, expected):
-    assert batch_url(base_url, "batch_1") == expected
+    assert batch_url(base_url, "batch_1", "c") == expected
+
+
+def test_extra_link_uses_the_airflow_base_url(monkeypatch):
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/team/")
+    assert batch_url("http://127.0.0.1:8089/v1", "batch_1", "c") == (
+        "https://airflow.example.com/team/plugin/openai-batches/openai-batches/?conn_id=c&batch_id=batch_1"
+    )
+    assert batch_url("https://api.openai.com/v1", "b") == "https://platform.openai.com/batches/b"
 
 
 def test_shorthand_requests_and_input_file(openai_batch_connection, tmp_path):

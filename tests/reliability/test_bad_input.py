@@ -170,10 +170,17 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         r"endpoint must be one of",
     ),
     (
-        "16 metadata pairs (one is reserved)",
-        lambda e: create(e, requests=prompts(), metadata={f"k{i}": "v" for i in range(16)}),
+        "12 metadata pairs (five are reserved: the idempotency key and the creating task instance)",
+        lambda e: create(e, requests=prompts(), metadata={f"k{i}": "v" for i in range(12)}),
         ValueError,
-        r"at most 15 are allowed \(airflow_idempotency_key is set by the provider\)",
+        r"metadata has 12 pairs; at most 11 are allowed \(the provider sets airflow_idempotency_key, airflow_dag_id, "
+        r"airflow_task_id, airflow_run_id and airflow_map_index\)",
+    ),
+    (
+        "the user's own airflow_dag_id (would hide which task created the batch)",
+        lambda e: create(e, requests=prompts(), metadata={"airflow_dag_id": "mine"}),
+        ValueError,
+        r"metadata key 'airflow_dag_id' is reserved: the provider records the creating DAG.*rename your key",
     ),
     (
         "the user's own airflow_idempotency_key (would be silently overwritten)",
@@ -251,10 +258,12 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         r"line 6: each line must be a JSON object",
     ),
     (
-        "50,001 lines",
-        create_from_file(good_lines(50_001)),
+        # 50,001 lines now make a job of two batches (issue 11); a bad line in the second shard still stops
+        # everything before a byte is uploaded, and is named by its line in the input.
+        "50,001 lines, the last one bad",
+        create_from_file([*good_lines(50_000), line(50_001, method="PUT")]),
         BatchValidationError,
-        r"more than 50000 requests; split it",
+        r"input_file line 50001: method must be 'POST'",
     ),
     ("empty file", create_from_file([]), BatchValidationError, r"the file contains no requests"),
     (
@@ -262,7 +271,9 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         lambda e: create(
             e,
             endpoint="/v1/embeddings",
-            requests=[{"model": "m", "input": ["text"] * 25_000}, {"model": "m", "input": ["text"] * 25_001}],
+            # Two requests of 25,000 and 25,001 inputs now split into two batches (issue 11); one request of
+            # 50,001 inputs cannot be split.
+            requests=[{"model": "m", "input": ["text"] * 50_001}],
         ),
         BatchValidationError,
         r"50001 embedding inputs in all; at most 50000 are allowed per batch: split it",
@@ -271,7 +282,9 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         "over 200 MB",
         lambda e: create(e, input_file=sparse_file(e.tmp / "huge.jsonl", 200 * 1024 * 1024 + 1)),
         BatchValidationError,
-        r"the file is 209715201 bytes; at most 209715200 \(200 MB\)",
+        # A file over 200 MB is now split (issue 11); one line over 200 MB cannot be, and is read in pieces.
+        r"input_file line 1: the line is 209715201 bytes; a batch input file holds at most 209715200 bytes "
+        r"\(200 MB\), so no split can make it fit",
     ),
     (
         "many bad lines are all named",
@@ -373,10 +386,11 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         r"batch_id must be a non-empty string such as 'batch_abc123', got None",
     ),
     (
-        "sensor batch_id a list",
-        lambda e: BatchSensor(task_id="s", batch_id=["b"]).execute(ctx()),
+        # A list of batch ids is now accepted (issue 11: the shards of a job); an empty one is not.
+        "sensor batch_id an empty list",
+        lambda e: BatchSensor(task_id="s", batch_id=[]).execute(ctx()),
         ValueError,
-        r"batch_id must be a non-empty string such as 'batch_abc123', got \['b'\]",
+        r"batch_id must be a batch id such as 'batch_abc123', a non-empty list of them",
     ),
     (
         "upload from a text-mode handle",
