@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
-# parquet: the results export's Parquet writer is tested too, not skipped.
-EXTRAS ?= test,lint,parquet
+# parquet: the results export's Parquet writer is tested too, not skipped; azure: the Entra ID flow, likewise.
+EXTRAS ?= test,lint,parquet,azure
 
 .PHONY: setup bytecode test lint demo clean airflow e2e
 
@@ -43,7 +43,7 @@ airflow: setup
 	bash scripts/airflow.sh
 
 e2e: setup
-	$(UV) pip install --quiet --python $(PY) -e '.[test,lint,parquet,e2e]'
+	$(UV) pip install --quiet --python $(PY) -e '.[$(EXTRAS),e2e]'
 	$(MAKE) --no-print-directory bytecode
 	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	OPENAI_BATCH_E2E=1 $(PY) -m pytest -m e2e tests/e2e -v

@@ -20,13 +20,14 @@ from urllib.parse import quote
 
 import pydantic
 
-from airflow_provider_openai_batch.backends import OPENAI, RULES
+from airflow_provider_openai_batch.backends import OPENAI, RULES, BackendRules
 from airflow_provider_openai_batch.exceptions import (
     APIError,
     AuthenticationError,
     ConflictError,
     InvalidRequestError,
     NotFoundError,
+    QuotaExceededError,
     RateLimitError,
     ServerError,
 )
@@ -52,6 +53,11 @@ LIST_LIMIT_RANGE = (1, 100)
 OUTPUT_EXPIRES_RANGE = (3600, 2_592_000)
 #: Metadata key under which an idempotency key is stored on the batch, so a retry can find it again.
 IDEMPOTENCY_METADATA_KEY = "airflow_idempotency_key"
+#: Response headers carrying the request id to quote to support, in order of preference: Azure documents
+#: ``apim-request-id`` (its API gateway's id) on every answer; OpenAI sends ``x-request-id``.
+REQUEST_ID_HEADERS: tuple[str, ...] = ("apim-request-id", "x-request-id")
+#: Error codes that mean "the account is out of quota" rather than "slow down", on OpenAI and on Azure.
+QUOTA_CODES = frozenset({"insufficient_quota", "quota_exceeded", "quotaexceeded", "insufficientquota"})
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -72,13 +78,18 @@ def validate_id(value: Any, field_name: str) -> str:
     return quote(value, safe="")
 
 
-def validate_endpoint(endpoint: Any) -> str:
+def validate_endpoint(endpoint: Any, rules: BackendRules | None = None) -> str:
+    """The endpoint in the back end's shape (see :meth:`BackendRules.endpoint`); OpenAI's rules by default."""
+    if rules is not None:
+        return rules.endpoint(endpoint)
     if endpoint not in ENDPOINTS:
         raise ValueError(f"endpoint must be one of {', '.join(ENDPOINTS)}; got {endpoint!r}")
     return str(endpoint)
 
 
-def validate_completion_window(window: Any) -> str:
+def validate_completion_window(window: Any, rules: BackendRules | None = None) -> str:
+    if rules is not None:
+        return rules.completion_window(window)
     if window not in COMPLETION_WINDOWS:
         raise ValueError(f"completion_window must be '24h' (the only window the Batch API offers); got {window!r}")
     return str(window)
@@ -186,6 +197,12 @@ class ApiCall(Generic[T]):
     def url(self, base_url: str) -> str:
         return base_url.rstrip("/") + self.path
 
+    def query(self, api_version: str | None = None) -> dict[str, Any] | None:
+        """The query parameters to send: the call's own, plus Azure's ``api-version`` on the classic paths."""
+        if api_version is None:
+            return self.params
+        return {**(self.params or {}), "api-version": api_version}
+
     def parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> T:
         """Turn a response into the call's model, or raise the mapped :class:`APIError`."""
         http = http_info(status_code, headers)
@@ -223,13 +240,18 @@ def create_batch(
     metadata: Mapping[str, str] | None = None,
     output_expires_after: int | Mapping[str, Any] | None = None,
     idempotency_key: str | None = None,
+    rules: BackendRules | None = None,
 ) -> ApiCall[Batch]:
-    """``POST /batches``. With ``idempotency_key`` the key is stored in the batch metadata."""
+    """``POST /batches``. With ``idempotency_key`` the key is stored in the batch metadata.
+
+    :param rules: The back end's rules: the endpoint is sent in its shape (``/chat/completions`` on Azure)
+        and checked against its endpoints and completion windows (default: OpenAI's).
+    """
     validate_id(input_file_id, "input_file_id")
     body: dict[str, Any] = {
         "input_file_id": input_file_id,
-        "endpoint": validate_endpoint(endpoint),
-        "completion_window": validate_completion_window(completion_window),
+        "endpoint": validate_endpoint(endpoint, rules),
+        "completion_window": validate_completion_window(completion_window, rules),
     }
     meta = validate_metadata(metadata, reserved_keys=(IDEMPOTENCY_METADATA_KEY,) if idempotency_key else ())
     if idempotency_key is not None:
@@ -315,7 +337,8 @@ def file_content(file_id: str) -> ApiCall[Any]:
 
 def http_info(status_code: int, headers: Mapping[str, str]) -> HttpInfo:
     plain = {str(k): str(v) for k, v in headers.items()}
-    request_id = next((v for k, v in plain.items() if k.lower() == "x-request-id"), None)
+    lowered = {k.lower(): v for k, v in plain.items()}
+    request_id = next((lowered[name] for name in REQUEST_ID_HEADERS if lowered.get(name)), None)
     return HttpInfo(status_code=status_code, headers=plain, request_id=request_id)
 
 
@@ -329,7 +352,9 @@ def _summarize_body(body: bytes, headers: Mapping[str, str]) -> str:
     return f"a non-JSON body ({content_type}): {text!r}" if text else f"an empty body ({content_type})"
 
 
-def _error_class(status_code: int) -> type[APIError]:
+def _error_class(status_code: int, code: str | None = None) -> type[APIError]:
+    if code is not None and code.lower() in QUOTA_CODES:
+        return QuotaExceededError
     if status_code in (401, 403):
         return AuthenticationError
     if status_code == 404:
@@ -354,7 +379,6 @@ def error_from_response(
         API's error shape (a proxy's page, a server that does not serve the Batch API at this base URL).
     """
     info = http_info(status_code, headers)
-    cls = _error_class(status_code)
     retry_after = parse_retry_after(info.headers)
     payload: Any = None
     try:
@@ -362,8 +386,13 @@ def error_from_response(
     except ValueError:
         payload = None
     error = payload.get("error") if isinstance(payload, dict) else None
+    if error is None and isinstance(payload, dict) and "statusCode" in payload and "message" in payload:
+        # Azure's API gateway answers some refusals (an expired Entra ID token, a wrong key on some paths) in its
+        # own shape, {"statusCode": 401, "message": "..."}: read it as the API's error with no code.
+        error = {"message": payload.get("message"), "code": payload.get("code")}
     if isinstance(error, dict):
         message = str(error.get("message") or f"HTTP {status_code} with no error message")
+        cls = _error_class(status_code, _opt_str(error.get("code")))
         return cls(
             message,
             status_code=status_code,
@@ -374,6 +403,7 @@ def error_from_response(
             retry_after=retry_after,
             body=payload,
         )
+    cls = _error_class(status_code)
     message = f"The server answered with {_summarize_body(body, info.headers)}"
     if status_code == 404:  # not the API's "no such batch": the base URL points at something else
         message = (

@@ -34,6 +34,8 @@ class BackendRules:
         deployment).
     :param link: Where the task's extra link points: ``openai_platform`` (OpenAI's dashboard) or ``airflow``
         (the provider's own batches page in the Airflow UI).
+    :param line_url_prefix: What a line's ``url`` (and the batch's ``endpoint``) starts with: ``/v1`` on
+        OpenAI (``/v1/chat/completions``), nothing on Azure (``/chat/completions``).
     """
 
     api_type: str
@@ -44,6 +46,7 @@ class BackendRules:
     completion_windows: tuple[str, ...]
     one_model_per_file: bool
     link: str
+    line_url_prefix: str = "/v1"
 
     def accepts_endpoint(self, endpoint: object) -> bool:
         if not isinstance(endpoint, str):
@@ -51,6 +54,33 @@ class BackendRules:
         if self.endpoints is None:
             return endpoint.startswith("/") and ".." not in endpoint and endpoint.isprintable()
         return endpoint in self.endpoints
+
+    def endpoint(self, endpoint: object) -> str:
+        """``endpoint`` in this back end's shape, so one DAG runs on every back end: on Azure
+        ``/v1/chat/completions`` becomes ``/chat/completions``, on OpenAI ``/chat/completions`` becomes
+        ``/v1/chat/completions``. Any other path is returned as given when the back end accepts it.
+
+        :raises ValueError: naming the accepted endpoints, for one this back end does not serve.
+        """
+        if isinstance(endpoint, str) and endpoint.startswith("/") and not self.accepts_endpoint(endpoint):
+            bare = endpoint[3:] if endpoint.startswith("/v1/") else endpoint
+            shaped = self.line_url_prefix + bare
+            if self.accepts_endpoint(shaped):
+                return shaped
+        if not self.accepts_endpoint(endpoint):
+            accepted = ", ".join(self.endpoints) if self.endpoints else "a path starting with '/'"
+            raise ValueError(f"endpoint must be one of {accepted} ({self.api_type}); got {endpoint!r}")
+        return str(endpoint)
+
+    def completion_window(self, window: object) -> str:
+        """``window`` when this back end offers it.
+
+        :raises ValueError: naming the accepted windows.
+        """
+        if window not in self.completion_windows:
+            accepted = ", ".join(repr(w) for w in self.completion_windows)
+            raise ValueError(f"completion_window must be one of {accepted} ({self.api_type}); got {window!r}")
+        return str(window)
 
 
 _OPENAI_ENDPOINTS: tuple[str, ...] = (
@@ -86,6 +116,7 @@ RULES: dict[str, BackendRules] = {
         completion_windows=("24h",),
         one_model_per_file=True,
         link="airflow",
+        line_url_prefix="",
     ),
     # Other OpenAI-compatible servers: OpenAI's limits as a safe default, any endpoint path.
     OPENAI_COMPATIBLE: BackendRules(
@@ -109,6 +140,7 @@ def rules_for(api_type: str = OPENAI, **overrides: Any) -> BackendRules:
     if api_type not in RULES:
         raise ValueError(f"api_type must be one of {', '.join(API_TYPES)}; got {api_type!r}")
     fields = {field.name for field in dataclasses.fields(BackendRules)} - {"api_type"}
+    fields.discard("line_url_prefix")  # the back end's URL shape, not a limit: it follows api_type
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown back-end rule(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")

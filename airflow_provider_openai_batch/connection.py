@@ -9,10 +9,14 @@ never repeats a secret. Imports nothing heavy: the operators read it at execute 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from airflow_provider_openai_batch.backends import BackendRules
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TIMEOUT = 60.0
@@ -20,6 +24,42 @@ DEFAULT_MAX_RETRIES = 5
 #: More retries than this only hide an outage: with the capped back-off each retry can wait a minute.
 MAX_RETRIES_LIMIT = 20
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+#: The back ends a connection may name in extra ``api_type`` (the rules of each: :mod:`.backends`).
+API_TYPES = ("openai", "azure", "openai_compatible")
+AZURE_EXAMPLE_URL = "https://{resource}.openai.azure.com/openai/v1"
+#: The Entra ID scope of Azure OpenAI (Cognitive Services) tokens.
+AZURE_TOKEN_SCOPE = "https://cognitiveservices.azure.com/.default"
+_API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
+_TENANT = re.compile(r"[A-Za-z0-9.-]{1,100}")
+
+
+@dataclass(frozen=True)
+class EntraSettings:
+    """How to get a Microsoft Entra ID token for Azure OpenAI. ``repr`` hides the client secret.
+
+    :param tenant_id: The directory (tenant) of a service principal.
+    :param client_id: The service principal's application id, or a user-assigned managed identity's client id.
+    :param client_secret: The service principal's secret (the connection's password field).
+    :param managed_identity: Use the managed identity of the machine (system-assigned, or user-assigned with
+        ``client_id``).
+    :param authority: The Entra ID host, e.g. ``https://login.microsoftonline.us`` for a sovereign cloud
+        (default: the public cloud's).
+    :param scope: The token scope (default :data:`AZURE_TOKEN_SCOPE`).
+    """
+
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    managed_identity: bool = False
+    authority: str | None = None
+    scope: str = AZURE_TOKEN_SCOPE
+
+    @property
+    def kind(self) -> str:
+        """``service_principal``, ``managed_identity`` or ``default`` (the default credential chain)."""
+        if self.client_secret:
+            return "service_principal"
+        return "managed_identity" if self.managed_identity else "default"
 
 
 @dataclass(frozen=True)
@@ -32,6 +72,12 @@ class ClientSettings:
     :param project: Sent as ``OpenAI-Project`` when set.
     :param timeout: Seconds to wait for connect and for each read.
     :param max_retries: Retries after the first attempt for transient failures.
+    :param api_type: ``openai``, ``azure`` or ``openai_compatible``: whose rules apply (:mod:`.backends`).
+    :param api_version: Azure's ``api-version`` query parameter, sent on every request when the classic
+        ``.../openai/batches?api-version=...`` paths are used; ``None`` for the ``/openai/v1`` paths.
+    :param entra: Set when Azure is reached with Microsoft Entra ID tokens instead of an API key.
+    :param rule_overrides: ``(name, value)`` pairs from extra ``backend_rules`` that replace the back end's
+        rules (e.g. ``max_requests_per_file`` when the service raised it).
     """
 
     api_key: str = field(repr=False)
@@ -40,9 +86,26 @@ class ClientSettings:
     project: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
+    api_type: str = "openai"
+    api_version: str | None = None
+    entra: EntraSettings | None = None
+    rule_overrides: tuple[tuple[str, Any], ...] = ()
+
+    def rules(self) -> BackendRules:
+        """The back end's :class:`~airflow_provider_openai_batch.backends.BackendRules`, with the connection's
+        ``backend_rules`` overrides applied."""
+        from airflow_provider_openai_batch.backends import rules_for
+
+        return rules_for(self.api_type, **dict(self.rule_overrides))
 
     def headers(self) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
+        """The headers every request carries. With Entra ID the ``Authorization`` header is not here: the
+        transport adds a fresh token to each request (see :mod:`.azure_auth`)."""
+        headers = {"Accept": "application/json"}
+        if self.entra is None and self.api_type == "azure":
+            headers["api-key"] = self.api_key
+        elif self.entra is None:
+            headers["Authorization"] = f"Bearer {self.api_key}"
         if self.organization:
             headers["OpenAI-Organization"] = self.organization
         if self.project:
@@ -61,26 +124,192 @@ def settings_from_connection(conn: Any) -> ClientSettings:
     for a connection made for the official OpenAI provider, from its ``extra.openai_client_kwargs`` (the
     top-level extra wins).
 
+    ``api_type`` (extra) picks the back end: ``openai`` (the default), ``azure`` or ``openai_compatible``. For
+    ``azure`` the host is the resource's base URL (``https://{resource}.openai.azure.com/openai/v1``; a bare
+    ``https://{resource}.openai.azure.com`` gets ``/openai/v1``), or with extra ``api_version`` the resource
+    root for the classic ``.../openai/batches?api-version=...`` paths. Azure authenticates with the
+    password as ``api-key``, or with ``auth_type: entra_id`` through Microsoft Entra ID: a service principal
+    (``tenant_id``, ``client_id``, the password as client secret), a managed identity (``managed_identity:
+    true``, optional ``client_id``) or the default credential chain; optional ``authority``, ``token_scope``.
+
     :raises ValueError: naming the connection and the field, for a missing key, a key or header value HTTP
         cannot carry, credentials inside the URL, or a timeout or retry count out of range.
     """
     conn_id = str(conn.conn_id)
     extra = _extra(conn, conn_id)
-    api_key = _header_value(conn.password, "password (API key)", conn_id, secret=True)
-    if not api_key:
+    api_type = _api_type(extra.get("api_type"), conn_id)
+    secret = _header_value(conn.password, "password (API key)", conn_id, secret=True)
+    entra = _entra(extra, secret, api_type, conn_id)
+    if not secret and entra is None:
+        hint = " or set extra auth_type to 'entra_id' to use Microsoft Entra ID" if api_type == "azure" else ""
         raise ValueError(
             f"Connection {conn_id!r} has no API key: put the key in the connection's password field "
-            "('API key' in the UI), e.g. AIRFLOW_CONN_" + conn_id.upper() + "='openai-batch://:<key>@'"
+            "('API key' in the UI), e.g. AIRFLOW_CONN_" + conn_id.upper() + "='openai-batch://:<key>@'" + hint
         )
     host = _text(conn.host) or _text(extra.get("base_url"))
+    if not host and api_type != "openai":
+        example = AZURE_EXAMPLE_URL if api_type == "azure" else "https://llm.example.com/v1"
+        raise ValueError(
+            f"Connection {conn_id!r}: api_type {api_type!r} needs the server's base URL in the host field "
+            f"('Base URL' in the UI), e.g. {example}"
+        )
+    api_version = _api_version(extra.get("api_version"), api_type, conn_id)
+    schema = _text(conn.schema)
+    if api_type == "azure" and not schema and "://" not in host and "/" not in host:
+        # A bare host (as a connection URI gives it) is the resource: its API lives under /openai, not /v1.
+        schema = "openai/v1" if api_version is None else "openai"
+    base_url = _base_url(host, conn.port, schema, conn_id)
+    if api_type == "azure":
+        base_url = _azure_base_url(base_url, api_version, conn_id)
     return ClientSettings(
-        api_key=api_key,
-        base_url=_base_url(host, conn.port, _text(conn.schema), conn_id),
+        api_key="" if entra is not None else secret,
+        base_url=base_url,
         organization=_header_value(extra.get("organization"), "organization", conn_id) or None,
         project=_header_value(extra.get("project"), "project", conn_id) or None,
         timeout=_number(extra.get("timeout"), DEFAULT_TIMEOUT, "timeout", conn_id),
         max_retries=_retries(extra.get("max_retries"), conn_id),
+        api_type=api_type,
+        api_version=api_version,
+        entra=entra,
+        rule_overrides=_rule_overrides(extra.get("backend_rules"), api_type, conn_id),
     )
+
+
+def _rule_overrides(value: Any, api_type: str, conn_id: str) -> tuple[tuple[str, Any], ...]:
+    """Extra ``backend_rules``: a JSON object of rule overrides, checked now so a typo fails at once."""
+    from airflow_provider_openai_batch.backends import rules_for
+
+    if value is None or value == "" or value == {}:
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"Connection {conn_id!r}: extra field 'backend_rules' must be a JSON object such as "
+            '{"max_requests_per_file": 100000}'
+        )
+    overrides = dict(value)
+    for name in ("endpoints", "completion_windows"):
+        if isinstance(overrides.get(name), list):
+            overrides[name] = tuple(overrides[name])
+    try:
+        rules_for(api_type, **overrides)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"Connection {conn_id!r}: extra field 'backend_rules': {err}") from None
+    for name, limit in overrides.items():
+        if name.startswith("max_") and limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise ValueError(
+                f"Connection {conn_id!r}: extra field 'backend_rules.{name}' must be a whole number; got {limit!r}"
+            )
+    return tuple(sorted(overrides.items()))
+
+
+def _api_type(value: Any, conn_id: str) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "openai"
+    cleaned = value.strip().lower() if isinstance(value, str) else value
+    if cleaned not in API_TYPES:
+        raise ValueError(
+            f"Connection {conn_id!r}: extra field 'api_type' must be one of {', '.join(API_TYPES)}; "
+            f"got {str(value)[:40]!r}"
+        )
+    return str(cleaned)
+
+
+def _api_version(value: Any, api_type: str, conn_id: str) -> str | None:
+    text = _text(value) if isinstance(value, str) else ("" if value is None else str(value))
+    if not text:
+        return None
+    if api_type != "azure":
+        raise ValueError(
+            f"Connection {conn_id!r}: extra field 'api_version' is only for api_type 'azure' (its classic paths); "
+            "remove it, or set api_type to 'azure'"
+        )
+    if not _API_VERSION.fullmatch(text):
+        raise ValueError(
+            f"Connection {conn_id!r}: extra field 'api_version' must be a date such as 2024-10-21 (or "
+            f"2025-04-01-preview); got {text[:40]!r}"
+        )
+    return text
+
+
+def _azure_base_url(base_url: str, api_version: str | None, conn_id: str) -> str:
+    """The Azure base URL in the shape ``api_version`` asks for: ``.../openai/v1`` without it, ``.../openai``
+    (the classic paths) with it. A bare resource URL is completed; a URL of the other shape is refused."""
+    parts = urlsplit(base_url)
+    path = parts.path.rstrip("/")
+    if api_version is None:
+        if path in ("", "/openai"):
+            path = "/openai/v1" if path == "" else path
+            if path == "/openai":
+                raise ValueError(
+                    f"Connection {conn_id!r}: the base URL ends in /openai, the classic Azure paths, which need an "
+                    "API version: add /v1 to the base URL (e.g. " + AZURE_EXAMPLE_URL + "), or set extra field "
+                    "'api_version' (e.g. 2024-10-21)"
+                )
+        elif not path.endswith("/v1"):
+            raise ValueError(
+                f"Connection {conn_id!r}: an Azure base URL should end in /openai/v1, e.g. {AZURE_EXAMPLE_URL} "
+                "(or set extra field 'api_version' for the classic paths)"
+            )
+    else:
+        if path.endswith("/v1"):
+            raise ValueError(
+                f"Connection {conn_id!r}: extra field 'api_version' is for the classic paths "
+                "(.../openai/batches?api-version=...), but the base URL ends in /v1: remove 'api_version', or set "
+                "the base URL to https://{resource}.openai.azure.com/openai"
+            )
+        if not path.endswith("/openai"):
+            path += "/openai"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def _entra(extra: Mapping[str, Any], secret: str, api_type: str, conn_id: str) -> EntraSettings | None:
+    auth = _text(extra.get("auth_type")).lower() if isinstance(extra.get("auth_type"), str) else ""
+    if extra.get("auth_type") is not None and not isinstance(extra.get("auth_type"), str):
+        auth = "?"
+    if auth in ("", "api_key"):
+        return None
+    if auth != "entra_id":
+        raise ValueError(
+            f"Connection {conn_id!r}: extra field 'auth_type' must be 'api_key' or 'entra_id'; "
+            f"got {str(extra.get('auth_type'))[:40]!r}"
+        )
+    if api_type != "azure":
+        raise ValueError(
+            f"Connection {conn_id!r}: auth_type 'entra_id' (Microsoft Entra ID) works with api_type 'azure' only; "
+            "set api_type to 'azure' or remove auth_type"
+        )
+    tenant_id = _text(extra.get("tenant_id")) or None
+    client_id = _header_value(extra.get("client_id"), "client_id", conn_id) or None
+    if tenant_id is not None and not _TENANT.fullmatch(tenant_id):
+        raise ValueError(
+            f"Connection {conn_id!r}: extra field 'tenant_id' must be a directory id or domain such as "
+            "contoso.onmicrosoft.com; copy it again from the app registration"
+        )
+    managed = extra.get("managed_identity") in (True, "true", "True", "1", 1)
+    if secret and not (tenant_id and client_id):
+        raise ValueError(
+            f"Connection {conn_id!r}: with auth_type 'entra_id' the password is a service principal's client "
+            "secret, which also needs extra fields 'tenant_id' and 'client_id'; add them, or clear the password "
+            "to use a managed identity or the default credential chain"
+        )
+    if secret and managed:
+        raise ValueError(
+            f"Connection {conn_id!r}: 'managed_identity' is set, but so is a client secret (the password); "
+            "clear one of them"
+        )
+    authority = _text(extra.get("authority")) or None
+    if authority is not None and not authority.lower().startswith("https://"):
+        raise ValueError(
+            f"Connection {conn_id!r}: extra field 'authority' must be an https:// URL such as "
+            "https://login.microsoftonline.com"
+        )
+    scope = _text(extra.get("token_scope")) or AZURE_TOKEN_SCOPE
+    return EntraSettings(tenant_id, client_id, secret or None, managed, authority, scope)
 
 
 def _extra(conn: Any, conn_id: str) -> dict[str, Any]:

@@ -21,7 +21,8 @@ class APIError(OpenAIBatchError):
     :param type: The error ``type`` from the body, e.g. ``invalid_request_error``.
     :param code: The machine-readable error ``code``, if any.
     :param param: The request parameter the error refers to, if any.
-    :param request_id: The ``x-request-id`` response header; quote it to OpenAI support.
+    :param request_id: The request id response header (Azure's ``apim-request-id``, else ``x-request-id``);
+        quote it to support.
     :param retry_after: Seconds the server asked us to wait (``Retry-After``), if it said.
     :param body: The decoded JSON body, when there was one.
     """
@@ -91,6 +92,11 @@ class NotFoundError(APIError):
 
 class RateLimitError(APIError):
     """429: too many requests or tokens; retried after ``Retry-After`` when the server gives one."""
+
+
+class QuotaExceededError(RateLimitError):
+    """The account (OpenAI: ``insufficient_quota``; Azure: its quota codes) has no quota left: waiting a
+    few seconds does not help, so it is never retried; raise the quota or wait for it to reset."""
 
 
 class ServerError(APIError):

@@ -68,6 +68,52 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["integer", "null"], "default": 5, "minimum": 0},
                         "description": "Retries of transient failures (429, 5xx, connection errors).",
                     },
+                    # The back end and, for Azure OpenAI, how to reach and authenticate (README: "Azure OpenAI
+                    # and compatible APIs"). Parsed, and refused with the fix, in connection.py.
+                    "api_type": {
+                        "label": "API type",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "enum": ["openai", "azure", "openai_compatible", None],
+                            "default": "openai",
+                        },
+                        "description": "openai (default), azure (Azure OpenAI: Base URL "
+                        "https://{resource}.openai.azure.com/openai/v1) or openai_compatible (any other "
+                        "OpenAI-compatible server at the Base URL).",
+                    },
+                    "api_version": {
+                        "label": "Azure API version",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Azure only, for the classic .../openai/batches?api-version= paths (e.g. "
+                        "2024-10-21, with Base URL https://{resource}.openai.azure.com). Leave empty for /openai/v1.",
+                    },
+                    "auth_type": {
+                        "label": "Azure authentication",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "enum": ["api_key", "entra_id", None],
+                            "default": "api_key",
+                        },
+                        "description": "api_key: the API key field is sent as the api-key header. entra_id: Microsoft "
+                        "Entra ID tokens (needs the 'azure' extra): a service principal (Tenant ID, Client ID, its "
+                        "client secret in the API key field), a managed identity, or the default credential chain.",
+                    },
+                    "tenant_id": {
+                        "label": "Entra ID tenant ID",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Entra ID only: the service principal's directory (tenant).",
+                    },
+                    "client_id": {
+                        "label": "Entra ID client ID",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Entra ID only: the service principal's application id, or a user-assigned "
+                        "managed identity's client id.",
+                    },
+                    "managed_identity": {
+                        "label": "Use the managed identity",
+                        "schema": {"type": ["boolean", "null"], "default": False},
+                        "description": "Entra ID only: get tokens from this machine's managed identity.",
+                    },
                 },
             }
         ],

@@ -44,7 +44,8 @@ def validate_batch_input_lines(
     :param lines: The file's lines (bytes or str), blank lines included so numbering matches the file.
     :param endpoint: The batch's endpoint; every line's ``url`` must equal it.
     :param max_problems: Stop collecting after this many, so a hopeless file costs little.
-    :param rules: The back end's limits (default: OpenAI's).
+    :param rules: The back end's limits (default: OpenAI's). With ``one_model_per_file`` (Azure, where the
+        ``model`` is a deployment) every line must name the model of the first.
     :param seen_ids: A dict to fill with each ``custom_id`` and its line number (the splitter keeps ids unique
         across shards from it, without parsing every line a second time).
     """
@@ -52,6 +53,7 @@ def validate_batch_input_lines(
     max_lines = rules.max_requests_per_file
     problems: list[Problem] = []
     seen: dict[str, int] = {} if seen_ids is None else seen_ids
+    first_model: tuple[object, int] | None = None
     count = 0
     size = 0
     embedding_inputs = 0
@@ -110,17 +112,25 @@ def validate_batch_input_lines(
                 Problem(number, "invalid_method", f"method must be 'POST', got {item.get('method')!r}", "method")
             )
         if item.get("url") != endpoint:
-            problems.append(
-                Problem(
-                    number,
-                    "mismatched_url",
-                    f"url {item.get('url')!r} does not match the batch endpoint {endpoint!r}",
-                    "url",
-                )
-            )
+            problems.append(Problem(number, "mismatched_url", _url_message(item.get("url"), endpoint, rules), "url"))
         body = item.get("body")
         if not isinstance(body, dict):
             problems.append(Problem(number, "invalid_body", "body must be a JSON object", "body"))
+        elif rules.one_model_per_file:
+            model = body.get("model")
+            if first_model is None:
+                first_model = (model, number)
+            elif model != first_model[0]:
+                problems.append(
+                    Problem(
+                        number,
+                        "mismatched_model",
+                        f"model {model!r} differs from {first_model[0]!r} on line {first_model[1]}: on "
+                        f"{rules.api_type} a batch file may use one model (deployment) only; split the file "
+                        "by model",
+                        "body.model",
+                    )
+                )
         elif endpoint.endswith("/embeddings"):
             embedding_inputs += count_embedding_inputs(body.get("input"))
     max_inputs = rules.max_embedding_inputs
@@ -137,6 +147,15 @@ def validate_batch_input_lines(
     if count == 0 and not problems:
         problems.append(Problem(None, "empty_file", "the file contains no requests"))
     return problems
+
+
+def _url_message(url: object, endpoint: str, rules: BackendRules) -> str:
+    """Why a line's url is wrong, saying so when it is only the other back end's shape (``/v1`` or not)."""
+    message = f"url {url!r} does not match the batch endpoint {endpoint!r}"
+    if isinstance(url, str) and url.removeprefix("/v1") == endpoint.removeprefix("/v1") and url != endpoint:
+        shape = "without" if not rules.line_url_prefix else "with"
+        message += f" ({rules.api_type} lines' url is written {shape} /v1: use {endpoint!r})"
+    return message
 
 
 def _refuse_constant(name: str) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import tenacity
 
-from airflow_provider_openai_batch.exceptions import APIConnectionError, APIError
+from airflow_provider_openai_batch.exceptions import APIConnectionError, APIError, QuotaExceededError
 
 if TYPE_CHECKING:
     from airflow_provider_openai_batch.api import ApiCall
@@ -34,6 +34,8 @@ def is_retryable(exc: BaseException, *, idempotent: bool = True, retry_conflict:
     :param retry_conflict: ``False`` for calls whose 409 is a final verdict on the object's state (cancelling a
         batch that already ended), not a passing lock conflict.
     """
+    if isinstance(exc, QuotaExceededError):  # an empty quota does not refill within a retry's wait
+        return False
     if isinstance(exc, APIError):
         transient = exc.status_code in RETRYABLE_STATUS and (retry_conflict or exc.status_code != 409)
     elif isinstance(exc, APIConnectionError):

@@ -7,11 +7,20 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 import requests
 
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 
 ENDPOINT = "/v1/chat/completions"
+#: Run a test against the emulator playing OpenAI and playing Azure OpenAI (tests/reliability/conftest.py).
+BOTH_FLAVORS = pytest.mark.parametrize("flavor", ["openai", "azure"], indirect=True)
+
+
+def endpoint_of(handle: Any) -> str:
+    """The chat endpoint as the emulator's flavor writes it: ``/v1/chat/completions``, or Azure's
+    ``/chat/completions``."""
+    return "/chat/completions" if getattr(handle, "flavor", "openai") == "azure" else ENDPOINT
 
 
 class FakeTI:
@@ -71,13 +80,18 @@ def prompts(n: int = 3, fail: int | None = None) -> list[dict]:
 def make_batch(handle: Any, lines: int = 3, model: str = "gpt-4o-mini") -> str:
     """Upload ``lines`` requests and create a batch with plain HTTP, independently of the hook under test."""
     http = requests.Session()
-    http.headers["Authorization"] = f"Bearer {handle.api_key}"
+    azure = getattr(handle, "flavor", "openai") == "azure"
+    if azure:
+        http.headers["api-key"] = handle.api_key
+    else:
+        http.headers["Authorization"] = f"Bearer {handle.api_key}"
+    endpoint = endpoint_of(handle)
     data = "".join(
         json.dumps(
             {
                 "custom_id": f"r{i}",
                 "method": "POST",
-                "url": ENDPOINT,
+                "url": endpoint,
                 "body": {"model": model if i == 0 else "gpt-4o-mini", "messages": []},
             }
         )
@@ -89,7 +103,7 @@ def make_batch(handle: Any, lines: int = 3, model: str = "gpt-4o-mini") -> str:
     ).json()["id"]
     return http.post(
         f"{handle.base_url}/batches",
-        json={"input_file_id": file_id, "endpoint": ENDPOINT, "completion_window": "24h"},
+        json={"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"},
     ).json()["id"]
 
 

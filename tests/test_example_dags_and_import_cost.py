@@ -54,10 +54,13 @@ def test_operator_modules_do_not_import_heavy_modules():
 
 
 @pytest.mark.slow
-def test_airflow_dags_test_runs_the_example_end_to_end(tmp_path):
+@pytest.mark.parametrize("flavor", ["openai", "azure"])
+def test_airflow_dags_test_runs_the_example_end_to_end(tmp_path, flavor):
+    """The same, unchanged example DAG against the emulator playing OpenAI and playing Azure OpenAI (an
+    ``api_type: azure`` connection to ``/openai/v1`` with an ``api-key``)."""
     from airflow_provider_openai_batch.emulator.testing import run_emulator_process
 
-    with run_emulator_process(phase_seconds=0.5) as emulator:
+    with run_emulator_process(phase_seconds=0.5, flavor=flavor) as emulator:
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(tmp_path),
@@ -75,7 +78,10 @@ def test_airflow_dags_test_runs_the_example_end_to_end(tmp_path):
         assert result.returncode == 0, log[-3000:]
         assert "deferred" in log  # the sensor left the worker and resumed from the trigger
         assert "SUMMARY {" in log and "'status': 'completed'" in log and "'failed': 0, 'total': 5" in log
-        assert emulator.stats()["batches_created"] == 1
+        stats = emulator.stats()
+        assert stats["batches_created"] == 1
+        if flavor == "azure":  # every request went Azure's way: the api-key header, Azure's paths
+            assert stats["auth"] == {"api-key": sum(stats["requests"].values())}
         # The results landed as data: one row per prompt, in prompt order, and the manifest says so.
         rows = [
             json.loads(line) for line in (tmp_path / "results" / "openai_batch_example.jsonl").read_text().splitlines()

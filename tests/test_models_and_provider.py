@@ -93,7 +93,19 @@ def test_provider_info_validates_against_airflows_schema():
     behaviour = conn["ui-field-behaviour"]
     assert behaviour["relabeling"] == {"host": "Base URL", "password": "API key"}
     assert {"login", "schema", "port"} <= set(behaviour["hidden-fields"])
-    assert set(conn["conn-fields"]) == {"organization", "project", "timeout", "max_retries"}
+    assert set(conn["conn-fields"]) == {
+        "organization",
+        "project",
+        "timeout",
+        "max_retries",
+        # issue 12: the back end, and Azure's API version and Entra ID settings
+        "api_type",
+        "api_version",
+        "auth_type",
+        "tenant_id",
+        "client_id",
+        "managed_identity",
+    }
 
 
 def test_entry_point_and_providers_manager_see_the_provider():

@@ -8,7 +8,7 @@ import sys
 import uvicorn
 
 from airflow_provider_openai_batch.emulator.app import create_app
-from airflow_provider_openai_batch.emulator.config import FAULT_KINDS, EmulatorConfig
+from airflow_provider_openai_batch.emulator.config import FAULT_KINDS, FLAVORS, EmulatorConfig
 from airflow_provider_openai_batch.emulator.server import uvicorn_config
 
 __all__ = ["FAULT_KINDS", "main", "parse_args"]
@@ -22,6 +22,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--api-key", default=None, help="accept only this Bearer key (default: any key)")
+    parser.add_argument(
+        "--flavor",
+        choices=FLAVORS,
+        default="openai",
+        help="the service to play: openai (/v1, Bearer key) or azure (/openai/v1 and the classic "
+        "/openai/...?api-version= paths, api-key header or Entra ID bearer token, Azure's errors and line rules)",
+    )
     parser.add_argument(
         "--phase-seconds",
         type=float,
@@ -127,9 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         transient_failure_rate=args.transient_failure_rate,
         transient_failure_attempts=args.transient_failure_attempts,
         enqueued_token_limit=args.enqueued_token_limit,
+        flavor=args.flavor,
     )
     app = create_app(config, data_dir=args.data_dir)
-    print(f"OpenAI Batch API emulator on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    if args.flavor == "azure":
+        where = f"Azure OpenAI Batch API emulator on http://{args.host}:{args.port}/openai/v1 (classic: /openai)"
+    else:
+        where = f"OpenAI Batch API emulator on http://{args.host}:{args.port}/v1"
+    print(where, file=sys.stderr, flush=True)
     uvicorn.Server(uvicorn_config(app, args.host, args.port, args.log_level)).run()
     return 0
 

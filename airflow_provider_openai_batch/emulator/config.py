@@ -7,6 +7,9 @@ from typing import Any
 
 #: Faults the gateway can inject. ``slow`` answers correctly, late; ``drop`` closes the connection unanswered.
 FAULT_KINDS: tuple[str, ...] = ("429", "500", "502", "503", "drop", "slow")
+#: Which service the emulator plays: OpenAI (``/v1``) or Azure OpenAI (``/openai/v1`` and the classic
+#: ``/openai/...?api-version=`` paths, ``api-key`` auth, Azure's error bodies and line rules).
+FLAVORS: tuple[str, ...] = ("openai", "azure")
 
 
 @dataclass
@@ -46,6 +49,11 @@ class EmulatorConfig:
         ``finalizing``) at the end of its ``validating``, exceed it fails then with ``token_limit_exceeded``, as
         the real API does (never billed). The estimate is the emulator's own reading (see
         :func:`~airflow_provider_openai_batch.emulator.store.estimate_input_tokens`). ``None``: no limit.
+    :param flavor: ``openai`` or ``azure`` (see :data:`FLAVORS`). Azure: paths ``/openai/v1/...`` and
+        ``/openai/...?api-version=...``; the key in an ``api-key`` header (or any ``Authorization: Bearer``
+        token, an Entra ID token, checked against ``api_key`` when that is set); ``apim-request-id`` on every
+        answer; Azure's error bodies; input lines whose ``url`` has no ``/v1``, one deployment (``model``) per
+        file, up to 100,000 requests.
     """
 
     phase_seconds: float = 1.0
@@ -63,6 +71,7 @@ class EmulatorConfig:
     transient_failure_rate: float = 0.0
     transient_failure_attempts: int = 0
     enqueued_token_limit: int | None = None
+    flavor: str = "openai"
 
     def public(self) -> dict[str, Any]:
         """The settings as JSON, with the key only said to be set."""
@@ -122,6 +131,8 @@ def _check(name: str, value: Any) -> Any:
         raise ValueError(f"seed must be an integer or null; got {value!r}")
     if name == "fault_after_processing" and not isinstance(value, bool):
         raise ValueError(f"fault_after_processing must be true or false; got {value!r}")
+    if name == "flavor" and value not in FLAVORS:
+        raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}; got {value!r}")
     if name == "api_key" and value is not None and not isinstance(value, str):
         raise ValueError("api_key must be a string or null")
     return value

@@ -42,6 +42,32 @@ class ApiFailure(Exception):
         return json_response(self.body, self.status, headers)
 
 
+class AzureFailure(ApiFailure):
+    """An error answer in Azure OpenAI's own shape, ``{"error": {"code", "message"}}``, as its gateway sends
+    for a wrong key, an unknown path or a missing ``api-version``; the code is often the status as text.
+
+    :param status: HTTP status.
+    :param message: Human-readable message.
+    :param code: Machine-readable code (default: the status, as Azure's gateway sends it).
+    """
+
+    def __init__(self, status: int, message: str, *, code: str | None = None) -> None:
+        super().__init__(status, message)
+        self.body = {"error": {"code": code or str(status), "message": message}}
+
+
+AZURE_WRONG_KEY = (
+    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an "
+    "active subscription and use a correct regional API endpoint for your resource."
+)
+AZURE_NOT_FOUND = "Resource not found"
+AZURE_MISSING_VERSION = "The api-version query parameter (?api-version=) is required for all requests."
+AZURE_RATE_LIMITED = (
+    "Requests to the Batch operation under Azure OpenAI API have exceeded call rate limit of your current pricing "
+    "tier. Please retry after 1 second."
+)
+
+
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """Pre-serialized JSON (no response-model validation on the hot path)."""
     return Response(json.dumps(payload).encode(), status_code=status, media_type=JSON, headers=headers)

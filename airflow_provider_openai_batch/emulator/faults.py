@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from airflow_provider_openai_batch.emulator.config import EmulatorConfig
-from airflow_provider_openai_batch.emulator.errors import rate_limited, server_error
+from airflow_provider_openai_batch.emulator.errors import AZURE_RATE_LIMITED, AzureFailure, rate_limited, server_error
 
 _BAD_GATEWAY = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 
@@ -52,7 +52,8 @@ async def send_fault(kind: str, config: EmulatorConfig, scope: Scope, receive: R
             return
         response = Response(b"", status_code=500)  # no socket to drop (an in-process client)
     elif kind == "429":
-        response = rate_limited().response({"retry-after": f"{config.retry_after:g}"})
+        refusal = AzureFailure(429, AZURE_RATE_LIMITED) if config.flavor == "azure" else rate_limited()
+        response = refusal.response({"retry-after": f"{config.retry_after:g}"})
     elif kind == "502":
         response = Response(_BAD_GATEWAY, 502, media_type="text/html")  # a proxy's page, not the API's JSON
     else:

@@ -9,14 +9,26 @@ forwards a request whose client timed out.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import re
 import secrets
+import uuid
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from airflow_provider_openai_batch.emulator.errors import ApiFailure, is_api_path, server_error
+from airflow_provider_openai_batch.emulator.errors import (
+    AZURE_MISSING_VERSION,
+    AZURE_NOT_FOUND,
+    AZURE_WRONG_KEY,
+    ApiFailure,
+    AzureFailure,
+    is_api_path,
+    server_error,
+)
 from airflow_provider_openai_batch.emulator.faults import FaultInjector, send_fault
 from airflow_provider_openai_batch.emulator.store import Store
 
@@ -27,6 +39,12 @@ _NO_KEY = (
     "auth (i.e. Authorization: Bearer YOUR_KEY)."
 )
 _WRONG_KEY = "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
+_AZURE_NO_KEY = (
+    "Access denied due to missing subscription key. Make sure to include subscription key when making requests to "
+    "an API."
+)
+#: Azure's dated API versions (GA ``2024-10-21``, previews ``2025-04-01-preview``).
+_API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
 
 
 class Gateway:
@@ -47,17 +65,25 @@ class Gateway:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = _with_request_id(send, "req_" + secrets.token_hex(16))
+        cfg = self.store.config
+        azure = cfg.flavor == "azure"
+        send = _with_request_id(send, "req_" + secrets.token_hex(16), azure)
+        if azure:
+            scope, refusal = _azure_path(scope)
+            if refusal is not None:
+                await refusal.response()(scope, receive, send)
+                return
         if not is_api_path(scope["path"]):
             await self.app(scope, receive, send)
             return
-        cfg = self.store.config
         route = f"{scope['method']} {_route_of(scope['path'])}"
         counts = self.store.stats["requests"]
         counts[route] = counts.get(route, 0) + 1
         if cfg.latency_ms:
             await asyncio.sleep(cfg.latency_ms / 1000)
-        refusal = _auth_refusal(scope, cfg.api_key)
+        refusal = (
+            _azure_auth_refusal(scope, cfg.api_key, self.store.stats) if azure else _auth_refusal(scope, cfg.api_key)
+        )
         if refusal is not None:
             await refusal.response()(scope, receive, send)
             return
@@ -118,15 +144,63 @@ class Gateway:
         return answer
 
 
-def _with_request_id(send: Send, request_id: str) -> Send:
-    header = (b"x-request-id", request_id.encode())
+def _with_request_id(send: Send, request_id: str, azure: bool = False) -> Send:
+    headers = [(b"x-request-id", request_id.encode())]
+    if azure:  # Azure's gateway adds its own id, the one its support asks for
+        headers.append((b"apim-request-id", str(uuid.uuid4()).encode()))
 
     async def send_with_id(message: Message) -> None:
         if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), header]}
+            message = {**message, "headers": [*message.get("headers", []), *headers]}
         await send(message)
 
     return send_with_id
+
+
+def _azure_path(scope: Scope) -> tuple[Scope, ApiFailure | None]:
+    """Azure's two path shapes, read into the routes' ``/v1/...``: ``/openai/v1/...`` as is, and the classic
+    ``/openai/...`` only with an ``api-version`` query parameter (dropped on the way in). OpenAI's own
+    ``/v1/...`` is not Azure's: it is refused as an unknown path. Other paths (admin, the page) pass."""
+    path: str = scope["path"]
+    if path == "/v1" or path.startswith("/v1/"):
+        return scope, AzureFailure(404, AZURE_NOT_FOUND)
+    if path.startswith("/openai/v1/"):
+        return {**scope, "path": path[len("/openai") :], "raw_path": path[len("/openai") :].encode()}, None
+    if not path.startswith("/openai/"):
+        return scope, None
+    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    versions = [value for name, value in query if name == "api-version"]
+    if not versions or not versions[0]:
+        return scope, AzureFailure(400, AZURE_MISSING_VERSION, code="MissingApiVersionParameter")
+    if not _API_VERSION.fullmatch(versions[0]):
+        message = f"Unsupported api-version '{versions[0][:40]}'. Use a dated version such as 2024-10-21."
+        return scope, AzureFailure(400, message, code="UnsupportedApiVersion")
+    rest = urlencode([(name, value) for name, value in query if name != "api-version"]).encode()
+    inner = "/v1" + path[len("/openai") :]
+    return {**scope, "path": inner, "raw_path": inner.encode(), "query_string": rest}, None
+
+
+def _azure_auth_refusal(scope: Scope, api_key: str | None, stats: dict[str, Any]) -> ApiFailure | None:
+    """Azure: an ``api-key`` header, or an Entra ID ``Authorization: Bearer`` token; with ``api_key`` set,
+    either must equal it. Counted by kind in ``stats["auth"]``; a bearer token is remembered only as a short
+    SHA-256 digest (``stats["bearer_digests"]``, in order of first use) so a test can tell tokens apart."""
+    headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"api-key", b"authorization")}
+    key = headers.get(b"api-key", "").strip()
+    auth = headers.get(b"authorization", "")
+    bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    kind, value = ("api-key", key) if key else ("bearer", bearer)
+    if not value:
+        return AzureFailure(401, _AZURE_NO_KEY)
+    counts = stats.setdefault("auth", {})
+    counts[kind] = counts.get(kind, 0) + 1
+    if kind == "bearer":
+        digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+        seen = stats.setdefault("bearer_digests", [])
+        if digest not in seen:
+            seen.append(digest)
+    if api_key is not None and not secrets.compare_digest(value.encode(), api_key.encode()):
+        return AzureFailure(401, AZURE_WRONG_KEY)
+    return None
 
 
 def _auth_refusal(scope: Scope, api_key: str | None) -> ApiFailure | None:

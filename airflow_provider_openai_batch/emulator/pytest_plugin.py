@@ -54,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "transient_failure_rate": 0.0,  # no request fails transiently
     "transient_failure_attempts": 0,
     "enqueued_token_limit": None,  # no enqueued-token limit
+    "flavor": "openai",  # configure(flavor="azure") to play Azure OpenAI; the handle then builds Azure connections
 }
 
 

@@ -99,6 +99,8 @@ def result_line(endpoint: str, item: dict[str, Any]) -> tuple[dict[str, Any], bo
 
 
 def _fake_body(endpoint: str, model: str, body: dict[str, Any], seed: str) -> tuple[dict[str, Any], tuple[int, int]]:
+    if not endpoint.startswith("/v1/"):  # Azure's lines name the same endpoints without /v1
+        endpoint = "/v1" + endpoint
     created = 1_700_000_000
     prompt = json.dumps(body.get("messages") or body.get("input") or body.get("prompt") or "")
     prompt_tokens = max(1, len(prompt) // 4)

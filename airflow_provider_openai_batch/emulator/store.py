@@ -60,6 +60,8 @@ def _fresh_stats() -> dict[str, Any]:
         "files_created": 0,
         "files_uploaded": 0,
         "requests_completed": 0,  # request lines answered 2xx, over all batches: what the real API bills
+        "auth": {},  # azure flavor: requests by credential kind, "api-key" or "bearer"
+        "bearer_digests": [],  # azure flavor: short SHA-256 digests of the bearer tokens seen, in order
     }
 
 
@@ -77,7 +79,7 @@ class Store:
         self.batches: dict[str, dict[str, Any]] = {}
         self._private: dict[str, dict[str, Any]] = {}  # per batch: float timestamps, planned results
         # Files never change, so one verdict per (file, endpoint) serves every batch made from them.
-        self._verdicts: dict[tuple[str, str], InputReport] = {}
+        self._verdicts: dict[tuple[str, str, str], InputReport] = {}
         self.lock = threading.RLock()
         self.stats: dict[str, Any] = _fresh_stats()
         #: How many times a batch has run each ``custom_id`` since the last reset (the transient-failure draw).
@@ -241,6 +243,7 @@ class Store:
                 "output_expires_after": output_expires_after,
                 # Fixed when the batch is created, as the setting says: a later change leaves it alone.
                 "expire_after_fraction": self.config.expire_after_fraction,
+                "flavor": self.config.flavor,  # whose line rules judge its input
             }
             self.stats["batches_created"] += 1
             self._save()
@@ -406,9 +409,10 @@ class Store:
         if source["purpose"] != "batch":
             message = f"The input file has purpose {source['purpose']!r}; upload it with purpose 'batch'."
             return InputReport([Problem(None, "invalid_file_purpose", message, "input_file_id")])
-        key = (file_id, batch["endpoint"])
+        flavor = self._private[batch["id"]].get("flavor", "openai")
+        key = (file_id, batch["endpoint"], flavor)
         if key not in self._verdicts:
-            self._verdicts[key] = judge_input_file(self.contents.get(file_id, b""), batch["endpoint"])
+            self._verdicts[key] = judge_input_file(self.contents.get(file_id, b""), batch["endpoint"], flavor)
         return self._verdicts[key]
 
     def _over_token_limit(self, batch: dict[str, Any]) -> str | None:

@@ -28,11 +28,18 @@ class EmulatorHandle:
     :param api_key: The key clients should send.
     """
 
-    def __init__(self, base_url: str, api_key: str = "test-key") -> None:
-        self.base_url = base_url
+    def __init__(self, base_url: str, api_key: str = "test-key", flavor: str = "openai") -> None:
+        self.root = base_url[: -len("/v1")]
         self.api_key = api_key
-        self._admin = base_url[: -len("/v1")] + "/_emulator"
+        #: ``openai`` or ``azure``: which base URL and connection :meth:`connection_json` gives.
+        self.flavor = flavor
+        self._admin = self.root + "/_emulator"
         self._http = requests.Session()
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL of the flavor played: ``.../v1``, or Azure's ``.../openai/v1``."""
+        return self.root + ("/openai/v1" if self.flavor == "azure" else "/v1")
 
     def configure(self, **settings: Any) -> dict[str, Any]:
         """Change settings at run time (see :class:`~airflow_provider_openai_batch.emulator.config.EmulatorConfig`):
@@ -42,7 +49,9 @@ class EmulatorHandle:
         ``expire_after_fraction``, ``transient_failure_rate``, ``transient_failure_attempts``. Returns the
         settings now.
         """
-        return self._call("PATCH", "/config", settings)
+        current = self._call("PATCH", "/config", settings)
+        self.flavor = current.get("flavor", self.flavor)
+        return current
 
     def force_status(self, batch_id: str, status: str) -> dict[str, Any]:
         """Put a batch into any status now (``completed``, ``failed``, ``expired``, ``cancelled``, ...)."""
@@ -59,12 +68,22 @@ class EmulatorHandle:
         """Forget every batch and file, the attempt counts and the statistics; settings stay as they are."""
         self._call("POST", "/reset")
 
-    def connection_json(self, extra: dict[str, Any] | None = None) -> str:
-        """The value for an ``AIRFLOW_CONN_<CONN_ID>`` variable that points a connection at this emulator.
+    def connection_json(self, extra: dict[str, Any] | None = None, *, api_version: str | None = None) -> str:
+        """The value for an ``AIRFLOW_CONN_<CONN_ID>`` variable that points a connection at this emulator; for
+        the azure flavor an ``api_type: azure`` connection to ``.../openai/v1`` (or, with ``api_version``, to
+        the classic paths).
 
         :param extra: The connection's extra fields, e.g. ``{"max_retries": 0, "timeout": 2}``.
+        :param api_version: Azure only: use the classic ``/openai/...?api-version=`` paths with this version.
         """
-        conn = {"conn_type": "openai_batch", "host": self.base_url, "password": self.api_key, "extra": extra or {}}
+        fields = dict(extra or {})
+        host = self.base_url
+        if self.flavor == "azure":
+            fields.setdefault("api_type", "azure")
+            if api_version is not None:
+                fields["api_version"] = api_version
+                host = self.root + "/openai"
+        conn = {"conn_type": "openai_batch", "host": host, "password": self.api_key, "extra": fields}
         return json.dumps(conn)
 
     def _call(self, method: str, path: str, payload: Any = None) -> Any:
@@ -89,7 +108,7 @@ class EmulatorProcess(EmulatorHandle):
         self, port: int | None = None, data_dir: str | None = None, log_path: str | None = None, **flags: Any
     ) -> None:
         self.port = port or free_port()
-        super().__init__(f"http://127.0.0.1:{self.port}/v1")
+        super().__init__(f"http://127.0.0.1:{self.port}/v1", flavor=str(flags.get("flavor") or "openai"))
         self.data_dir = data_dir
         self.flags = flags
         self.log_path = log_path or tempfile.mkstemp(prefix="openai-batch-emulator-", suffix=".log")[1]

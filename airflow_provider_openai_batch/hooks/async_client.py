@@ -152,7 +152,7 @@ async def _read_settings(conn_id: str) -> ClientSettings:
 
     conn = await BaseHook.aget_connection(conn_id)
     settings = settings_from_connection(conn)
-    if settings.api_key != conn.password:
+    if settings.api_key and settings.api_key != conn.password:
         # Airflow masks the password as stored ("sk-...\n"); the key we send is the cleaned one, as the hook does.
         from airflow.sdk.log import amask_secret
 
@@ -250,9 +250,15 @@ class AsyncBatchClient:
     async def _send(self, call: api.ApiCall[T]) -> T:
         settings = self.settings
         sent = False
+        sent_headers = settings.headers()
+        if settings.entra is not None:  # a fresh Entra ID token, refreshed before it expires (no I/O if cached)
+            from airflow_provider_openai_batch.azure_auth import provider_for
+
+            sent_headers.update(await provider_for(settings.entra).aheaders())
         try:
             timeout = aiohttp.ClientTimeout(total=None, connect=settings.timeout, sock_read=settings.timeout)
-            kwargs: dict[str, Any] = {"params": call.params, "headers": settings.headers(), "timeout": timeout}
+            params = call.query(settings.api_version)
+            kwargs: dict[str, Any] = {"params": params, "headers": sent_headers, "timeout": timeout}
             if call.json is not None:
                 kwargs["json"] = call.json
             proxy = env_proxy(settings.base_url)

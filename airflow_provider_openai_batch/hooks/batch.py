@@ -17,6 +17,7 @@ import tenacity
 from airflow.sdk import BaseHook
 
 from airflow_provider_openai_batch import api
+from airflow_provider_openai_batch.backends import BackendRules
 from airflow_provider_openai_batch.connection import ClientSettings, settings_from_connection
 from airflow_provider_openai_batch.exceptions import (
     APIConnectionError,
@@ -66,7 +67,10 @@ class OpenAIBatchHook(BaseHook):
 
     The connection (type ``openai_batch``) holds the API key in *password*, an optional OpenAI-compatible
     base URL in *host* (default ``https://api.openai.com/v1``), and in *extra* the optional
-    ``organization``, ``project``, ``timeout`` (seconds) and ``max_retries``.
+    ``organization``, ``project``, ``timeout`` (seconds) and ``max_retries``, and the back end: ``api_type``
+    (``openai``, ``azure`` or ``openai_compatible``), for Azure ``api_version`` and ``auth_type`` (``api_key``
+    or ``entra_id``, whose tokens are fetched and refreshed per request by
+    :mod:`airflow_provider_openai_batch.azure_auth`).
 
     Every call is validated before anything is sent (a ``ValueError`` names the field and the rule),
     transient failures (429, 500, 502, 503, 504, connection errors, timeouts) are retried with exponential
@@ -124,7 +128,7 @@ class OpenAIBatchHook(BaseHook):
         """The connection's settings (key, base URL, headers, timeout, retries), read once."""
         conn = self.get_connection(self.conn_id)
         settings = settings_from_connection(conn)
-        if settings.api_key != conn.password:
+        if settings.api_key and settings.api_key != conn.password:
             # Airflow masks the password as stored ("sk-...\n"); the key we send is the cleaned one.
             from airflow.sdk.log import mask_secret
 
@@ -139,6 +143,21 @@ class OpenAIBatchHook(BaseHook):
 
             settings = replace(settings, **overrides)
         return settings
+
+    @cached_property
+    def rules(self) -> BackendRules:
+        """The back end's rules (limits, endpoints, completion windows, one model per file), from the
+        connection's ``api_type`` and any ``backend_rules`` overrides in its extra."""
+        return self.settings.rules()
+
+    def _auth_headers(self) -> dict[str, str]:
+        """A fresh Entra ID bearer token for each request (cached and refreshed before it expires by the
+        provider), or nothing: an API key already travels in the session's headers."""
+        if self.settings.entra is None:
+            return {}
+        from airflow_provider_openai_batch.azure_auth import provider_for
+
+        return provider_for(self.settings.entra).headers()
 
     @cached_property
     def session(self) -> requests.Session:
@@ -198,17 +217,19 @@ class OpenAIBatchHook(BaseHook):
         carrying the key and cancels it while it is still validating, when cancelling costs nothing.
 
         :param input_file_id: Id of a file uploaded with purpose ``batch``.
-        :param endpoint: One of :data:`api.ENDPOINTS`; every line of the file must use the same url.
-        :param completion_window: ``"24h"``, the only window offered.
+        :param endpoint: One of the back end's endpoints (:attr:`rules`); on Azure an OpenAI-style
+            ``/v1/chat/completions`` is sent as ``/chat/completions``. Every line of the file must use that url.
+        :param completion_window: One of the back end's windows: ``"24h"``, the only one offered today.
         :param metadata: Up to 16 string pairs (15 with an idempotency key).
         :param output_expires_after: Seconds (3600..2592000) after creation when output files expire.
         :param idempotency_key: A stable key for this logical create, e.g. derived from the task instance.
         """
         call = api.create_batch(
-            input_file_id, endpoint, completion_window, metadata, output_expires_after, idempotency_key
+            input_file_id, endpoint, completion_window, metadata, output_expires_after, idempotency_key, self.rules
         )
         batch = self._request(call) if idempotency_key is None else self._create_idempotently(call, idempotency_key)
-        self.log.info("Batch %s is %s (endpoint %s, input file %s)", batch.id, batch.status, endpoint, input_file_id)
+        sent = (call.json or {}).get("endpoint", endpoint)  # in the back end's shape (Azure: no /v1)
+        self.log.info("Batch %s is %s (endpoint %s, input file %s)", batch.id, batch.status, sent, input_file_id)
         return batch
 
     def _create_idempotently(self, call: api.ApiCall[Batch], key: str) -> Batch:
@@ -437,7 +458,7 @@ class OpenAIBatchHook(BaseHook):
         """
         call = api.upload_file(purpose, expires_after)
         opener, name, size = upload_source(source)
-        limit = MAX_BATCH_INPUT_BYTES if purpose == "batch" else MAX_UPLOAD_BYTES
+        limit = self.rules.max_bytes_per_file if purpose == "batch" else MAX_UPLOAD_BYTES
         if size is not None and size > limit:
             raise ValueError(
                 f"source is {size} bytes; the API accepts at most {limit} bytes for purpose {purpose!r}: "
@@ -587,11 +608,14 @@ class OpenAIBatchHook(BaseHook):
     def _http(self, call: api.ApiCall[Any], *, stream: bool, **kwargs: Any) -> requests.Response:
         settings = self.settings
         url = call.url(settings.base_url)
+        auth = self._auth_headers()
+        if auth:
+            kwargs["headers"] = {**kwargs.get("headers", {}), **auth}
         try:
             return self.session.request(
                 call.method,
                 url,
-                params=call.params,
+                params=call.query(settings.api_version),
                 json=call.json,
                 timeout=settings.timeout,
                 stream=stream,

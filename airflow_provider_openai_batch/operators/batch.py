@@ -242,14 +242,17 @@ class CreateBatchOperator(BaseOperator):
         from airflow_provider_openai_batch.operators.reattach import CreateLedger, idempotency_key
         from airflow_provider_openai_batch.outcome import describe
 
-        # Checks that cost nothing come first, so a bad argument never uploads a file.
-        api.validate_endpoint(self.endpoint)
-        api.validate_completion_window(self.completion_window)
+        # Checks that cost nothing come first, so a bad argument never uploads a file. The back end's rules come
+        # from the connection (no request); the endpoint is put in its shape (Azure: no /v1).
+        hook = self.hook()
+        self._backend_rules = hook.rules
+        self.endpoint = api.validate_endpoint(self.endpoint, self._backend_rules)
+        api.validate_completion_window(self.completion_window, self._backend_rules)
         validate_user_metadata(self.metadata)  # the provider's five pairs counted, its keys refused
         api.validate_expires_after(self.output_expires_after)
         api.validate_expires_after(self.input_expires_after, "input_expires_after")
         ti = self._running_ti = context["ti"]
-        with self.hook() as hook, tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
+        with hook, tempfile.TemporaryDirectory(prefix="openai-batch-") as tmp:
             sources = self._sources(tmp)
             if sources and self._needs_job(sources):
                 return self._run_job(context, hook, tmp, sources)
@@ -348,7 +351,11 @@ class CreateBatchOperator(BaseOperator):
         return None, []
 
     def _rules(self) -> Any:
-        """The back end's rules every limit comes from (one place, so the connection's back end can decide)."""
+        """The back end's rules every limit comes from: the connection's (read by :meth:`execute` before anything
+        else), OpenAI's when called outside it."""
+        rules = getattr(self, "_backend_rules", None)
+        if rules is not None:
+            return rules
         from airflow_provider_openai_batch.backends import rules_for
 
         return rules_for()
@@ -396,7 +403,7 @@ class CreateBatchOperator(BaseOperator):
             api.validate_id(self.input_file_id, "input_file_id")
             return None, hashlib.sha256(self.input_file_id.encode()).hexdigest()
         name = "input_file" if self.requests is None else "requests; line N is requests[N-1]"
-        return sources[0], check_input_file(sources[0], self.endpoint, name)
+        return sources[0], check_input_file(sources[0], self.endpoint, name, self._rules())
 
     def _create_batch(self, hook: OpenAIBatchHook, input_file_id: str, key: str) -> Any:
         """The one create call of this operator (a single batch, a round, or a job's shard)."""
@@ -893,11 +900,12 @@ def write_requests_jsonl(requests: Any, endpoint: str, path: str) -> int:
     return len(requests)
 
 
-def check_input_file(source: Any, endpoint: str, name: str = "input_file") -> str:
+def check_input_file(source: Any, endpoint: str, name: str = "input_file", rules: Any = None) -> str:
     """Refuse an input file the API would fail at validation, naming every bad line; else return the
     SHA-256 of its content (read once, for both).
 
     :param name: What the file came from, for the message (``input_file`` or ``requests``).
+    :param rules: The back end's :class:`~airflow_provider_openai_batch.backends.BackendRules` (default OpenAI's).
     :raises BatchValidationError: with the problems (at most 100 listed).
     """
     from airflow_provider_openai_batch.exceptions import BatchValidationError
@@ -912,11 +920,11 @@ def check_input_file(source: Any, endpoint: str, name: str = "input_file") -> st
         size = source.stat().st_size if is_object_storage else os.path.getsize(source)
     except Exception:  # any store's failure to stat is only a missed shortcut
         size = 0
-    problems = too_large(size)
+    problems = too_large(size, rules)
     digest = hashlib.sha256()
     if not problems:
         with source.open("rb") if is_object_storage else open(source, "rb") as stream:
-            problems = validate_batch_input_lines(_hashing(stream, digest), endpoint)
+            problems = validate_batch_input_lines(_hashing(stream, digest), endpoint, rules=rules)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""

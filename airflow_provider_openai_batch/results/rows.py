@@ -70,6 +70,8 @@ def output_text(endpoint: str | None, body: Any) -> str | None:
     ``output_text`` parts for responses; ``None`` for other endpoints or bodies without one."""
     if not isinstance(body, Mapping):
         return None
+    if endpoint and not endpoint.startswith("/v1/"):  # Azure names the same endpoints without /v1
+        endpoint = "/v1" + endpoint
     if endpoint == "/v1/chat/completions":
         choices = body.get("choices")
         if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):

@@ -277,6 +277,8 @@ def test_stats_keys(openai_batch_emulator):
         "files_created",
         "files_uploaded",
         "requests_completed",
+        "auth",
+        "bearer_digests",
         "batches",
         "files",
     }

@@ -19,7 +19,7 @@ from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
-from tests.helpers import ctx, prompts
+from tests.helpers import BOTH_FLAVORS, ctx, prompts
 
 CANARY = f"canary-{secrets.token_hex(12)}"
 
@@ -35,8 +35,9 @@ def texts_of(err: BaseException) -> list[str]:
 @pytest.fixture
 def canary_connection(openai_batch_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     openai_batch_emulator.configure(api_key=CANARY)
-    conn = {"conn_type": "openai_batch", "host": openai_batch_emulator.base_url, "password": CANARY}
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps({**conn, "extra": {"max_retries": 1}}))
+    # The flavor's connection (on Azure: api_type azure, the key in an api-key header), with the canary key.
+    conn = {**json.loads(openai_batch_emulator.connection_json({"max_retries": 1})), "password": CANARY}
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps(conn))
     return openai_batch_emulator
 
 
@@ -59,6 +60,7 @@ def failures(emulator: Any, hook: OpenAIBatchHook) -> list[BaseException]:
     return caught
 
 
+@BOTH_FLAVORS
 def test_sync_hook_reprs_errors_and_logs_never_show_the_key(canary_connection, caplog):
     caplog.set_level(logging.DEBUG)  # urllib3 and our retry logging at their most talkative
     hook = OpenAIBatchHook()
@@ -78,6 +80,7 @@ def test_sync_hook_reprs_errors_and_logs_never_show_the_key(canary_connection, c
     assert [s for s in surfaces if CANARY in s] == []
 
 
+@BOTH_FLAVORS
 def test_async_client_and_trigger_never_show_the_key(canary_connection, caplog):
     caplog.set_level(logging.DEBUG)
 
@@ -107,6 +110,7 @@ def test_async_client_and_trigger_never_show_the_key(canary_connection, caplog):
     assert [s for s in surfaces if CANARY in s] == []
 
 
+@BOTH_FLAVORS
 def test_operators_render_and_push_nothing_secret(canary_connection):
     op = CreateBatchOperator(task_id="create", requests=prompts(), metadata={"team": "search"})
     context = ctx()

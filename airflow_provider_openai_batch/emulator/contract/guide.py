@@ -25,6 +25,10 @@ MAX_INPUT_BYTES = 200 * 1024 * 1024
 #: ``/v1/embeddings`` batches: inputs over all requests (a request's ``input`` may hold many).
 MAX_EMBEDDING_INPUTS = 50_000
 EMBEDDINGS = "/v1/embeddings"
+#: Azure OpenAI global batch (its documentation; its published OpenAPI documents do not describe batches):
+#: the endpoints, written without /v1, and up to 100,000 requests per file, all naming one deployment.
+AZURE_ENDPOINTS = ("/chat/completions", "/embeddings", "/responses")
+AZURE_MAX_INPUT_REQUESTS = 100_000
 #: "By default, files with purpose=batch expire after 30 days" (FileExpirationAfter).
 BATCH_FILE_TTL_SECONDS = 30 * 86_400
 
@@ -38,6 +42,15 @@ def create_batch() -> dict[str, Any]:
     mapping["maxProperties"] = METADATA_MAX_PAIRS
     mapping["propertyNames"] = {"maxLength": METADATA_MAX_KEY}
     mapping["additionalProperties"] = {**mapping.get("additionalProperties", {}), "maxLength": METADATA_MAX_VALUE}
+    return schema
+
+
+@cache
+def create_batch_azure() -> dict[str, Any]:
+    """:func:`create_batch` with Azure's endpoints (no ``/v1``) in place of OpenAI's."""
+    schema = create_batch()
+    schema = {**schema, "properties": {**schema["properties"]}}
+    schema["properties"]["endpoint"] = {"type": "string", "enum": list(AZURE_ENDPOINTS)}
     return schema
 
 

@@ -49,23 +49,26 @@ class InputReport:
     requests: int = 0
 
 
-def judge_input_file(data: bytes, endpoint: str) -> InputReport:
+def judge_input_file(data: bytes, endpoint: str, flavor: str = "openai") -> InputReport:
     """Apply the input-file rules: UTF-8 JSONL, one request object per line under the line schema, unique
     ``custom_id``, ``url`` equal to ``endpoint``, at most 50,000 requests and 200 MB, and for embeddings at
-    most 50,000 inputs in all."""
+    most 50,000 inputs in all. For ``flavor`` ``azure``: up to 100,000 requests, every line naming the same
+    ``model`` (the deployment)."""
     if len(data) > guide.MAX_INPUT_BYTES:
         message = f"The file is {len(data)} bytes; at most {guide.MAX_INPUT_BYTES} (200 MB) are allowed."
         return InputReport([Problem(None, "file_too_large", message)])
     lines = data.split(b"\n")
     count = sum(1 for raw in lines if raw.strip())
-    if count > guide.MAX_INPUT_REQUESTS:
-        message = f"The file has {count} requests; at most {guide.MAX_INPUT_REQUESTS} are allowed per batch."
+    most = guide.AZURE_MAX_INPUT_REQUESTS if flavor == "azure" else guide.MAX_INPUT_REQUESTS
+    if count > most:
+        message = f"The file has {count} requests; at most {most} are allowed per batch."
         return InputReport([Problem(None, "too_many_requests", message)], count)
     if count == 0:
         return InputReport([Problem(None, "empty_file", "The input file contains no requests.")])
     problems: list[Problem] = []
     line_rules = line_validator(endpoint)
     seen: dict[str, int] = {}
+    deployment: tuple[Any, int] | None = None
     inputs = 0
     for number, raw in enumerate(lines, start=1):
         if len(problems) >= MAX_PROBLEMS:
@@ -92,6 +95,20 @@ def judge_input_file(data: bytes, endpoint: str) -> InputReport:
                 )
             else:
                 seen[custom_id] = number
+        if flavor == "azure" and isinstance(item.get("body"), dict):
+            model = item["body"].get("model")
+            if deployment is None:
+                deployment = (model, number)
+            elif model != deployment[0]:
+                problems.append(
+                    Problem(
+                        number,
+                        "model_mismatch",
+                        f"Line {number}: model {model!r} differs from {deployment[0]!r} on line {deployment[1]}; "
+                        "a batch file must target a single deployment.",
+                        "body.model",
+                    )
+                )
         if endpoint == guide.EMBEDDINGS and isinstance(item.get("body"), dict):
             inputs += guide.embedding_inputs(item["body"])
     if inputs > guide.MAX_EMBEDDING_INPUTS:

@@ -29,15 +29,16 @@ def line_validator(endpoint: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(guide.input_line(endpoint))
 
 
-def create_batch_body(body: Any) -> dict[str, Any]:
-    """``POST /v1/batches``: the decoded JSON body, refused unless ``CreateBatchRequest`` and the guide allow it."""
+def create_batch_body(body: Any, flavor: str = "openai") -> dict[str, Any]:
+    """``POST /v1/batches``: the decoded JSON body, refused unless ``CreateBatchRequest`` and the guide allow it
+    (for ``flavor`` ``azure``, with Azure's endpoints)."""
     if not isinstance(body, dict):
         raise ApiFailure(
             400,
             f"Invalid type for the request body: expected an object, but got {_kind(body)} instead.",
             code="invalid_type",
         )
-    refuse_first(validator(guide.create_batch).iter_errors(body))
+    refuse_first(validator(guide.create_batch_azure if flavor == "azure" else guide.create_batch).iter_errors(body))
     return body
 
 

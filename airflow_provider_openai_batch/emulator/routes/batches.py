@@ -15,8 +15,8 @@ router = APIRouter()
 
 @router.post("/v1/batches")
 async def create_batch(request: Request) -> Response:
-    body = contract.create_batch_body(await json_body(request))
     store = store_of(request)
+    body = contract.create_batch_body(await json_body(request), store.config.flavor)
     source = store.files.get(body["input_file_id"])
     if source is not None and source["purpose"] != "batch":
         raise ApiFailure(
@@ -33,7 +33,8 @@ async def create_batch(request: Request) -> Response:
         body.get("metadata"),
         expiry["seconds"] if expiry else None,
     )
-    return json_response(batch)
+    # Azure answers a create with 201 Created (its published CreateBatch example); OpenAI with 200.
+    return json_response(batch, 201 if store.config.flavor == "azure" else 200)
 
 
 @router.get("/v1/batches")
