@@ -268,7 +268,7 @@ class CreateBatchOperator(BaseOperator):
                 ledger.created(batch.id, started)
                 rounds = [batch.id]
             self.batch_id = batch.id
-            remember_batch_link(self, context, hook.settings.base_url, batch.id)
+            remember_batch_link(self, context, hook.settings, batch.id)
             self.log.info("OpenAI %s", describe(batch.model_dump(mode="json")))
             ti.xcom_push(key="batch", value=batch.model_dump(mode="json"))
             ti.xcom_push(key="batch_ids", value=rounds)
@@ -558,7 +558,7 @@ class CreateBatchOperator(BaseOperator):
             job.submit(lambda file_id, key: self._create_batch(hook, file_id, key))
             context["ti"].xcom_push(key="batch_ids", value=job.batch_ids())
             if not job.queued():
-                remember_batch_link(self, context, hook.settings.base_url, job.final_batch_ids()[-1])
+                remember_batch_link(self, context, hook.settings, job.final_batch_ids()[-1])
             if not self.wait_for_completion and not job.queued():
                 return self._finish_job(context, hook, job, judge_it=False)
             if job.finished():
@@ -688,7 +688,7 @@ class CreateBatchOperator(BaseOperator):
             following = self._create(hook, key, path)
         ledger.created(following.id, started, [*rounds, following.id])
         self.batch_id = following.id
-        remember_batch_link(self, context, hook.settings.base_url, following.id)
+        remember_batch_link(self, context, hook.settings, following.id)
         context["ti"].xcom_push(key="batch_ids", value=[*rounds, following.id])
         return following
 
@@ -778,7 +778,7 @@ class CancelBatchOperator(BaseOperator):
 
         api.validate_id(self.batch_id, "batch_id")
         with OpenAIBatchHook(conn_id=self.conn_id) as hook:
-            remember_batch_link(self, context, hook.settings.base_url, self.batch_id)
+            remember_batch_link(self, context, hook.settings, self.batch_id)
             batch = hook.retrieve_batch(self.batch_id)
             if batch.is_terminal:
                 self.log.info("Nothing to cancel: OpenAI %s", describe(batch.model_dump(mode="json")))

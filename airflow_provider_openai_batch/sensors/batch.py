@@ -132,7 +132,7 @@ class BatchSensor(BaseSensorOperator):
         if ids is not None:
             return self._execute_many(context, hook, ids)
         validate_id(self.batch_id, "batch_id")
-        remember_batch_link(self, context, hook.settings.base_url, self.batch_id)
+        remember_batch_link(self, context, hook.settings, self.batch_id)
         if not self.deferrable:
             try:
                 return super().execute(context)
@@ -161,7 +161,7 @@ class BatchSensor(BaseSensorOperator):
     def _execute_many(self, context: Context, hook: OpenAIBatchHook, ids: list[str]) -> Any:
         from airflow.sdk.exceptions import AirflowSensorTimeout
 
-        remember_batch_link(self, context, hook.settings.base_url, ids[-1])
+        remember_batch_link(self, context, hook.settings, ids[-1])
         if not self.deferrable:
             try:
                 return super().execute(context)

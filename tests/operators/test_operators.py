@@ -50,6 +50,14 @@ def test_extra_link_url(base_url, expected):
     assert batch_url(base_url, "batch_1", "c") == expected
 
 
+@pytest.mark.parametrize("link", ["airflow", "unknown"])
+def test_extra_link_follows_the_back_ends_link_rule(link):
+    # An Azure or compatible connection pointed at OpenAI's host (a proxy, a misconfiguration) still gets the
+    # Airflow page: only the openai back end's rule sends a person to OpenAI's dashboard.
+    url = batch_url("https://api.openai.com/v1", "batch_1", "c", link=link)
+    assert url == "/plugin/openai-batches/openai-batches/?conn_id=c&batch_id=batch_1"
+
+
 def test_extra_link_uses_the_airflow_base_url(monkeypatch):
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/team/")
     assert batch_url("http://127.0.0.1:8089/v1", "batch_1", "c") == (
