@@ -141,11 +141,12 @@
     return button;
   }
 
+  // While a batch runs: as often as the server's cache allows. Otherwise every 30 s, so a batch made after the
+  // page was opened still appears without a reload.
   function schedule(reload, batches, seconds) {
     clearTimeout(timer);
-    if (batches.some((b) => !TERMINAL.has(b.status))) {
-      timer = setTimeout(reload, Math.max(3, seconds || 5) * 1000);
-    }
+    const running = batches.some((b) => !TERMINAL.has(b.status));
+    timer = setTimeout(reload, (running ? Math.max(3, seconds || 5) : 30) * 1000);
   }
 
   function stamp(text) {
