@@ -43,6 +43,7 @@ from airflow_provider_openai_batch.models import Batch
 from airflow_provider_openai_batch.outcome import describe
 from airflow_provider_openai_batch.retries import is_retryable
 from airflow_provider_openai_batch.task_state import STATE_LOOKUP_SECONDS, keeps_batch, read_task_state
+from airflow_provider_openai_batch.triggers.poller import shared_poller
 
 #: Upper bound of the random delay before the first poll.
 FIRST_DELAY_MAX = 2.0
@@ -186,11 +187,13 @@ class BatchTrigger(BaseTrigger):
     async def _poll(self, client: AsyncBatchClient) -> Batch:
         """One status check, its retries cut off at the deadline (or after a last look, once it passed)."""
         left = self._time_left()
+        # Shared with the other waits of this connection in this loop (coalesced polling, triggers/poller.py).
+        check = shared_poller(self.conn_id).retrieve(client, self.batch_id, self.poll_interval, self)
         if left is None:
-            return await client.retrieve_batch(self.batch_id)
+            return await check
         limit = max(left, LAST_LOOK_SECONDS)
         try:
-            return await asyncio.wait_for(client.retrieve_batch(self.batch_id), limit)
+            return await asyncio.wait_for(check, limit)
         except asyncio.TimeoutError:
             raise APITimeoutError(f"checking batch {self.batch_id} got no answer before the deadline") from None
 
