@@ -9,7 +9,7 @@ page, newest first, each as complete as a retrieve, so one page answers for ever
    plus, fetched concurrently, every page that held a waited batch in an earlier sweep (``after`` the same
    cursor; a page after a given batch always holds the same older batches, so the cursor stays right as new
    batches are created), then a *walk* down the list for waits not yet placed on a page: at most one page
-   per 100 such waits plus :data:`WALK_SLACK`, so the list is never read further than the waits need. The
+   per 100 waits plus :data:`WALK_SLACK`, so the list is never read further than recent waits need. The
    walk is sequential (each page's cursor is the previous page's last batch): placing 10,000 new waits
    takes 100 pages one after the other, about 100 answer times once, and later sweeps fetch those pages
    concurrently.
@@ -61,6 +61,8 @@ LIST_MIN = 2
 #: one before: the cursor is the last batch of the previous page). Waits on recent batches are all found
 #: within that bound; those further down (among many batches of other users of the key) get retrieves.
 WALK_SLACK = 5
+#: Sweeps a wait the walk did not reach is only retrieved, before a walk looks for it again.
+UNLISTED_SWEEPS = 10
 #: Concurrent page fetches of known cursors: one per this many pages, at least 2 and at most
 #: :data:`PAGE_CONCURRENCY`. Pages that arrive together are parsed in one turn of the event loop (about
 #: 1-2 ms each), so fewer at a time keeps the loop responsive; a sweep of the known pages then lasts about
@@ -85,8 +87,9 @@ class _Wait:
         self.cursor: str | None = None
         #: Whether a page held it in an earlier sweep (``cursor`` is then meaningful).
         self.placed = False
-        #: The walk did not reach it: it gets a retrieve each sweep (no page is read to look for it again).
-        self.unlisted = False
+        #: The sweep whose walk did not reach it (0: none): it gets retrieves, and no walk looks for it again
+        #: for :data:`UNLISTED_SWEEPS` sweeps.
+        self.unlisted = 0
         self.interval = interval
         self.asked_at = now
         #: The last check failed: the next one starts a sweep at once.
@@ -260,21 +263,24 @@ class BatchPoller:
         ]
         after, more = first.last_id, first.has_more
         self._walking = set(unplaced)  # emptied by the pages that answer them (a count, not a scan a page)
-        for _ in range(math.ceil(len(unplaced) / PAGE_SIZE) + WALK_SLACK):
+        # Waits on recent batches are all among the newest (waits + slack x 100): that far, and no further.
+        for _ in range(math.ceil(len(self._waits) / PAGE_SIZE) + WALK_SLACK):
             if not more or after is None or not self._walking:
                 break
             page = await self._page(client, after, None)
             if page is None:
                 break
             after, more = page.last_id, page.has_more
-        for batch_id in unplaced:  # beyond the walk's reach: retrieved from now on, unless a page meets it
+        for batch_id in unplaced:  # beyond the walk's reach: retrieved for a while, unless a page meets it
             wait = self._waits.get(batch_id)
             if wait is not None and batch_id not in self._answered:
-                wait.unlisted = True
+                wait.unlisted = self.sweeps
 
     def _placed_or_unlisted(self, batch_id: str) -> bool:
         wait = self._waits.get(batch_id)
-        return wait is not None and (wait.placed or wait.unlisted)
+        if wait is not None and wait.unlisted and self.sweeps - wait.unlisted >= UNLISTED_SWEEPS:
+            wait.unlisted = 0  # look for it again: other waits may have ended, so the walk reaches further
+        return wait is not None and (wait.placed or bool(wait.unlisted))
 
     async def _page(
         self, client: AsyncBatchClient, after: str | None, limit: asyncio.Semaphore | None
@@ -302,7 +308,7 @@ class BatchPoller:
             wait = self._waits.get(batch.id)
             if wait is None:
                 continue
-            wait.cursor, wait.placed, wait.unlisted, wait.failed = cursor, True, False, False
+            wait.cursor, wait.placed, wait.unlisted, wait.failed = cursor, True, 0, False
             self._answered.add(batch.id)
             self._walking.discard(batch.id)
             self._resolve(batch.id, batch, None)
