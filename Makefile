@@ -58,4 +58,4 @@ cluster: cluster-setup
 	bash scripts/cluster.sh
 
 soak: cluster-setup
-	bash scripts/soak.sh
+	$(PY) scripts/soak.py

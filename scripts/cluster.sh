@@ -151,18 +151,12 @@ export OPENAI_BATCH_POLL_INTERVAL=${OPENAI_BATCH_POLL_INTERVAL:-5}
 printf '{"admin": "%s"}\n' "${AIRFLOW_ADMIN_PASSWORD:-admin}" >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
 
 declare -A PIDS=() COMMANDS=()
-tagged_pids() { # pids of every live process carrying our tag (pure bash: starts no tagged helper process)
-  local f pid var
-  for f in /proc/[0-9]*/environ; do
+tagged_pids() { # pids of every live process carrying our tag (grep carries it too, and is gone by then)
+  local f pid
+  for f in $(grep -lsz -- "^OPENAI_BATCH_CLUSTER_TAG=$TAG\$" /proc/[0-9]*/environ 2>/dev/null); do
     pid=${f#/proc/}
     pid=${pid%/environ}
-    [[ $pid == "$$" ]] && continue
-    while IFS= read -r -d '' var || [[ -n $var ]]; do
-      if [[ $var == "OPENAI_BATCH_CLUSTER_TAG=$TAG" ]]; then
-        echo "$pid"
-        break
-      fi
-    done 2>/dev/null <"$f" || true
+    [[ $pid == "$$" ]] || echo "$pid"
   done
 }
 
@@ -193,10 +187,10 @@ stop_all() {
     pid=${PIDS[$name]:-}
     [[ -n $pid ]] && { kill -INT "$pid" 2>/dev/null || true; } # PostgreSQL's fast shutdown
   done
-  for _ in $(seq 150); do
+  for _ in $(seq 30); do
     left=$(tagged_pids)
     [[ -z $left ]] && break
-    sleep 0.1
+    sleep 0.5
   done
   left=$(tagged_pids)
   if [[ -n $left ]]; then
@@ -320,8 +314,11 @@ echo "Starting api-server, scheduler, dag-processor, 2 triggerers and 2 Celery w
 start api-server airflow api-server
 start scheduler airflow scheduler
 start dag-processor airflow dag-processor
-start triggerer1 env AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=$((LOG_BASE + 2)) airflow triggerer
-start triggerer2 env AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=$((LOG_BASE + 3)) airflow triggerer
+# LOGNAME becomes the triggerer Job's unixname in the metadata DB: it tells which job is which process.
+start triggerer1 env LOGNAME=airflow-triggerer1 AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=$((LOG_BASE + 2)) \
+  airflow triggerer
+start triggerer2 env LOGNAME=airflow-triggerer2 AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=$((LOG_BASE + 3)) \
+  airflow triggerer
 start worker1 env AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=$LOG_BASE \
   airflow celery worker --celery-hostname "worker1@%h" --concurrency "$AIRFLOW__CELERY__WORKER_CONCURRENCY"
 start worker2 env AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=$((LOG_BASE + 1)) \
