@@ -188,7 +188,7 @@ class BatchTrigger(BaseTrigger):
         """One status check, its retries cut off at the deadline (or after a last look, once it passed)."""
         left = self._time_left()
         # Shared with the other waits of this connection in this loop (coalesced polling, triggers/poller.py).
-        check = shared_poller(self.conn_id).retrieve(client, self.batch_id, self.poll_interval, self)
+        check = shared_poller(self.conn_id).retrieve(client, self.batch_id, self.poll_interval, self, self.end_time)
         if left is None:
             return await check
         limit = max(left, LAST_LOOK_SECONDS)

@@ -22,8 +22,9 @@ A sweep starts when a wait asks and the previous sweep started at least one poll
 of the waits asking) ago; a wait that asks meanwhile waits for the next sweep, which is how the waits fall
 into one cadence: each is answered by every sweep, so the end of a batch is still seen at most one poll
 interval (plus the answer's latency) after it. When the poller knows only one wait, or a wait's last
-check failed, the sweep starts at once: nothing would be gained by waiting, and a single trigger behaves
-exactly as without the poller (one retrieve per poll, at its own cadence).
+check failed, or its deadline is less than an interval away, the sweep starts at once: nothing would be
+gained by waiting, and a single trigger behaves exactly as without the poller (one retrieve per poll, at
+its own cadence).
 
 What happens, and why:
 
@@ -45,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -129,13 +131,22 @@ class BatchPoller:
         """Batches registered (asked for recently by a trigger that has not left)."""
         return len(self._waits)
 
-    async def retrieve(self, client: AsyncBatchClient, batch_id: str, interval: float, owner: Any = None) -> Batch:
+    async def retrieve(
+        self,
+        client: AsyncBatchClient,
+        batch_id: str,
+        interval: float,
+        owner: Any = None,
+        end_time: float | None = None,
+    ) -> Batch:
         """The batch as the next sweep sees it (or a retrieve's error for it).
 
         :param client: The caller's client; the sweep uses the latest one passed.
         :param batch_id: The batch to check.
         :param interval: The caller's poll interval: sweeps start at most this often for it.
         :param owner: The trigger asking; the batch is unregistered when it is released.
+        :param end_time: The caller's deadline (Unix time): within one interval of it, the check starts a
+            sweep at once, so the last look at the deadline is not left waiting for the cadence.
         :raises OpenAIBatchError: what a retrieve of this batch raised.
         """
         api.validate_id(batch_id, "batch_id")  # a bad id fails here as a retrieve would, not in the sweep
@@ -149,7 +160,8 @@ class BatchPoller:
             self._own(wait, batch_id, owner)
         future: asyncio.Future[Batch] = self._loop.create_future()
         self._pending.setdefault(batch_id, []).append(future)
-        due = now if (wait.failed or len(self._waits) <= 1) else self._last_start + interval
+        urgent = wait.failed or len(self._waits) <= 1 or (end_time is not None and end_time - time.time() < interval)
+        due = now if urgent else self._last_start + interval
         if due < self._due:
             self._due = due
             self._wake.set()
@@ -205,7 +217,12 @@ class BatchPoller:
                 continue
             self._last_start = self._loop.time()
             self._due = math.inf
-            await self._sweep()
+            wanted = list(self._pending)
+            try:
+                await self._sweep()
+            except Exception as err:  # a defect here must not leave every wait hanging: each gets the error
+                for batch_id in wanted:
+                    self._resolve(batch_id, None, err)
             self._reschedule()
 
     def _reschedule(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+import time
 
 import pytest
 
@@ -182,3 +183,23 @@ def test_triggers_starting_together_share_one_list_call(openai_batch_connection,
     assert {found[0].payload["status"] for found in results} == {"terminal"}
     after = sent(openai_batch_connection)
     assert (after["list"] - before["list"], after["retrieve"] - before["retrieve"]) == (1, 0)
+
+
+def test_a_check_near_its_deadline_does_not_wait_for_the_cadence(openai_batch_connection, client):
+    """Two waits of 60 s interval: after the first sweep, a check whose deadline is nearer than one interval
+    starts a sweep at once (the trigger's last look at the deadline), where another would wait a minute."""
+    openai_batch_connection.configure(phase_seconds=300)
+    batch_ids = [make_batch(openai_batch_connection, lines=1) for _ in range(2)]
+
+    async def scenario() -> tuple[str, int]:
+        poller = shared_poller("openai_default")
+        owners = [Owner(), Owner()]
+        await asyncio.gather(*(poller.retrieve(client, b, 60.0, o) for b, o in zip(batch_ids, owners, strict=True)))
+        # The 30 s bound only stops a hung test: without the deadline this check would wait 60 s.
+        found = await asyncio.wait_for(
+            poller.retrieve(client, batch_ids[0], 60.0, owners[0], end_time=time.time() + 5), 30
+        )
+        await close_shared_session()
+        return found.id, poller.sweeps
+
+    assert asyncio.run(scenario()) == (batch_ids[0], 2)
