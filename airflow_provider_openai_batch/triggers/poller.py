@@ -79,10 +79,20 @@ RETRIEVE_CONCURRENCY = 50
 IDLE_FORGET_INTERVALS = 3
 
 
+def fresh_for(interval: float) -> float:
+    """How old an answer nobody has taken yet may be for a check to take it instead of waiting a sweep.
+
+    A wait that asks just after the sweep read its page (its own timer and the sweep's drift apart by a few
+    milliseconds of loop lag) would otherwise wait a whole interval, and see the end of its batch up to two
+    intervals late; with this, at most one interval plus this long (0.5 s at 5 s, at most 1 s).
+    """
+    return min(interval / 10, 1.0)
+
+
 class _Wait:
     """What the poller knows of one waited batch."""
 
-    __slots__ = ("asked_at", "cursor", "failed", "interval", "owners", "placed", "unlisted")
+    __slots__ = ("asked_at", "cursor", "failed", "interval", "owners", "placed", "seen", "seen_at", "unlisted")
 
     def __init__(self, interval: float, now: float) -> None:
         #: The ``after`` of the page that last held the batch (``None``: the first page).
@@ -97,6 +107,10 @@ class _Wait:
         #: The last check failed: the next one starts a sweep at once.
         self.failed = False
         self.owners: set[weakref.ref[Any]] = set()
+        #: What a sweep saw while no check waited for it (the wait asked just after its page came in), and
+        #: when (loop time): handed to the next check if it comes within :func:`fresh_for` of it.
+        self.seen: Batch | None = None
+        self.seen_at = 0.0
 
 
 class BatchPoller:
@@ -158,6 +172,11 @@ class BatchPoller:
         wait.interval, wait.asked_at = interval, now
         if owner is not None:
             self._own(wait, batch_id, owner)
+        seen = wait.seen
+        if seen is not None:
+            wait.seen = None  # handed out once
+            if now - wait.seen_at <= fresh_for(interval):
+                return seen
         future: asyncio.Future[Batch] = self._loop.create_future()
         self._pending.setdefault(batch_id, []).append(future)
         urgent = wait.failed or len(self._waits) <= 1 or (end_time is not None and end_time - time.time() < interval)
@@ -328,7 +347,11 @@ class BatchPoller:
             wait.cursor, wait.placed, wait.unlisted, wait.failed = cursor, True, 0, False
             self._answered.add(batch.id)
             self._walking.discard(batch.id)
-            self._resolve(batch.id, batch, None)
+            if batch.id in self._pending:
+                wait.seen = None
+                self._resolve(batch.id, batch, None)
+            else:  # asked just after this page came in, or about to ask: kept briefly for that check
+                wait.seen, wait.seen_at = batch, self._loop.time()
 
     async def _retrieve_one(self, client: AsyncBatchClient, batch_id: str, limit: asyncio.Semaphore) -> None:
         async with limit:
