@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # parquet: the results export's Parquet writer is tested too, not skipped; azure: the Entra ID flow, likewise.
 EXTRAS ?= test,lint,parquet,azure
 
-.PHONY: setup bytecode test lint demo clean airflow e2e
+.PHONY: setup bytecode test lint demo clean airflow e2e cluster-setup cluster soak
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,3 +47,15 @@ e2e: setup
 	$(MAKE) --no-print-directory bytecode
 	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	OPENAI_BATCH_E2E=1 $(PY) -m pytest -m e2e tests/e2e -v
+
+# make cluster / make soak: PostgreSQL + Redis (Debian packages) + Celery executor, two workers, two triggerers.
+# The cluster extra adds the Celery provider and the PostgreSQL driver to .venv.
+cluster-setup: setup
+	$(UV) pip install --quiet --python $(PY) -e '.[$(EXTRAS),cluster]'
+	$(MAKE) --no-print-directory bytecode
+
+cluster: cluster-setup
+	bash scripts/cluster.sh
+
+soak: cluster-setup
+	$(PY) scripts/soak.py

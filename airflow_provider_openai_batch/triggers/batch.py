@@ -45,6 +45,7 @@ from airflow_provider_openai_batch.progress import ProgressLog, snapshot
 from airflow_provider_openai_batch.retries import is_retryable
 from airflow_provider_openai_batch.statuses import COMPLETED
 from airflow_provider_openai_batch.task_state import STATE_LOOKUP_SECONDS, keeps_batch, read_task_state
+from airflow_provider_openai_batch.triggers.poller import shared_poller
 
 #: Upper bound of the random delay before the first poll.
 FIRST_DELAY_MAX = 2.0
@@ -264,8 +265,11 @@ class BatchTrigger(BaseTrigger):
             raise APITimeoutError(f"checking batch {batch_id} got no answer before the deadline") from None
 
     async def _retrieve(self, client: AsyncBatchClient, batch_id: str) -> Batch:
-        """The one place the trigger reads a batch (a multi-batch wait reads each unfinished one here)."""
-        return await client.retrieve_batch(batch_id)
+        """The one place the trigger reads a batch (a multi-batch wait reads each unfinished one here). The read
+        is shared with the other waits of this connection in this event loop (coalesced polling,
+        :mod:`~airflow_provider_openai_batch.triggers.poller`): one list call answers for many batches."""
+        poller = shared_poller(self.conn_id)
+        return await poller.retrieve(client, batch_id, self.poll_interval, self, self.end_time)
 
     async def _timeout(
         self, client: AsyncBatchClient, seen: dict[str, Batch], pending: list[str], failure: Exception | None
