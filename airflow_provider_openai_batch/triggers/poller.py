@@ -8,8 +8,9 @@ page, newest first, each as complete as a retrieve, so one page answers for ever
 1. **Pages** (when at least :data:`LIST_MIN` batches are asked for): the first page (the newest batches),
    plus, fetched concurrently, every page that held a waited batch in an earlier sweep (``after`` the same
    cursor; a page after a given batch always holds the same older batches, so the cursor stays right as new
-   batches are created), then a *walk* down the list for waits not yet placed on a page: at most one page
-   per 100 waits plus :data:`WALK_SLACK`, so the list is never read further than recent waits need. The
+   batches are created), then a *walk* down the list for waits not yet placed on a page: one page per 100
+   waits plus :data:`WALK_SLACK`, and further only while its pages keep answering waits (the waits of
+   two triggerers interleave in the list), so the list is never read further than recent waits need. The
    walk is sequential (each page's cursor is the previous page's last batch): placing 10,000 new waits
    takes 100 pages one after the other, about 100 answer times once, and later sweeps fetch those pages
    concurrently.
@@ -299,13 +300,21 @@ class BatchPoller:
         ]
         after, more = first.last_id, first.has_more
         self._walking = set(unplaced)  # emptied by the pages that answer them (a count, not a scan a page)
-        # Waits on recent batches are all among the newest (waits + slack x 100): that far, and no further.
-        for _ in range(math.ceil(len(self._waits) / PAGE_SIZE) + WALK_SLACK):
-            if not more or after is None or not self._walking:
-                break
+        # Waits on recent batches are among the newest (waits + slack x 100 when they are all this loop's).
+        # Past that the walk goes on only while each page still pays (answers LIST_MIN of its waits): another
+        # triggerer's waits, or other runs', interleave with ours, so ours spread over more pages. Never more
+        # pages than that rate allows.
+        budget = math.ceil(len(self._waits) / PAGE_SIZE) + WALK_SLACK
+        cap = max(budget, math.ceil(len(self._waits) / LIST_MIN))
+        paid = sum(batch.id in wanted for batch in first.data) >= LIST_MIN
+        walked = 0
+        while more and after is not None and self._walking and walked < cap and (walked < budget or paid):
+            before = len(self._walking)
             page = await self._page(client, after, None)
             if page is None:
                 break
+            walked += 1
+            paid = before - len(self._walking) >= LIST_MIN
             after, more = page.last_id, page.has_more
         for batch_id in unplaced:  # beyond the walk's reach: retrieved for a while, unless a page meets it
             wait = self._waits.get(batch_id)

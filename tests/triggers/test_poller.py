@@ -99,6 +99,34 @@ def test_a_batch_the_pages_do_not_reach_gets_its_own_retrieve(openai_batch_conne
     assert (after["list"] - before["list"], after["retrieve"] - before["retrieve"]) == (1, 2)
 
 
+def test_waits_interleaved_with_another_triggerers_are_all_found_by_the_walk(
+    openai_batch_connection, client, many, monkeypatch
+):
+    """Two triggerers share a run's waits, so this loop's waits are every second batch of the list: spread
+    over twice the pages their count suggests. The walk goes on while its pages keep answering waits."""
+    monkeypatch.setattr(poller_module, "PAGE_SIZE", 10)  # 105 batches: 11 pages
+    monkeypatch.setattr(poller_module, "WALK_SLACK", 0)  # the count alone would stop after 1 + 6 pages
+    ours = many[::2]  # 53 waits, the oldest on the last page
+    before = sent(openai_batch_connection)
+    found = asyncio.run(ask_together(client, ours))
+    assert [batch.id for batch in found] == ours
+    after = sent(openai_batch_connection)
+    assert (after["list"] - before["list"], after["retrieve"] - before["retrieve"]) == (11, 0)
+
+
+def test_the_walk_stops_when_its_pages_stop_paying(openai_batch_connection, client, many, monkeypatch):
+    """The ten newest batches and the oldest: past its budget the walk stops after WALK_SLACK pages that
+    answered nothing, and the old batch gets a retrieve instead of a walk to the end of the list."""
+    monkeypatch.setattr(poller_module, "PAGE_SIZE", 10)
+    monkeypatch.setattr(poller_module, "WALK_SLACK", 2)  # budget: ceil(11 / 10) + 2 = 4 pages after the first
+    wanted = [*many[-10:], many[0]]
+    before = sent(openai_batch_connection)
+    found = asyncio.run(ask_together(client, wanted))
+    assert [batch.id for batch in found] == wanted
+    after = sent(openai_batch_connection)
+    assert (after["list"] - before["list"], after["retrieve"] - before["retrieve"]) == (1 + 4, 1)
+
+
 def test_an_error_reaches_only_the_wait_it_concerns(openai_batch_connection, client):
     openai_batch_connection.configure(phase_seconds=300)
     alive = [make_batch(openai_batch_connection, lines=1) for _ in range(2)]
