@@ -102,6 +102,23 @@ def test_a_viewer_sees_batches_but_may_not_cancel(client: Any, emulator: Any) ->
     assert client.get(f"/api/batches?batch_id={batch_id}", user="viewer").json()["batches"][0]["status"] != "cancelling"
 
 
+def test_a_refused_cancel_decides_on_the_cached_batch_and_an_allowed_one_reads_it_afresh(
+    client: Any, emulator: Any
+) -> None:
+    """Refused cancels cost no uncached call to the API (a viewer cannot make the server call it at will);
+    an allowed cancel still decides on the batch as it is now."""
+    batch_id = create(emulator, made_by("reports"))
+    before = api_calls(emulator, "GET /v1/batches/{id}")
+    for _ in range(5):
+        refused = client.post(f"/api/batches/{batch_id}/cancel", user="viewer", headers={"X-OpenAI-Batches": "cancel"})
+        assert refused.status_code == 403
+    assert api_calls(emulator, "GET /v1/batches/{id}") - before == 1  # the first read, cached for the rest
+    ok = client.post(f"/api/batches/{batch_id}/cancel", user="editor", headers={"X-OpenAI-Batches": "cancel"})
+    assert ok.status_code == 200, ok.text
+    assert api_calls(emulator, "GET /v1/batches/{id}") - before == 2  # past the cache, once allowed
+    assert api_calls(emulator, "POST /v1/batches/{id}/cancel") == 1
+
+
 def test_an_editor_cancels_and_the_audit_log_records_it(client: Any, emulator: Any) -> None:
     from airflow.models import Log
     from airflow.utils.session import create_session
