@@ -3,8 +3,8 @@
 Many users may leave the "OpenAI Batches" page open; each refreshes every few seconds. With this cache,
 identical questions (same connection, same page cursor, same batch) within :attr:`TTLCache.ttl` seconds are
 answered from memory, and concurrent identical questions wait for the one request already under way instead
-of sending their own. Failures are not cached (the next caller tries again) and leave nothing behind. One cache per api-server
-process: with several workers each keeps its own.
+of sending their own. Failures are not cached (the next caller tries again) and leave nothing behind. One
+cache per api-server process: with several workers each keeps its own.
 """
 
 from __future__ import annotations
