@@ -146,12 +146,12 @@ def create_app() -> FastAPI:
         if x_openai_batches != "cancel":
             raise UIError(400, f"Send the header {CANCEL_HEADER}: cancel with a cancel request")
         _check_batch_id(batch_id)
-        batch = service.get_batch(conn_id, batch_id, fresh=True)
-        owner = service.owner_dag(batch)
         access = service.Access(user)
-        if not access.can_edit(owner):
-            whose = f"DAG {owner!r}" if owner else "every DAG (the batch names no creating DAG)"
-            raise UIError(403, f"Cancelling this batch needs permission to edit {whose}")
+        # Permission from the cached read (the creating DAG is in the metadata, fixed at creation), so that a
+        # refused cancel costs no call to the API; only an allowed one re-reads the batch as it is now.
+        _check_can_cancel(access, service.get_batch(conn_id, batch_id))
+        batch = service.get_batch(conn_id, batch_id, fresh=True)
+        _check_can_cancel(access, batch)  # the auth manager's answer is kept by Access: no second question
         try:
             cancelled = service.cancel_batch(conn_id, batch_id)
         except UIError as err:
@@ -161,6 +161,13 @@ def create_app() -> FastAPI:
         return service.summary(cancelled, access)
 
     return app
+
+
+def _check_can_cancel(access: service.Access, batch: dict[str, Any]) -> None:
+    owner = service.owner_dag(batch)
+    if not access.can_edit(owner):
+        whose = f"DAG {owner!r}" if owner else "every DAG (the batch names no creating DAG)"
+        raise UIError(403, f"Cancelling this batch needs permission to edit {whose}")
 
 
 def _check_batch_id(batch_id: str) -> None:

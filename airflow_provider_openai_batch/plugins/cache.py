@@ -3,8 +3,8 @@
 Many users may leave the "OpenAI Batches" page open; each refreshes every few seconds. With this cache,
 identical questions (same connection, same page cursor, same batch) within :attr:`TTLCache.ttl` seconds are
 answered from memory, and concurrent identical questions wait for the one request already under way instead
-of sending their own. Failures are not cached (the next caller tries again). One cache per api-server
-process: with several workers each keeps its own.
+of sending their own. Failures are not cached (the next caller tries again) and leave nothing behind. One
+cache per api-server process: with several workers each keeps its own.
 """
 
 from __future__ import annotations
@@ -55,13 +55,17 @@ class TTLCache:
                     self.hits += 1
                     return value
                 self.misses += 1
-            value = fetch()
-            with self._lock:
-                self._entries[key] = (self._clock(), value)
-                self._entries.move_to_end(key)
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
-                self._inflight.pop(key, None)
+            try:
+                value = fetch()
+                with self._lock:
+                    self._entries[key] = (self._clock(), value)
+                    self._entries.move_to_end(key)
+                    while len(self._entries) > self.max_entries:
+                        self._entries.popitem(last=False)
+            finally:
+                # Also when fetch raises: else every distinct failing key (a made-up batch id) keeps a lock.
+                with self._lock:
+                    self._inflight.pop(key, None)
             return value
 
     def invalidate(self, predicate: Callable[[Hashable], bool]) -> None:

@@ -358,7 +358,15 @@ def _ids_from(value: Any) -> list[str]:
 
 def task_batches(conn_id: str | None, ids: list[str], access: Access) -> dict[str, Any]:
     """The batches of a task, each with its progress, errors and files. Without ``conn_id`` the connections
-    of type ``openai_batch`` are tried in turn (``openai_default`` first) until one knows the first batch."""
+    of type ``openai_batch`` are tried in turn (``openai_default`` first) until one knows the first batch.
+
+    Read access to the task's DAG is not enough: each batch is shown only to a user who may read the DAG that
+    created it, the rule of :func:`search` and :func:`one` (a sensor in one DAG may wait on another DAG's
+    batch; a batch naming no creating DAG needs read access to every DAG). The others are left out and only
+    counted in ``hidden``: their ids are the task's own (``batch_ids``), so saying that they exist tells
+    nothing new, while an empty tab would wrongly say the task recorded no batch. A batch that could not be
+    read is shown as such (its id and the error), which carries nothing of the batch itself.
+    """
     shown = ids[:MAX_TASK_BATCHES]
     candidates = [check_conn_id(conn_id)] if conn_id else connection_ids()
     last_error: UIError | None = None
@@ -368,19 +376,34 @@ def task_batches(conn_id: str | None, ids: list[str], access: Access) -> dict[st
         except UIError as err:
             last_error = err
             continue
-        batches = [first] if first else []
-        for batch_id in shown[1:]:
+        visible: list[dict[str, Any]] = []
+        hidden = 0
+        for index, batch_id in enumerate(shown):
             try:
-                batches.append(get_batch(candidate, batch_id))
+                batch = first if index == 0 and first is not None else get_batch(candidate, batch_id)
             except UIError as err:
-                batches.append({"id": batch_id, "status": "unknown", "errors": {"data": [{"message": err.message}]}})
+                unread = {"id": batch_id, "status": "unknown", "errors": {"data": [{"message": err.message}]}}
+                visible.append(summary(unread, access))
+                continue
+            if access.can_read(owner_dag(batch)):
+                visible.append(summary(batch, access))
+            else:
+                hidden += 1
         return {
             "conn_id": candidate,
             "batch_ids": ids,
-            "batches": [summary(b, access) for b in batches],
+            "batches": visible,
+            "hidden": hidden,
             "more": max(0, len(ids) - len(shown)),
             "refresh_seconds": CACHE_SECONDS,
         }
     if not shown:
-        return {"conn_id": conn_id, "batch_ids": [], "batches": [], "more": 0, "refresh_seconds": CACHE_SECONDS}
+        return {
+            "conn_id": conn_id,
+            "batch_ids": [],
+            "batches": [],
+            "hidden": 0,
+            "more": 0,
+            "refresh_seconds": CACHE_SECONDS,
+        }
     raise last_error or UIError(404, "No connection of type openai_batch knows this task's batch")

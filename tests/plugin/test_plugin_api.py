@@ -102,6 +102,23 @@ def test_a_viewer_sees_batches_but_may_not_cancel(client: Any, emulator: Any) ->
     assert client.get(f"/api/batches?batch_id={batch_id}", user="viewer").json()["batches"][0]["status"] != "cancelling"
 
 
+def test_a_refused_cancel_decides_on_the_cached_batch_and_an_allowed_one_reads_it_afresh(
+    client: Any, emulator: Any
+) -> None:
+    """Refused cancels cost no uncached call to the API (a viewer cannot make the server call it at will);
+    an allowed cancel still decides on the batch as it is now."""
+    batch_id = create(emulator, made_by("reports"))
+    before = api_calls(emulator, "GET /v1/batches/{id}")
+    for _ in range(5):
+        refused = client.post(f"/api/batches/{batch_id}/cancel", user="viewer", headers={"X-OpenAI-Batches": "cancel"})
+        assert refused.status_code == 403
+    assert api_calls(emulator, "GET /v1/batches/{id}") - before == 1  # the first read, cached for the rest
+    ok = client.post(f"/api/batches/{batch_id}/cancel", user="editor", headers={"X-OpenAI-Batches": "cancel"})
+    assert ok.status_code == 200, ok.text
+    assert api_calls(emulator, "GET /v1/batches/{id}") - before == 2  # past the cache, once allowed
+    assert api_calls(emulator, "POST /v1/batches/{id}/cancel") == 1
+
+
 def test_an_editor_cancels_and_the_audit_log_records_it(client: Any, emulator: Any) -> None:
     from airflow.models import Log
     from airflow.utils.session import create_session
@@ -348,3 +365,48 @@ def test_the_tab_needs_read_access_to_the_dag(client: Any, emulator: Any, monkey
     )
     assert client.get("/api/task-batches?dag_id=payroll&run_id=r&task_id=t", user="viewer").status_code == 403
     assert client.get("/api/task-batches?dag_id=reports&run_id=r&task_id=t", user="viewer").status_code == 200
+
+
+def test_the_tab_shows_only_the_batches_of_dags_the_user_may_read(
+    client: Any, emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task of DAG 'reports' may record (or a sensor there wait on) a batch created by DAG 'payroll': the tab
+    applies the page's rule to each batch, so a user who may read only 'reports' gets neither its metadata,
+    errors nor file ids, just how many were left out. A batch naming no creating DAG needs every DAG."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+
+    ours = create(emulator, made_by("reports"))
+    theirs = create(emulator, {**made_by("payroll"), "note": "payroll-only"})
+    nobodys = create(emulator, {"note": "no-creating-dag"})
+    emulator.force_status(theirs, "failed")
+    xcom("create_all", "batch_ids", [theirs, ours, nobodys])
+    record(
+        RenderedTaskInstanceFields,
+        dag_id="reports",
+        task_id="watch_payroll",
+        run_id="manual__1",
+        map_index=-1,
+        rendered_fields={"batch_id": theirs},
+        k8s_pod_yaml=None,
+    )
+    tab = "/api/task-batches?dag_id=reports&run_id=manual__1&task_id={}&conn_id=openai_default"
+    everything = client.get(tab.format("create_all"), user="viewer").json()  # may read every DAG
+    assert [b["id"] for b in everything["batches"]] == [theirs, ours, nobodys] and everything["hidden"] == 0
+
+    monkeypatch.setattr(
+        get_auth_manager(),
+        "is_authorized_dag",
+        lambda *, method, user, details=None, access_entity=None: details is not None and details.id == "reports",
+    )
+    answer = client.get(tab.format("create_all"), user="viewer")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [b["id"] for b in body["batches"]] == [ours] and body["hidden"] == 2
+    assert body["batch_ids"] == [theirs, ours, nobodys]  # the task's own XCom, readable in Airflow anyway
+    assert "payroll-only" not in answer.text and "no-creating-dag" not in answer.text
+    assert "forced_failure" not in answer.text  # nor the other DAG's errors
+
+    watching = client.get(tab.format("watch_payroll"), user="viewer")
+    assert watching.status_code == 200 and watching.json()["batches"] == [] and watching.json()["hidden"] == 1
+    assert "payroll-only" not in watching.text and "file-" not in watching.text

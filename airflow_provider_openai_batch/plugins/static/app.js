@@ -259,9 +259,11 @@
         return;
       }
       await fillConnections(answer.conn_id || chosen || "openai_default");
+      // Batches of DAGs this user may not read are left out by the server and only counted.
+      const hidden = answer.hidden ? `${answer.hidden} batch(es) hidden: created by a DAG you may not read` : "";
       if (!answer.batches.length) {
-        cards.replaceChildren(el("p", { class: "muted", text: "This task has not recorded an OpenAI batch (yet)." }));
-        stamp("no batch");
+        cards.replaceChildren(el("p", { class: "muted", text: hidden || "This task has not recorded an OpenAI batch (yet)." }));
+        stamp(hidden ? "hidden" : "no batch");
         schedule(load, [{ status: "unknown" }], 10);
         return;
       }
@@ -292,7 +294,7 @@
         }),
       );
       const more = answer.more ? ` (and ${answer.more} more)` : "";
-      stamp(`${answer.batches.length} batch(es)${more} on ${answer.conn_id}`);
+      stamp(`${answer.batches.length} batch(es)${more} on ${answer.conn_id}${hidden ? ` (${hidden})` : ""}`);
       schedule(load, answer.batches, answer.refresh_seconds);
     }
     document.getElementById("conn").addEventListener("change", (event) => {
