@@ -258,7 +258,14 @@ class AsyncBatchClient:
         try:
             timeout = aiohttp.ClientTimeout(total=None, connect=settings.timeout, sock_read=settings.timeout)
             params = call.query(settings.api_version)
-            kwargs: dict[str, Any] = {"params": params, "headers": sent_headers, "timeout": timeout}
+            # allow_redirects=False: the API never redirects, and aiohttp would send Azure's api-key along to
+            # another host (it drops only Authorization); a 3xx becomes an APIError in call.parse.
+            kwargs: dict[str, Any] = {
+                "params": params,
+                "headers": sent_headers,
+                "timeout": timeout,
+                "allow_redirects": False,
+            }
             if call.json is not None:
                 kwargs["json"] = call.json
             proxy = env_proxy(settings.base_url)
