@@ -252,9 +252,9 @@ class AsyncBatchClient:
         sent = False
         sent_headers = settings.headers()
         if settings.entra is not None:  # a fresh Entra ID token, refreshed before it expires (no I/O if cached)
-            from airflow_provider_openai_batch.azure_auth import provider_for
+            from airflow_provider_openai_batch.azure_auth import aprovider_for
 
-            sent_headers.update(await provider_for(settings.entra).aheaders())
+            sent_headers.update(await (await aprovider_for(settings.entra)).aheaders())
         try:
             timeout = aiohttp.ClientTimeout(total=None, connect=settings.timeout, sock_read=settings.timeout)
             params = call.query(settings.api_version)
