@@ -60,6 +60,7 @@ def entra_connection(openai_batch_emulator, token_server: TokenServer, monkeypat
             "client_id": "client-1",
             "authority": token_server.authority,
             "max_retries": 0,
+            "unsafe_send_token_to_any_host": True,  # the loopback emulator, over http
         },
     }
     monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps(conn))
