@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pydantic
 
@@ -206,7 +206,7 @@ class ApiCall(Generic[T]):
     def parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> T:
         """Turn a response into the call's model, or raise the mapped :class:`APIError`."""
         http = http_info(status_code, headers)
-        if status_code >= 400:
+        if status_code >= 300:  # redirects are never followed (see redirect_error)
             raise error_from_response(status_code, headers, body, f"{self.method} {self.path}")
         if self.model is None:
             raise TypeError(f"{self.method} {self.path} has no JSON model; read its content as a stream")
@@ -379,6 +379,8 @@ def error_from_response(
         API's error shape (a proxy's page, a server that does not serve the Batch API at this base URL).
     """
     info = http_info(status_code, headers)
+    if 300 <= status_code < 400:
+        return redirect_error(status_code, info, where)
     retry_after = parse_retry_after(info.headers)
     payload: Any = None
     try:
@@ -416,6 +418,31 @@ def error_from_response(
         request_id=info.request_id,
         retry_after=retry_after,
         body=payload,
+    )
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9.-]{1,253}")
+
+
+def redirect_error(status_code: int, info: HttpInfo, where: str | None = None) -> APIError:
+    """The error for a 3xx answer. The Batch and Files APIs never redirect, so both transports refuse to follow
+    one: ``requests`` and aiohttp drop only ``Authorization`` on a redirect to another host, and would send
+    Azure's ``api-key`` (or any other credential header) to wherever the ``Location`` points.
+
+    The message names the ``Location``'s host when it is a plain host name, never its path or query (a
+    storage URL's query can carry a signature); the body is not kept, as it often repeats the URL.
+    """
+    location = next((v for k, v in info.headers.items() if k.lower() == "location"), "")
+    try:
+        host = urlsplit(location.strip()).hostname or ""
+    except ValueError:
+        host = ""
+    target = f" on host {host}" if _HOST_NAME.fullmatch(host) else ""
+    return APIError(
+        f"{where or 'The request'}: the API answered with a redirect to another URL{target}, which is not "
+        "followed (it would carry the credentials there); set the connection's host to the final URL",
+        status_code=status_code,
+        request_id=info.request_id,
     )
 
 

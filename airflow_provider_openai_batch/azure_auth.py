@@ -143,6 +143,16 @@ def provider_for(entra: EntraSettings) -> TokenProvider:
         return provider
 
 
+async def aprovider_for(entra: EntraSettings) -> TokenProvider:
+    """:func:`provider_for` for the event loop, sharing its cache: a cached provider is returned at once; a new
+    one is built in a worker thread, as building it imports azure-identity (about 0.2 s) and sets up its
+    credential, which would stall every trigger of the triggerer's loop meanwhile."""
+    provider = _providers.get(entra)  # a dict read is atomic; only creation needs the lock
+    if provider is not None:
+        return provider
+    return await asyncio.to_thread(provider_for, entra)
+
+
 def make_credential(entra: EntraSettings) -> TokenCredentialLike:
     """The ``azure-identity`` credential the settings describe: a service principal (client secret), a managed
     identity, or the default credential chain (environment, workload identity, managed identity, Azure CLI).

@@ -29,6 +29,27 @@ API_TYPES = ("openai", "azure", "openai_compatible")
 AZURE_EXAMPLE_URL = "https://{resource}.openai.azure.com/openai/v1"
 #: The Entra ID scope of Azure OpenAI (Cognitive Services) tokens.
 AZURE_TOKEN_SCOPE = "https://cognitiveservices.azure.com/.default"
+#: The scopes extra ``token_scope`` may name: Cognitive Services and Azure AI Foundry's, in the public cloud and
+#: in Azure Government (.us) and Azure China (.cn), whose Azure OpenAI hosts are below. A token for any other
+#: resource (Azure Resource Manager, Key Vault, Graph) would be sent to the connection's host, so another scope
+#: needs extra ``unsafe_allow_any_token_scope``.
+AZURE_TOKEN_SCOPES = (
+    AZURE_TOKEN_SCOPE,
+    "https://ai.azure.com/.default",
+    "https://cognitiveservices.azure.us/.default",
+    "https://cognitiveservices.azure.cn/.default",
+)
+#: The hosts an Entra ID token is sent to without extra ``unsafe_send_token_to_any_host``: Azure OpenAI,
+#: Cognitive Services and Azure AI Foundry resources (public cloud, Azure Government, Azure China).
+AZURE_TOKEN_HOST_SUFFIXES = (
+    ".openai.azure.com",
+    ".cognitiveservices.azure.com",
+    ".services.ai.azure.com",
+    ".openai.azure.us",
+    ".cognitiveservices.azure.us",
+    ".openai.azure.cn",
+    ".cognitiveservices.azure.cn",
+)
 _API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
 _TENANT = re.compile(r"[A-Za-z0-9.-]{1,100}")
 
@@ -131,6 +152,10 @@ def settings_from_connection(conn: Any) -> ClientSettings:
     password as ``api-key``, or with ``auth_type: entra_id`` through Microsoft Entra ID: a service principal
     (``tenant_id``, ``client_id``, the password as client secret), a managed identity (``managed_identity:
     true``, optional ``client_id``) or the default credential chain; optional ``authority``, ``token_scope``.
+    The token is the machine's or the service principal's, so it is only sent over HTTPS to an Azure host
+    (:data:`AZURE_TOKEN_HOST_SUFFIXES`) and only for Azure OpenAI's scopes (:data:`AZURE_TOKEN_SCOPES`), unless
+    the extra sets ``unsafe_send_token_to_any_host`` (a gateway you trust with it, or a loopback test server) or
+    ``unsafe_allow_any_token_scope`` to true.
 
     :raises ValueError: naming the connection and the field, for a missing key, a key or header value HTTP
         cannot carry, credentials inside the URL, or a timeout or retry count out of range.
@@ -161,6 +186,8 @@ def settings_from_connection(conn: Any) -> ClientSettings:
     base_url = _base_url(host, conn.port, schema, conn_id)
     if api_type == "azure":
         base_url = _azure_base_url(base_url, api_version, conn_id)
+    if entra is not None:
+        _check_token_host(base_url, extra, conn_id)
     return ClientSettings(
         api_key="" if entra is not None else secret,
         base_url=base_url,
@@ -290,7 +317,7 @@ def _entra(extra: Mapping[str, Any], secret: str, api_type: str, conn_id: str) -
             f"Connection {conn_id!r}: extra field 'tenant_id' must be a directory id or domain such as "
             "contoso.onmicrosoft.com; copy it again from the app registration"
         )
-    managed = extra.get("managed_identity") in (True, "true", "True", "1", 1)
+    managed = _flag(extra, "managed_identity")
     if secret and not (tenant_id and client_id):
         raise ValueError(
             f"Connection {conn_id!r}: with auth_type 'entra_id' the password is a service principal's client "
@@ -309,7 +336,38 @@ def _entra(extra: Mapping[str, Any], secret: str, api_type: str, conn_id: str) -
             "https://login.microsoftonline.com"
         )
     scope = _text(extra.get("token_scope")) or AZURE_TOKEN_SCOPE
+    if scope not in AZURE_TOKEN_SCOPES and not _flag(extra, "unsafe_allow_any_token_scope"):
+        raise ValueError(
+            f"Connection {conn_id!r}: extra field 'token_scope' must be one of Azure OpenAI's scopes "
+            f"({', '.join(AZURE_TOKEN_SCOPES)}); got {scope[:80]!r}. A token for another resource would be sent to "
+            "the connection's host: remove 'token_scope', or, only if that host may hold such a token, also set "
+            "extra field 'unsafe_allow_any_token_scope' to true"
+        )
     return EntraSettings(tenant_id, client_id, secret or None, managed, authority, scope)
+
+
+def _check_token_host(base_url: str, extra: Mapping[str, Any], conn_id: str) -> None:
+    """Refuse to send an Entra ID token anywhere but over HTTPS to an Azure OpenAI host, unless opted in: whoever
+    may edit connections could otherwise have the machine's managed-identity token sent to a host they run."""
+    if _flag(extra, "unsafe_send_token_to_any_host"):
+        return
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").rstrip(".").lower()
+    if parts.scheme == "https" and any(
+        host.endswith(suffix) and len(host) > len(suffix) for suffix in AZURE_TOKEN_HOST_SUFFIXES
+    ):
+        return
+    raise ValueError(
+        f"Connection {conn_id!r}: with auth_type 'entra_id' the base URL (host) must be an https:// URL of an Azure "
+        f"resource ({', '.join('*' + s for s in AZURE_TOKEN_HOST_SUFFIXES[:3])}), since the Entra ID token is sent "
+        f"there; got {parts.scheme}://{host}. Fix the host, e.g. {AZURE_EXAMPLE_URL}, or, only for a gateway or "
+        "test server you trust with the token, set extra field 'unsafe_send_token_to_any_host' to true"
+    )
+
+
+def _flag(extra: Mapping[str, Any], name: str) -> bool:
+    """A yes/no extra field: only an explicit true (JSON true, "true", 1) counts."""
+    return extra.get(name) in (True, "true", "True", "1", 1)
 
 
 def _extra(conn: Any, conn_id: str) -> dict[str, Any]:

@@ -252,13 +252,20 @@ class AsyncBatchClient:
         sent = False
         sent_headers = settings.headers()
         if settings.entra is not None:  # a fresh Entra ID token, refreshed before it expires (no I/O if cached)
-            from airflow_provider_openai_batch.azure_auth import provider_for
+            from airflow_provider_openai_batch.azure_auth import aprovider_for
 
-            sent_headers.update(await provider_for(settings.entra).aheaders())
+            sent_headers.update(await (await aprovider_for(settings.entra)).aheaders())
         try:
             timeout = aiohttp.ClientTimeout(total=None, connect=settings.timeout, sock_read=settings.timeout)
             params = call.query(settings.api_version)
-            kwargs: dict[str, Any] = {"params": params, "headers": sent_headers, "timeout": timeout}
+            # allow_redirects=False: the API never redirects, and aiohttp would send Azure's api-key along to
+            # another host (it drops only Authorization); a 3xx becomes an APIError in call.parse.
+            kwargs: dict[str, Any] = {
+                "params": params,
+                "headers": sent_headers,
+                "timeout": timeout,
+                "allow_redirects": False,
+            }
             if call.json is not None:
                 kwargs["json"] = call.json
             proxy = env_proxy(settings.base_url)

@@ -161,8 +161,8 @@ class OpenAIBatchHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        """One keep-alive session per hook; it carries the auth headers."""
-        session = requests.Session()
+        """One keep-alive session per hook; it carries the auth headers and never follows a redirect."""
+        session = _NoRedirectSession()
         session.headers.update(self.settings.headers())
         session.headers["User-Agent"] = "airflow-provider-openai-batch"
         return session
@@ -597,7 +597,7 @@ class OpenAIBatchHook(BaseHook):
     def _stream(self, call: api.ApiCall[Any]) -> Iterator[requests.Response]:
         response = self._http(call, stream=True)
         try:
-            if response.status_code >= 400:
+            if response.status_code >= 300:  # a redirect too: never followed (see api.redirect_error)
                 raise api.error_from_response(
                     response.status_code, response.headers, response.content, f"{call.method} {call.path}"
                 )
@@ -619,6 +619,8 @@ class OpenAIBatchHook(BaseHook):
                 json=call.json,
                 timeout=settings.timeout,
                 stream=stream,
+                # The API never redirects, and requests would send Azure's api-key along to another host.
+                allow_redirects=False,
                 **kwargs,
             )
         except requests.exceptions.ConnectTimeout:
@@ -705,6 +707,15 @@ class OpenAIBatchHook(BaseHook):
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+class _NoRedirectSession(requests.Session):
+    """A session that sees no redirect target in any answer, so a 3xx comes back as it is (and becomes an
+    :class:`APIError`). ``allow_redirects=False`` alone is not enough: requests still prepares the next
+    request of a redirect for ``Response.next``, which rewinds a streamed upload body and fails on it."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
 
 
 def _connection_error(

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from airflow_provider_openai_batch import api
-from airflow_provider_openai_batch.connection import AZURE_TOKEN_SCOPE, settings_from_connection
+from airflow_provider_openai_batch.connection import AZURE_TOKEN_SCOPE, AZURE_TOKEN_SCOPES, settings_from_connection
 from airflow_provider_openai_batch.exceptions import (
     AuthenticationError,
     NotFoundError,
@@ -167,6 +167,68 @@ def test_bad_entra_settings_name_the_field_and_never_the_secret(extra, password,
     with pytest.raises(ValueError, match=message) as caught:
         settings(password=password, api_type="azure", **extra)
     assert KEY not in str(caught.value)
+
+
+MANAGEMENT_SCOPE = "https://management.azure.com/.default"
+
+
+@pytest.mark.parametrize("scope", AZURE_TOKEN_SCOPES)
+def test_azure_openais_token_scopes_are_accepted(scope):
+    assert settings(password=None, api_type="azure", auth_type="entra_id", token_scope=f" {scope} ").entra.scope == (
+        scope
+    )
+
+
+@pytest.mark.parametrize("opt_in", [None, False, "false", "yes"])
+def test_a_token_scope_of_another_resource_needs_the_explicit_opt_in(opt_in):
+    """An editor of connections must not get the machine's token for, say, Azure Resource Manager sent to the
+    connection's host: another scope is refused unless unsafe_allow_any_token_scope is true."""
+    extra = {"auth_type": "entra_id", "token_scope": MANAGEMENT_SCOPE, "unsafe_allow_any_token_scope": opt_in}
+    with pytest.raises(ValueError, match="extra field 'token_scope' must be one of Azure OpenAI's scopes") as caught:
+        settings(api_type="azure", tenant_id="t", client_id="c", **extra)
+    assert "set extra field 'unsafe_allow_any_token_scope' to true" in str(caught.value)
+    assert KEY not in str(caught.value)
+    extra["unsafe_allow_any_token_scope"] = True
+    assert settings(api_type="azure", tenant_id="t", client_id="c", **extra).entra.scope == MANAGEMENT_SCOPE
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "https://res.openai.azure.com/openai/v1",
+        "https://RES.OpenAI.Azure.com./openai/v1",
+        "https://res.cognitiveservices.azure.com/openai/v1",
+        "https://proj.services.ai.azure.com/openai/v1",
+        "https://res.openai.azure.us/openai/v1",
+    ],
+)
+def test_an_entra_id_token_goes_to_azure_hosts_over_https(host):
+    assert settings(host=host, password=None, api_type="azure", auth_type="entra_id").entra is not None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "https://attacker.example/openai/v1",
+        "https://res.openai.azure.com.attacker.example/openai/v1",
+        "https://openai.azure.com/openai/v1",  # no resource label
+        "https://evilopenai.azure.com/openai/v1",
+        "http://res.openai.azure.com/openai/v1",  # the token in clear text
+        "http://127.0.0.1:8089/openai/v1",
+    ],
+)
+def test_an_entra_id_token_goes_elsewhere_only_with_the_explicit_opt_in(host):
+    extra = {"api_type": "azure", "auth_type": "entra_id", "tenant_id": "t", "client_id": "c"}
+    with pytest.raises(
+        ValueError, match=r"with auth_type 'entra_id' the base URL \(host\) must be an https://"
+    ) as caught:
+        settings(host=host, **extra)
+    message = str(caught.value)
+    assert "*.openai.azure.com" in message and "set extra field 'unsafe_send_token_to_any_host' to true" in message
+    assert KEY not in message
+    assert settings(host=host, unsafe_send_token_to_any_host=True, **extra).entra is not None
+    # An API key connection is not concerned: its key is meant for the host the connection names.
+    assert settings(host=host, api_type="azure").entra is None
 
 
 def test_entra_id_is_for_azure_only():

@@ -9,13 +9,16 @@ import hashlib
 import json
 import logging
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from airflow_provider_openai_batch import azure_auth
-from airflow_provider_openai_batch.connection import ClientSettings
+from airflow_provider_openai_batch import api, azure_auth
+from airflow_provider_openai_batch.connection import ClientSettings, EntraSettings
 from airflow_provider_openai_batch.exceptions import AuthenticationError
 from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient, close_shared_session
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
@@ -57,6 +60,7 @@ def entra_connection(openai_batch_emulator, token_server: TokenServer, monkeypat
             "client_id": "client-1",
             "authority": token_server.authority,
             "max_retries": 0,
+            "unsafe_send_token_to_any_host": True,  # the loopback emulator, over http
         },
     }
     monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps(conn))
@@ -124,6 +128,44 @@ def test_the_async_client_shares_the_token_and_refreshes_it_too(entra_connection
     # The trigger's first poll reused the hook's token; its second came after a refresh.
     assert len(token_server.issued) == 2
     assert entra_connection.stats()["bearer_digests"] == [digest(t) for t in token_server.issued]
+
+
+def test_the_async_client_builds_the_credential_off_the_event_loop_and_shares_it(
+    azure_emulator, monkeypatch: pytest.MonkeyPatch
+):
+    """Building a credential imports azure-identity (about 0.2 s): on the triggerer's loop that would stall
+    every trigger. The provider is built in a worker thread, once, and the sync hook's path reuses it."""
+    token = f"fake-entra-{secrets.token_hex(8)}"
+    azure_emulator.configure(api_key=token)  # the only bearer token the emulator accepts
+    built_on: list[int] = []
+
+    def make_credential(entra: EntraSettings) -> SimpleNamespace:
+        built_on.append(threading.get_ident())
+        return SimpleNamespace(get_token=lambda *scopes: SimpleNamespace(token=token, expires_on=time.time() + 3600))
+
+    monkeypatch.setattr(azure_auth, "make_credential", make_credential)
+    azure_auth.forget_providers()
+    entra = EntraSettings(managed_identity=True)
+    settings = ClientSettings(
+        api_key="", base_url=azure_emulator.base_url, api_type="azure", entra=entra, max_retries=0
+    )
+
+    async def list_twice() -> int:
+        client = AsyncBatchClient(settings)
+        try:
+            for _ in range(2):
+                await client.request(api.list_batches(limit=1))
+        finally:
+            await close_shared_session()
+        return threading.get_ident()
+
+    try:
+        loop_thread = asyncio.run(list_twice())
+        assert len(built_on) == 1 and built_on[0] != loop_thread
+        assert azure_auth.provider_for(entra) is azure_auth.provider_for(entra)  # the sync path: same provider
+        assert len(built_on) == 1
+    finally:
+        azure_auth.forget_providers()
 
 
 def test_a_wrong_client_secret_fails_clearly_without_repeating_it(

@@ -8,6 +8,7 @@ import pytest
 
 from airflow_provider_openai_batch import api
 from airflow_provider_openai_batch.exceptions import (
+    APIError,
     AuthenticationError,
     ConflictError,
     InvalidRequestError,
@@ -120,6 +121,27 @@ def test_html_error_body_still_gives_a_clear_error():
     assert "non-JSON body (text/html)" in str(err) and "Bad Gateway" in str(err) and "<h1>" not in str(err)
     empty = api.error_from_response(500, {}, b"")
     assert "empty body" in str(empty)
+
+
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        ("https://store.example.net/f/file-1?sig=canary-sig", " on host store.example.net"),
+        ("/v1/files/file-1/content?sig=canary-sig", ""),  # no host to name
+        ("https://a b.example/x?sig=canary-sig", ""),  # not a plain host name: not repeated
+        ("http://[::1/x?sig=canary-sig", ""),  # unparseable
+    ],
+)
+def test_a_redirect_is_an_error_naming_at_most_the_targets_host(location, shown):
+    """The transports never follow a redirect (it would carry the credentials to the target); the error says
+    what to fix and repeats neither the target's path nor its query, which can hold a signature."""
+    err = api.error_from_response(302, {"Location": location, "x-request-id": "req_1"}, b"moved", "GET /x")
+    assert type(err) is APIError and err.status_code == 302 and err.request_id == "req_1"
+    assert str(err).startswith(f"GET /x: the API answered with a redirect to another URL{shown}, which is not followed")
+    assert "set the connection's host to the final URL" in str(err)
+    assert "canary-sig" not in repr(vars(err)) and "/x?" not in str(err) and err.body is None
+    with pytest.raises(APIError, match="redirect to another URL"):
+        api.retrieve_batch("batch_1").parse(307, {"Location": location}, b"")
 
 
 def test_a_404_page_that_is_not_the_apis_names_the_base_url_as_the_fix():
