@@ -555,6 +555,18 @@ class CreateBatchOperator(BaseOperator):
             job.refresh(hook, seen)
             seen = None
             job.requeue_refused()
+            if job.finished():
+                return self._finish_job(context, hook, job)
+            if not self.wait_for_completion and not job.queued():
+                return self._finish_job(context, hook, job, judge_it=False)
+            # Before any create: a batch created past the deadline would be billed and then abandoned by the
+            # task failing for its deadline (e.g. a task resumed late from the queue of a busy worker pool).
+            if end_time is not None and time.time() >= end_time:
+                fail_for_good(
+                    BatchTimeoutError(f"the job was still running at its deadline: {job.summary([])}"),
+                    f"the deadline (timeout={self.wait_timeout:g}s from the job's start) passed; no further "
+                    "shard was submitted",
+                )
             job.submit(lambda file_id, key: self._create_batch(hook, file_id, key))
             context["ti"].xcom_push(key="batch_ids", value=job.batch_ids())
             if not job.queued():
@@ -563,11 +575,6 @@ class CreateBatchOperator(BaseOperator):
                 return self._finish_job(context, hook, job, judge_it=False)
             if job.finished():
                 return self._finish_job(context, hook, job)
-            if end_time is not None and time.time() >= end_time:
-                fail_for_good(
-                    BatchTimeoutError(f"the job was still running at its deadline: {job.summary([])}"),
-                    f"the deadline (timeout={self.wait_timeout:g}s from the job's start) passed",
-                )
             active = [str(s["batch_id"]) for s in job.active()]
             if self.deferrable:
                 from airflow_provider_openai_batch.triggers.batch import BatchTrigger

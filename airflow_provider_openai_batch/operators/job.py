@@ -27,7 +27,8 @@ the ends, creates the next shards and defers again. The triggerer never creates 
 ``deferrable`` the same steps run in the worker, one poll every ``poll_interval``.
 
 **Kill.** With ``cancel_on_kill`` every running batch of the job is cancelled. **Timeout**: ``timeout``
-counts from the job's start (kept in the record across retries); when it passes the task fails without
+counts from the job's start (kept in the record across retries); it is checked before any create, so no
+shard is submitted past it (a task resumed late fails without creating one); when it passes the task fails without
 retries and the running batches go on at the API (cancelled first with ``cancel_on_kill`` only on a kill).
 
 Import-light: the operator imports this at execute time only.

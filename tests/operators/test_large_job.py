@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_openai_batch.backends import rules_for
 from airflow_provider_openai_batch.emulator.__main__ import parse_args
@@ -278,6 +278,31 @@ def test_a_deferred_job_wakes_submits_and_defers_again_until_done(openai_batch_c
     assert wakes == 3 and len(ids) == 3
     assert context["ti"].xcom["job"]["statuses"] == {"completed": 3}
     assert openai_batch_connection.stats()["batches_created"] == 3
+
+
+def first_wake(op: CreateBatchOperator, context: dict, emulator, status: str) -> tuple[dict, dict]:
+    """Defer the job, end its first batch with ``status`` and run its trigger to the wake; return the event and
+    the deferral's kwargs, both as the metadata database hands them back."""
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    trigger = deferred.value.trigger
+    emulator.force_status(trigger.batch_ids[0], status)
+    payload = run(BatchTrigger(**json.loads(json.dumps(trigger.serialize()[1]))))
+    return payload, json.loads(json.dumps(deferred.value.kwargs))
+
+
+def test_a_job_resumed_after_its_deadline_creates_no_further_batch(openai_batch_connection):
+    # The first shard ended before the deadline; the task resumed after it (a busy worker pool). The record's
+    # start is moved back instead of sleeping past a short timeout: the same resume, on any machine's speed.
+    emulator = openai_batch_connection
+    context = ctx(state=FakeStateStore())
+    op = job(wait_for_completion=True, deferrable=True, max_active_batches=1, timeout=3600)
+    payload, kwargs = first_wake(op, context, emulator, "completed")
+    assert payload["status"] == "terminal"
+    kwargs["job"]["started_at"] -= 7200
+    with pytest.raises(AirflowFailException, match=r"deadline .* no further shard was submitted"):
+        op.execute_complete(context, payload, **kwargs)
+    assert emulator.stats()["batches_created"] == 1  # no batch is billed and abandoned past the deadline
 
 
 def test_job_arguments_are_checked_at_parse_time():
