@@ -87,7 +87,10 @@ class CreateBatchOperator(BaseOperator):
     batches created in input order within ``max_active_batches`` and ``max_enqueued_tokens``; a shard refused
     with ``token_limit_exceeded`` is re-queued with back-off; a retry re-attaches shard by shard (see
     :mod:`~airflow_provider_openai_batch.operators.job`). With ``wait_for_completion`` the task waits for the
-    whole job (one deferral, woken when a batch ends so the next shards can be created). A job returns the list
+    whole job (one deferral, woken when a batch ends so the next shards can be created). Without it the task
+    still waits (deferred, or polling) until every shard's batch is created and has passed ``validating``, the
+    phase at whose end the API refuses a batch with ``token_limit_exceeded``: a refused shard is re-queued
+    meanwhile, so the task never succeeds with a shard that will not run for that reason. A job returns the list
     of its shards' batch ids in input order, pushes every batch id (re-queued attempts included) to
     ``batch_ids`` and a summary to ``job``; give the return value to ``BatchSensor`` or
     ``BatchResultsOperator`` to wait for or merge the results in input order. One input that fits one batch
@@ -557,7 +560,7 @@ class CreateBatchOperator(BaseOperator):
             job.requeue_refused()
             if job.finished():
                 return self._finish_job(context, hook, job)
-            if not self.wait_for_completion and not job.queued():
+            if not self.wait_for_completion and job.admitted():
                 return self._finish_job(context, hook, job, judge_it=False)
             # Before any create: a batch created past the deadline would be billed and then abandoned by the
             # task failing for its deadline (e.g. a task resumed late from the queue of a busy worker pool).
@@ -571,7 +574,10 @@ class CreateBatchOperator(BaseOperator):
             context["ti"].xcom_push(key="batch_ids", value=job.batch_ids())
             if not job.queued():
                 remember_batch_link(self, context, hook.settings, job.final_batch_ids()[-1])
-            if not self.wait_for_completion and not job.queued():
+            # Without wait_for_completion the task returns only once no shard can be refused for the
+            # enqueued-token limit any more (refusals come at the end of `validating`): a refused shard must be
+            # re-queued, and only this task can do that.
+            if not self.wait_for_completion and job.admitted():
                 return self._finish_job(context, hook, job, judge_it=False)
             if job.finished():
                 return self._finish_job(context, hook, job)
@@ -589,6 +595,8 @@ class CreateBatchOperator(BaseOperator):
                         batch_ids=active,
                         wake_on_any=bool(job.queued()),
                         wake_at=job.wake_at(),
+                        # All created, not waiting for the ends: wake once every batch passed validation.
+                        wake_when_admitted=not self.wait_for_completion and not job.queued(),
                         job=job.progress(),
                         resume={"job": job.state},
                     ),

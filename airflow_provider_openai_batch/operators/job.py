@@ -24,7 +24,11 @@ the batch list.
 **The wait.** Deferred, the triggerer polls the running batches and wakes the task when any of them ends
 while shards are queued (or a back-off is over), else when all ended or one failed; the task then records
 the ends, creates the next shards and defers again. The triggerer never creates a batch. Without
-``deferrable`` the same steps run in the worker, one poll every ``poll_interval``.
+``deferrable`` the same steps run in the worker, one poll every ``poll_interval``. Without
+``wait_for_completion`` the task still waits (the same way) until every shard's batch is created and has
+passed ``validating``: a ``token_limit_exceeded`` refusal comes at the end of that phase, and the shard must
+then be re-queued by the task; so the task returns once no refusal can come any more, not when the last create
+returned.
 
 **Kill.** With ``cancel_on_kill`` every running batch of the job is cancelled. **Timeout**: ``timeout``
 counts from the job's start (kept in the record across retries); it is checked before any create, so no
@@ -40,7 +44,7 @@ import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_openai_batch.statuses import COMPLETED, TERMINAL
+from airflow_provider_openai_batch.statuses import COMPLETED, TERMINAL, VALIDATING
 
 if TYPE_CHECKING:
     from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
@@ -208,6 +212,11 @@ class Job:
 
     def finished(self) -> bool:
         return all(s["batch_id"] and s["status"] in TERMINAL for s in self.shards)
+
+    def admitted(self) -> bool:
+        """Every shard has a batch past ``validating``, the phase at whose end a batch over the enqueued-token
+        limit is refused: no refusal can come any more that the job would have to re-queue."""
+        return all(s["batch_id"] and s["status"] not in (None, VALIDATING) for s in self.shards)
 
     def batch_ids(self) -> list[str]:
         """Every batch of the job so far, shard by shard: refused attempts first, the current one last."""

@@ -166,9 +166,9 @@ def test_a_list_of_input_files_is_one_job(openai_batch_connection, tmp_path):
     first = write_lines(tmp_path / "a.jsonl", lines(3))
     second = write_lines(tmp_path / "b.jsonl", lines(3, start=3))
     context = ctx()
-    ids = CreateBatchOperator(task_id="create", input_file=[str(first), str(second)], max_requests_per_batch=4).execute(
-        context
-    )
+    ids = CreateBatchOperator(
+        task_id="create", input_file=[str(first), str(second)], max_requests_per_batch=4, poll_interval=0.05
+    ).execute(context)
     assert [input_ids(b) for b in ids] == [["p0", "p1", "p2", "p3"], ["p4", "p5"]]
 
 
@@ -305,6 +305,36 @@ def test_a_job_resumed_after_its_deadline_creates_no_further_batch(openai_batch_
     assert emulator.stats()["batches_created"] == 1  # no batch is billed and abandoned past the deadline
 
 
+def test_without_wait_a_token_limit_refusal_is_requeued_before_the_task_succeeds(openai_batch_connection):
+    # Without wait_for_completion the task used to succeed once every shard had a batch, and the refusals that
+    # come at the end of `validating` were never re-queued: shards that would never run, in a successful task.
+    emulator = openai_batch_connection
+    emulator.configure(enqueued_token_limit=20, phase_seconds=0.2)  # one shard of 4 prompts fits, two do not
+    context = ctx(state=FakeStateStore())
+    ids = job(deferrable=False).execute(context)
+    with OpenAIBatchHook() as hook:
+        assert all(hook.retrieve_batch(b).status != "validating" for b in ids)  # no refusal can come any more
+        ended = [hook.wait_for_batch(b, 0.05, 60) for b in ids]
+    assert [b.status for b in ended] == ["completed"] * 3
+    summary = context["ti"].xcom["job"]
+    assert summary["token_limit_requeues"] >= 1 and len(context["ti"].xcom["batch_ids"]) > 3
+
+
+def test_a_deferred_job_without_wait_wakes_once_its_batches_passed_validation(openai_batch_connection):
+    emulator = openai_batch_connection
+    emulator.configure(phase_seconds=0.3)
+    context = ctx(state=FakeStateStore())
+    op = job(deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    trigger = deferred.value.trigger
+    assert trigger.wake_when_admitted and len(trigger.batch_ids) == 3
+    payload = run(BatchTrigger(**json.loads(json.dumps(trigger.serialize()[1]))))
+    assert payload["status"] == "wake" and all(b["status"] != "validating" for b in payload["batches"])
+    ids = op.execute_complete(context, payload, **json.loads(json.dumps(deferred.value.kwargs)))
+    assert ids == trigger.batch_ids and emulator.stats()["batches_created"] == 3
+
+
 def test_job_arguments_are_checked_at_parse_time():
     with pytest.raises(ValueError, match="max_requests_per_batch must be a whole number >= 1"):
         job(max_requests_per_batch=0)
@@ -359,15 +389,21 @@ def test_an_object_storage_input_is_split_too(openai_batch_connection, tmp_path)
     source = write_lines(tmp_path / "in.jsonl", lines(5))
     context = ctx()
     ids = CreateBatchOperator(
-        task_id="create", input_file=ObjectStoragePath(source.as_uri()), max_requests_per_batch=2
+        task_id="create", input_file=ObjectStoragePath(source.as_uri()), max_requests_per_batch=2, poll_interval=0.05
     ).execute(context)
     assert [input_ids(b) for b in ids] == [["p0", "p1"], ["p2", "p3"], ["p4"]]
 
 
 def test_a_killed_job_cancels_every_running_batch(openai_batch_connection):
     openai_batch_connection.configure(phase_seconds=30)
-    op = job(cancel_on_kill=True)
-    ids = op.execute(ctx())
+    # Killed while it waits for its batches to pass validation (a job without wait_for_completion waits that
+    # long, see test_without_wait_a_token_limit_refusal_is_requeued_before_the_task_succeeds).
+    op = job(cancel_on_kill=True, deferrable=True)
+    context = ctx()
+    with pytest.raises(TaskDeferred):
+        op.execute(context)
+    ids = context["ti"].xcom["batch_ids"]
+    assert len(ids) == 3
     op.on_kill()
     with OpenAIBatchHook() as hook:
         assert {hook.retrieve_batch(b).status for b in ids} == {"cancelling"}
