@@ -560,6 +560,7 @@ class CreateBatchOperator(BaseOperator):
             job.requeue_refused()
             if job.finished():
                 return self._finish_job(context, hook, job)
+            self._stop_if_a_shard_ended_for_good(job)
             if not self.wait_for_completion and job.admitted():
                 return self._finish_job(context, hook, job, judge_it=False)
             # Before any create: a batch created past the deadline would be billed and then abandoned by the
@@ -609,6 +610,31 @@ class CreateBatchOperator(BaseOperator):
                 pause = max(0.0, min(pause, wake - time.time()))
             progress.observe(snapshot([], batches_total=len(job.shards), base=job.totals()))
             time.sleep(pause)
+
+    def _stop_if_a_shard_ended_for_good(self, job: Any) -> None:
+        """Fail without retries, creating nothing more, once a shard ended in a way no retry can redo: the job
+        could only fail at its end, and every further shard would be billed for results nobody exports. The
+        running batches are left running (cancelling is ``cancel_on_kill``'s, on a kill only)."""
+        from airflow_provider_openai_batch.exceptions import BatchNotSuccessfulError
+
+        shard = job.ended_for_good()
+        if shard is None:
+            return
+        codes = [c for c in shard.get("error_codes") or [] if c]
+        running = [str(s["batch_id"]) for s in job.active()]
+        never = [s["index"] + 1 for s in job.queued()]
+        fail_for_good(
+            BatchNotSuccessfulError(
+                f"shard {shard['index'] + 1} of {len(job.shards)}: batch {shard['batch_id']} ended "
+                f"{shard['status']}"
+                + (f" ({', '.join(codes)})" if codes else "")
+                + "; "
+                + (f"shards {never} were not submitted" if never else "every shard had been submitted")
+                + (f"; still running, not cancelled: {running}" if running else ""),
+                {"id": shard["batch_id"], "status": shard["status"]},
+            ),
+            "a shard ended and will not change, so the job cannot succeed",
+        )
 
     def _finish_job(self, context: Context, hook: OpenAIBatchHook, job: Any, judge_it: bool = True) -> list[str]:
         """Push every batch id and the summary; judge the finished job."""

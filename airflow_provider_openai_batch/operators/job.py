@@ -30,6 +30,13 @@ passed ``validating``: a ``token_limit_exceeded`` refusal comes at the end of th
 then be re-queued by the task; so the task returns once no refusal can come any more, not when the last create
 returned.
 
+**A shard that ended for good.** When a shard's batch ends ``failed`` (other than a ``token_limit_exceeded``
+refusal with attempts left), ``expired`` or ``cancelled``, the job can only fail (a retry re-attaches to the
+same batch), so the task creates no further shard and fails at once without retries, naming the shard, its
+batch and status, and the shards never submitted. Batches of the job still running are *not* cancelled (as at
+the deadline: cancelling is what ``cancel_on_kill`` asks for on a kill only); the error names them so a user
+can cancel them, and their results can still be exported.
+
 **Kill.** With ``cancel_on_kill`` every running batch of the job is cancelled. **Timeout**: ``timeout``
 counts from the job's start (kept in the record across retries); it is checked before any create, so no
 shard is submitted past it (a task resumed late fails without creating one); when it passes the task fails without
@@ -44,7 +51,7 @@ import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_openai_batch.statuses import COMPLETED, TERMINAL, VALIDATING
+from airflow_provider_openai_batch.statuses import COMPLETED, TERMINAL, UNSUCCESSFUL, VALIDATING
 
 if TYPE_CHECKING:
     from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
@@ -212,6 +219,15 @@ class Job:
 
     def finished(self) -> bool:
         return all(s["batch_id"] and s["status"] in TERMINAL for s in self.shards)
+
+    def ended_for_good(self) -> dict[str, Any] | None:
+        """The first shard whose batch ended other than ``completed`` and will not be re-queued (anything but a
+        ``token_limit_exceeded`` refusal with attempts left; call after :meth:`requeue_refused`): the job can
+        then only fail, so nothing more should be created."""
+        for shard in self.shards:
+            if shard["batch_id"] and shard["status"] in UNSUCCESSFUL:
+                return shard
+        return None
 
     def admitted(self) -> bool:
         """Every shard has a batch past ``validating``, the phase at whose end a batch over the enqueued-token

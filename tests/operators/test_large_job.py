@@ -305,6 +305,44 @@ def test_a_job_resumed_after_its_deadline_creates_no_further_batch(openai_batch_
     assert emulator.stats()["batches_created"] == 1  # no batch is billed and abandoned past the deadline
 
 
+@pytest.mark.parametrize("status", ["failed", "expired", "cancelled"])
+def test_a_shard_ended_for_good_stops_the_job_before_any_further_create(openai_batch_connection, status):
+    # The job can only fail (a retry re-attaches to the same batch): shards 2 and 3 would be billed for results
+    # nobody exports. The task fails at once, naming the shard; nothing running is cancelled.
+    emulator = openai_batch_connection
+    context = ctx(state=FakeStateStore())
+    op = job(wait_for_completion=True, deferrable=True, max_active_batches=1)
+    payload, kwargs = first_wake(op, context, emulator, status)
+    with pytest.raises(
+        AirflowFailException,
+        match=rf"shard 1 of 3: batch \S+ ended {status}( \(\w+\))?; shards \[2, 3\] were not submitted",
+    ):
+        op.execute_complete(context, payload, **kwargs)
+    assert emulator.stats()["batches_created"] == 1
+
+
+def test_a_shard_ended_for_good_fails_a_polling_job_and_leaves_the_running_batches(openai_batch_connection):
+    emulator = openai_batch_connection
+    emulator.configure(phase_seconds=30)
+    op = job(wait_for_completion=True, deferrable=False, max_active_batches=2)
+    created: list[str] = []
+    original = op._create_batch
+
+    def create_then_fail_the_first(hook, file_id, key):
+        batch = original(hook, file_id, key)
+        created.append(batch.id)
+        if len(created) == 2:
+            emulator.force_status(created[0], "failed")
+        return batch
+
+    op._create_batch = create_then_fail_the_first  # type: ignore[method-assign]
+    with pytest.raises(AirflowFailException, match=r"shard 1 of 3: .* not cancelled: \['"):
+        op.execute(ctx(state=FakeStateStore()))
+    assert emulator.stats()["batches_created"] == 2
+    with OpenAIBatchHook() as hook:
+        assert hook.retrieve_batch(created[1]).status == "validating"  # left running, not cancelled
+
+
 def test_without_wait_a_token_limit_refusal_is_requeued_before_the_task_succeeds(openai_batch_connection):
     # Without wait_for_completion the task used to succeed once every shard had a batch, and the refusals that
     # come at the end of `validating` were never re-queued: shards that would never run, in a successful task.
