@@ -557,7 +557,10 @@ class CreateBatchOperator(BaseOperator):
             job.claim_cut_off_creates(hook)
             job.refresh(hook, seen)
             seen = None
-            job.requeue_refused()
+            # One `now` for the back-offs: submit() and wake_at() must agree on whether the head of the queue
+            # still waits, or a back-off ending between them leaves a wait with nothing to end it.
+            now = time.time()
+            job.requeue_refused(now)
             if job.finished():
                 return self._finish_job(context, hook, job)
             self._stop_if_a_shard_ended_for_good(job)
@@ -565,13 +568,13 @@ class CreateBatchOperator(BaseOperator):
                 return self._finish_job(context, hook, job, judge_it=False)
             # Before any create: a batch created past the deadline would be billed and then abandoned by the
             # task failing for its deadline (e.g. a task resumed late from the queue of a busy worker pool).
-            if end_time is not None and time.time() >= end_time:
+            if end_time is not None and now >= end_time:
                 fail_for_good(
                     BatchTimeoutError(f"the job was still running at its deadline: {job.summary([])}"),
                     f"the deadline (timeout={self.wait_timeout:g}s from the job's start) passed; no further "
                     "shard was submitted",
                 )
-            job.submit(lambda file_id, key: self._create_batch(hook, file_id, key))
+            job.submit(lambda file_id, key: self._create_batch(hook, file_id, key), now)
             context["ti"].xcom_push(key="batch_ids", value=job.batch_ids())
             if not job.queued():
                 remember_batch_link(self, context, hook.settings, job.final_batch_ids()[-1])
@@ -595,7 +598,7 @@ class CreateBatchOperator(BaseOperator):
                         cancel_on_kill=self.cancel_on_kill,
                         batch_ids=active,
                         wake_on_any=bool(job.queued()),
-                        wake_at=job.wake_at(),
+                        wake_at=job.wake_at(now),
                         # All created, not waiting for the ends: wake once every batch passed validation.
                         wake_when_admitted=not self.wait_for_completion and not job.queued(),
                         job=job.progress(),
@@ -605,7 +608,7 @@ class CreateBatchOperator(BaseOperator):
                     kwargs={"job": job.state},
                 )
             pause = self.poll_interval
-            wake = job.wake_at()
+            wake = job.wake_at(now)
             if wake is not None:
                 pause = max(0.0, min(pause, wake - time.time()))
             progress.observe(snapshot([], batches_total=len(job.shards), base=job.totals()))

@@ -338,13 +338,17 @@ class Job:
             made += 1
         return made
 
-    def wake_at(self) -> float | None:
-        """When the head of the queue's back-off is over, if it waits for one."""
+    def wake_at(self, now: float | None = None) -> float | None:
+        """When the head of the queue's back-off is over, if it waits for one at ``now``.
+
+        Give the ``now`` that :meth:`submit` judged the back-off by: read again later, a back-off that ended in
+        between would be neither submitted nor waited for, and the wait would have nothing to end it."""
+        now = time.time() if now is None else now
         queued = self.queued()
         if not queued:
             return None
         head = float(queued[0]["not_before"] or 0)
-        return head if head > time.time() else None
+        return head if head > now else None
 
     def progress(self) -> dict[str, Any]:
         """The progress of the shards a wait does not watch, and each watched batch's expected size."""

@@ -102,7 +102,8 @@ class BatchTrigger(BaseTrigger):
     :param wake_on_any: With ``batch_ids``: end the wait when any of them ends, so the task can submit the next
         shards. ``False``: wait until all ended, or one ended other than ``completed`` (it may be re-queued).
     :param wake_at: With ``batch_ids``: a Unix time at which to end the wait with a ``wake`` event (a shard's
-        back-off is over); ``None``: no such time. The triggerer never creates batches: the task does.
+        back-off is over); ``None``: no such time. The triggerer never creates batches: the task does. A wait
+        with no batch left to watch and no ``wake_at`` ends at once with a ``wake`` event rather than never.
     :param wake_when_admitted: With ``batch_ids``: end the wait with a ``wake`` event once every one of them
         has passed ``validating`` (a job that does not wait for completion returns then: no
         ``token_limit_exceeded`` refusal can come any more).
@@ -242,6 +243,8 @@ class BatchTrigger(BaseTrigger):
                 return self._event(TERMINAL, first, f"batch {first.id} is {first.status}", seen)
             if self.wake_when_admitted and all(b in seen and seen[b].status != VALIDATING for b in self.batch_ids):
                 return self._event(WAKE, None, "every batch of the job passed validation", seen)
+            if not pending and self.wake_at is None:  # e.g. an empty job wait: nothing could ever end it
+                return self._event(WAKE, None, "nothing left to wait for: the task decides what comes next", seen)
             if self.wake_at is not None and time.time() >= self.wake_at:
                 return self._event(WAKE, None, "a queued shard's back-off is over: time to submit it", seen)
             if self._deadline_passed():  # after every poll, failed ones too: an outage ends in a timeout

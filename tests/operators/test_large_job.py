@@ -373,6 +373,25 @@ def test_a_deferred_job_without_wait_wakes_once_its_batches_passed_validation(op
     assert ids == trigger.batch_ids and emulator.stats()["batches_created"] == 3
 
 
+def test_submit_and_wake_at_judge_a_back_off_by_the_same_now(tmp_path):
+    # A back-off ending between submit()'s `now` and a later clock read used to give wake_at=None with nothing
+    # submitted: a deferral with no batch and no wake time. Judged by one `now`, the head is either submitted or
+    # waited for.
+    from airflow_provider_openai_batch.operators.job import Job, JobLedger, new_state
+
+    source = write_lines(tmp_path / "in.jsonl", lines(2))
+    state = new_state("key", split_input([source], ENDPOINT, str(tmp_path), max_requests_per_batch=1))
+    for shard in state["shards"]:
+        shard["file_id"] = f"file-{shard['index']}"
+    state["shards"][0]["not_before"] = 1000.0
+    created: list[str] = []
+    job_ = Job(
+        state, JobLedger({}, "key", None), None, max_active_batches=None, max_enqueued_tokens=None, backoff_base=1
+    )
+    assert job_.submit(lambda file_id, key: created.append(file_id), now=999.0) == 0 and not created
+    assert job_.wake_at(now=999.0) == 1000.0  # whatever the clock says by now
+
+
 def test_job_arguments_are_checked_at_parse_time():
     with pytest.raises(ValueError, match="max_requests_per_batch must be a whole number >= 1"):
         job(max_requests_per_batch=0)
