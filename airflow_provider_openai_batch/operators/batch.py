@@ -108,7 +108,10 @@ class CreateBatchOperator(BaseOperator):
     :param output_expires_after: Seconds (3600..2592000) after which output files expire.
     :param input_expires_after: Seconds (3600..2592000) after which the uploaded input file expires at the API
         (the Files API's ``expires_after``), so inputs do not fill the account's file storage. ``None``: the
-        API's default for batch files.
+        API's default for batch files. A job uploads every shard up front, so when ``max_active_batches`` or
+        ``max_enqueued_tokens`` hold shards back for rounds of batches, a value shorter than (rounds - 1)
+        completion windows plus an hour is refused before anything is uploaded (a back-off after
+        ``token_limit_exceeded`` can still add to the wait).
     :param conn_id: Airflow connection id (type ``openai_batch``).
     :param wait_for_completion: Wait until the batch ends.
     :param deferrable: Wait in the triggerer; defaults to ``[operators] default_deferrable``.
@@ -526,10 +529,33 @@ class CreateBatchOperator(BaseOperator):
             self.max_active_batches,
             self.max_enqueued_tokens,
         )
+        self._check_input_expiry([s.tokens for s in split.shards])
         job = self._job(context, state, ledger)
         job.upload(hook, [s.path for s in split.shards], self.input_expires_after)
         ledger.write(state)
         return self._drive_job(context, hook, job)
+
+    def _check_input_expiry(self, tokens: list[int]) -> None:
+        """Refuse, before anything is uploaded, an ``input_expires_after`` that a queued shard's file may not
+        outlive: every shard is uploaded up front, and ``max_active_batches``/``max_enqueued_tokens`` may hold
+        the last ones back for rounds of batches, each of which may run its whole completion window."""
+        from airflow_provider_openai_batch.operators.job import queue_rounds
+
+        if self.input_expires_after is None:
+            return
+        rounds = queue_rounds(tokens, self.max_active_batches, self.max_enqueued_tokens)
+        window = str(self.completion_window)
+        hours = int(window[:-1]) if window.endswith("h") and window[:-1].isdigit() else 24
+        needed = (rounds - 1) * hours * 3600 + 3600  # an hour's margin for the creates and the polls
+        if rounds > 1 and self.input_expires_after < needed:
+            raise ValueError(
+                f"{self.task_id}: input_expires_after={self.input_expires_after}s is shorter than a queued shard may "
+                f"wait for its create: {len(tokens)} shards need {rounds} rounds under max_active_batches="
+                f"{self.max_active_batches} and max_enqueued_tokens={self.max_enqueued_tokens}, and each round may "
+                f"run its {window} completion window, so the last shards' files must live at least {needed}s. Set "
+                f"input_expires_after >= {needed} (at most 2592000), raise max_active_batches/max_enqueued_tokens, "
+                "or leave input_expires_after unset. Nothing was uploaded or billed"
+            )
 
     def _job(self, context: Context, state: dict[str, Any], ledger: Any = None) -> Any:
         from airflow_provider_openai_batch.operators.job import Job, JobLedger

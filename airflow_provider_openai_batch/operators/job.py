@@ -101,6 +101,20 @@ def new_state(job_key: str, split: SplitResult) -> dict[str, Any]:
     }
 
 
+def queue_rounds(tokens: list[int], max_active_batches: int | None, max_enqueued_tokens: int | None) -> int:
+    """How many rounds the queue needs at least: shards (their token estimates, in order) packed into rounds of
+    at most ``max_active_batches`` shards and ``max_enqueued_tokens`` tokens, as :meth:`Job.submit` admits them."""
+    rounds, count, total = 0, 0, 0
+    for shard_tokens in tokens:
+        full = max_active_batches is not None and count >= max_active_batches
+        over = max_enqueued_tokens is not None and count and total + shard_tokens > max_enqueued_tokens
+        if not rounds or full or over:
+            rounds, count, total = rounds + 1, 0, 0
+        count += 1
+        total += shard_tokens
+    return rounds
+
+
 def same_layout(state: dict[str, Any] | None, split: SplitResult) -> bool:
     """Whether a stored record describes these very shards (same content, same cuts)."""
     if not state:

@@ -392,6 +392,27 @@ def test_submit_and_wake_at_judge_a_back_off_by_the_same_now(tmp_path):
     assert job_.wake_at(now=999.0) == 1000.0  # whatever the clock says by now
 
 
+def test_an_input_expiry_a_queued_shard_may_outlive_is_refused_before_any_upload(openai_batch_connection):
+    # 3 shards, one at a time: the third may wait two 24 h windows for its create, its file uploaded up front.
+    op = job(max_active_batches=1, input_expires_after=86400)
+    with pytest.raises(ValueError, match=r"input_expires_after=86400s .* max_active_batches=1 .* at least 176400s"):
+        op.execute(ctx())
+    assert openai_batch_connection.stats()["batches_created"] == 0
+    with OpenAIBatchHook() as hook:
+        assert not hook.list_files().data  # refused before any upload
+    # Room for every shard at once: one round, so the shortest expiry the API takes is fine.
+    assert len(job(max_active_batches=3, input_expires_after=3600).execute(ctx())) == 3
+
+
+def test_queue_rounds_pack_shards_as_the_queue_admits_them():
+    from airflow_provider_openai_batch.operators.job import queue_rounds
+
+    assert queue_rounds([1] * 5, 2, None) == 3
+    assert queue_rounds([5, 5, 5], None, 10) == 2
+    assert queue_rounds([5, 5, 5], 1, 100) == 3
+    assert queue_rounds([5] * 4, None, None) == 1
+
+
 def test_job_arguments_are_checked_at_parse_time():
     with pytest.raises(ValueError, match="max_requests_per_batch must be a whole number >= 1"):
         job(max_requests_per_batch=0)
