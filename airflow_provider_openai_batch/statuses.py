@@ -28,6 +28,7 @@ class BatchStatus(str, Enum):
 
 COMPLETED = BatchStatus.COMPLETED.value
 CANCELLING = BatchStatus.CANCELLING.value
+VALIDATING = BatchStatus.VALIDATING.value
 
 #: A batch in one of these never changes again.
 TERMINAL: frozenset[str] = frozenset(

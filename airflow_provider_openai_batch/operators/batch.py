@@ -87,7 +87,10 @@ class CreateBatchOperator(BaseOperator):
     batches created in input order within ``max_active_batches`` and ``max_enqueued_tokens``; a shard refused
     with ``token_limit_exceeded`` is re-queued with back-off; a retry re-attaches shard by shard (see
     :mod:`~airflow_provider_openai_batch.operators.job`). With ``wait_for_completion`` the task waits for the
-    whole job (one deferral, woken when a batch ends so the next shards can be created). A job returns the list
+    whole job (one deferral, woken when a batch ends so the next shards can be created). Without it the task
+    still waits (deferred, or polling) until every shard's batch is created and has passed ``validating``, the
+    phase at whose end the API refuses a batch with ``token_limit_exceeded``: a refused shard is re-queued
+    meanwhile, so the task never succeeds with a shard that will not run for that reason. A job returns the list
     of its shards' batch ids in input order, pushes every batch id (re-queued attempts included) to
     ``batch_ids`` and a summary to ``job``; give the return value to ``BatchSensor`` or
     ``BatchResultsOperator`` to wait for or merge the results in input order. One input that fits one batch
@@ -105,7 +108,10 @@ class CreateBatchOperator(BaseOperator):
     :param output_expires_after: Seconds (3600..2592000) after which output files expire.
     :param input_expires_after: Seconds (3600..2592000) after which the uploaded input file expires at the API
         (the Files API's ``expires_after``), so inputs do not fill the account's file storage. ``None``: the
-        API's default for batch files.
+        API's default for batch files. A job uploads every shard up front, so when ``max_active_batches`` or
+        ``max_enqueued_tokens`` hold shards back for rounds of batches, a value shorter than (rounds - 1)
+        completion windows plus an hour is refused before anything is uploaded (a back-off after
+        ``token_limit_exceeded`` can still add to the wait).
     :param conn_id: Airflow connection id (type ``openai_batch``).
     :param wait_for_completion: Wait until the batch ends.
     :param deferrable: Wait in the triggerer; defaults to ``[operators] default_deferrable``.
@@ -523,10 +529,33 @@ class CreateBatchOperator(BaseOperator):
             self.max_active_batches,
             self.max_enqueued_tokens,
         )
+        self._check_input_expiry([s.tokens for s in split.shards])
         job = self._job(context, state, ledger)
         job.upload(hook, [s.path for s in split.shards], self.input_expires_after)
         ledger.write(state)
         return self._drive_job(context, hook, job)
+
+    def _check_input_expiry(self, tokens: list[int]) -> None:
+        """Refuse, before anything is uploaded, an ``input_expires_after`` that a queued shard's file may not
+        outlive: every shard is uploaded up front, and ``max_active_batches``/``max_enqueued_tokens`` may hold
+        the last ones back for rounds of batches, each of which may run its whole completion window."""
+        from airflow_provider_openai_batch.operators.job import queue_rounds
+
+        if self.input_expires_after is None:
+            return
+        rounds = queue_rounds(tokens, self.max_active_batches, self.max_enqueued_tokens)
+        window = str(self.completion_window)
+        hours = int(window[:-1]) if window.endswith("h") and window[:-1].isdigit() else 24
+        needed = (rounds - 1) * hours * 3600 + 3600  # an hour's margin for the creates and the polls
+        if rounds > 1 and self.input_expires_after < needed:
+            raise ValueError(
+                f"{self.task_id}: input_expires_after={self.input_expires_after}s is shorter than a queued shard may "
+                f"wait for its create: {len(tokens)} shards need {rounds} rounds under max_active_batches="
+                f"{self.max_active_batches} and max_enqueued_tokens={self.max_enqueued_tokens}, and each round may "
+                f"run its {window} completion window, so the last shards' files must live at least {needed}s. Set "
+                f"input_expires_after >= {needed} (at most 2592000), raise max_active_batches/max_enqueued_tokens, "
+                "or leave input_expires_after unset. Nothing was uploaded or billed"
+            )
 
     def _job(self, context: Context, state: dict[str, Any], ledger: Any = None) -> Any:
         from airflow_provider_openai_batch.operators.job import Job, JobLedger
@@ -554,20 +583,34 @@ class CreateBatchOperator(BaseOperator):
             job.claim_cut_off_creates(hook)
             job.refresh(hook, seen)
             seen = None
-            job.requeue_refused()
-            job.submit(lambda file_id, key: self._create_batch(hook, file_id, key))
+            # One `now` for the back-offs: submit() and wake_at() must agree on whether the head of the queue
+            # still waits, or a back-off ending between them leaves a wait with nothing to end it.
+            now = time.time()
+            job.requeue_refused(now)
+            if job.finished():
+                return self._finish_job(context, hook, job)
+            self._stop_if_a_shard_ended_for_good(job)
+            if not self.wait_for_completion and job.admitted():
+                return self._finish_job(context, hook, job, judge_it=False)
+            # Before any create: a batch created past the deadline would be billed and then abandoned by the
+            # task failing for its deadline (e.g. a task resumed late from the queue of a busy worker pool).
+            if end_time is not None and now >= end_time:
+                fail_for_good(
+                    BatchTimeoutError(f"the job was still running at its deadline: {job.summary([])}"),
+                    f"the deadline (timeout={self.wait_timeout:g}s from the job's start) passed; no further "
+                    "shard was submitted",
+                )
+            job.submit(lambda file_id, key: self._create_batch(hook, file_id, key), now)
             context["ti"].xcom_push(key="batch_ids", value=job.batch_ids())
             if not job.queued():
                 remember_batch_link(self, context, hook.settings, job.final_batch_ids()[-1])
-            if not self.wait_for_completion and not job.queued():
+            # Without wait_for_completion the task returns only once no shard can be refused for the
+            # enqueued-token limit any more (refusals come at the end of `validating`): a refused shard must be
+            # re-queued, and only this task can do that.
+            if not self.wait_for_completion and job.admitted():
                 return self._finish_job(context, hook, job, judge_it=False)
             if job.finished():
                 return self._finish_job(context, hook, job)
-            if end_time is not None and time.time() >= end_time:
-                fail_for_good(
-                    BatchTimeoutError(f"the job was still running at its deadline: {job.summary([])}"),
-                    f"the deadline (timeout={self.wait_timeout:g}s from the job's start) passed",
-                )
             active = [str(s["batch_id"]) for s in job.active()]
             if self.deferrable:
                 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
@@ -581,7 +624,9 @@ class CreateBatchOperator(BaseOperator):
                         cancel_on_kill=self.cancel_on_kill,
                         batch_ids=active,
                         wake_on_any=bool(job.queued()),
-                        wake_at=job.wake_at(),
+                        wake_at=job.wake_at(now),
+                        # All created, not waiting for the ends: wake once every batch passed validation.
+                        wake_when_admitted=not self.wait_for_completion and not job.queued(),
                         job=job.progress(),
                         resume={"job": job.state},
                     ),
@@ -589,11 +634,36 @@ class CreateBatchOperator(BaseOperator):
                     kwargs={"job": job.state},
                 )
             pause = self.poll_interval
-            wake = job.wake_at()
+            wake = job.wake_at(now)
             if wake is not None:
                 pause = max(0.0, min(pause, wake - time.time()))
             progress.observe(snapshot([], batches_total=len(job.shards), base=job.totals()))
             time.sleep(pause)
+
+    def _stop_if_a_shard_ended_for_good(self, job: Any) -> None:
+        """Fail without retries, creating nothing more, once a shard ended in a way no retry can redo: the job
+        could only fail at its end, and every further shard would be billed for results nobody exports. The
+        running batches are left running (cancelling is ``cancel_on_kill``'s, on a kill only)."""
+        from airflow_provider_openai_batch.exceptions import BatchNotSuccessfulError
+
+        shard = job.ended_for_good()
+        if shard is None:
+            return
+        codes = [c for c in shard.get("error_codes") or [] if c]
+        running = [str(s["batch_id"]) for s in job.active()]
+        never = [s["index"] + 1 for s in job.queued()]
+        fail_for_good(
+            BatchNotSuccessfulError(
+                f"shard {shard['index'] + 1} of {len(job.shards)}: batch {shard['batch_id']} ended "
+                f"{shard['status']}"
+                + (f" ({', '.join(codes)})" if codes else "")
+                + "; "
+                + (f"shards {never} were not submitted" if never else "every shard had been submitted")
+                + (f"; still running, not cancelled: {running}" if running else ""),
+                {"id": shard["batch_id"], "status": shard["status"]},
+            ),
+            "a shard ended and will not change, so the job cannot succeed",
+        )
 
     def _finish_job(self, context: Context, hook: OpenAIBatchHook, job: Any, judge_it: bool = True) -> list[str]:
         """Push every batch id and the summary; judge the finished job."""

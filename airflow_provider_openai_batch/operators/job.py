@@ -24,10 +24,22 @@ the batch list.
 **The wait.** Deferred, the triggerer polls the running batches and wakes the task when any of them ends
 while shards are queued (or a back-off is over), else when all ended or one failed; the task then records
 the ends, creates the next shards and defers again. The triggerer never creates a batch. Without
-``deferrable`` the same steps run in the worker, one poll every ``poll_interval``.
+``deferrable`` the same steps run in the worker, one poll every ``poll_interval``. Without
+``wait_for_completion`` the task still waits (the same way) until every shard's batch is created and has
+passed ``validating``: a ``token_limit_exceeded`` refusal comes at the end of that phase, and the shard must
+then be re-queued by the task; so the task returns once no refusal can come any more, not when the last create
+returned.
+
+**A shard that ended for good.** When a shard's batch ends ``failed`` (other than a ``token_limit_exceeded``
+refusal with attempts left), ``expired`` or ``cancelled``, the job can only fail (a retry re-attaches to the
+same batch), so the task creates no further shard and fails at once without retries, naming the shard, its
+batch and status, and the shards never submitted. Batches of the job still running are *not* cancelled (as at
+the deadline: cancelling is what ``cancel_on_kill`` asks for on a kill only); the error names them so a user
+can cancel them, and their results can still be exported.
 
 **Kill.** With ``cancel_on_kill`` every running batch of the job is cancelled. **Timeout**: ``timeout``
-counts from the job's start (kept in the record across retries); when it passes the task fails without
+counts from the job's start (kept in the record across retries); it is checked before any create, so no
+shard is submitted past it (a task resumed late fails without creating one); when it passes the task fails without
 retries and the running batches go on at the API (cancelled first with ``cancel_on_kill`` only on a kill).
 
 Import-light: the operator imports this at execute time only.
@@ -39,7 +51,7 @@ import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_openai_batch.statuses import COMPLETED, TERMINAL
+from airflow_provider_openai_batch.statuses import COMPLETED, TERMINAL, UNSUCCESSFUL, VALIDATING
 
 if TYPE_CHECKING:
     from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
@@ -87,6 +99,20 @@ def new_state(job_key: str, split: SplitResult) -> dict[str, Any]:
             for shard in split.shards
         ],
     }
+
+
+def queue_rounds(tokens: list[int], max_active_batches: int | None, max_enqueued_tokens: int | None) -> int:
+    """How many rounds the queue needs at least: shards (their token estimates, in order) packed into rounds of
+    at most ``max_active_batches`` shards and ``max_enqueued_tokens`` tokens, as :meth:`Job.submit` admits them."""
+    rounds, count, total = 0, 0, 0
+    for shard_tokens in tokens:
+        full = max_active_batches is not None and count >= max_active_batches
+        over = max_enqueued_tokens is not None and count and total + shard_tokens > max_enqueued_tokens
+        if not rounds or full or over:
+            rounds, count, total = rounds + 1, 0, 0
+        count += 1
+        total += shard_tokens
+    return rounds
 
 
 def same_layout(state: dict[str, Any] | None, split: SplitResult) -> bool:
@@ -208,6 +234,20 @@ class Job:
     def finished(self) -> bool:
         return all(s["batch_id"] and s["status"] in TERMINAL for s in self.shards)
 
+    def ended_for_good(self) -> dict[str, Any] | None:
+        """The first shard whose batch ended other than ``completed`` and will not be re-queued (anything but a
+        ``token_limit_exceeded`` refusal with attempts left; call after :meth:`requeue_refused`): the job can
+        then only fail, so nothing more should be created."""
+        for shard in self.shards:
+            if shard["batch_id"] and shard["status"] in UNSUCCESSFUL:
+                return shard
+        return None
+
+    def admitted(self) -> bool:
+        """Every shard has a batch past ``validating``, the phase at whose end a batch over the enqueued-token
+        limit is refused: no refusal can come any more that the job would have to re-queue."""
+        return all(s["batch_id"] and s["status"] not in (None, VALIDATING) for s in self.shards)
+
     def batch_ids(self) -> list[str]:
         """Every batch of the job so far, shard by shard: refused attempts first, the current one last."""
         return [b for s in self.shards for b in [*s["history"], *([s["batch_id"]] if s["batch_id"] else [])]]
@@ -312,13 +352,17 @@ class Job:
             made += 1
         return made
 
-    def wake_at(self) -> float | None:
-        """When the head of the queue's back-off is over, if it waits for one."""
+    def wake_at(self, now: float | None = None) -> float | None:
+        """When the head of the queue's back-off is over, if it waits for one at ``now``.
+
+        Give the ``now`` that :meth:`submit` judged the back-off by: read again later, a back-off that ended in
+        between would be neither submitted nor waited for, and the wait would have nothing to end it."""
+        now = time.time() if now is None else now
         queued = self.queued()
         if not queued:
             return None
         head = float(queued[0]["not_before"] or 0)
-        return head if head > time.time() else None
+        return head if head > now else None
 
     def progress(self) -> dict[str, Any]:
         """The progress of the shards a wait does not watch, and each watched batch's expected size."""

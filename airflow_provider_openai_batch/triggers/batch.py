@@ -43,7 +43,7 @@ from airflow_provider_openai_batch.models import Batch
 from airflow_provider_openai_batch.outcome import describe
 from airflow_provider_openai_batch.progress import ProgressLog, snapshot
 from airflow_provider_openai_batch.retries import is_retryable
-from airflow_provider_openai_batch.statuses import COMPLETED
+from airflow_provider_openai_batch.statuses import COMPLETED, VALIDATING
 from airflow_provider_openai_batch.task_state import STATE_LOOKUP_SECONDS, keeps_batch, read_task_state
 from airflow_provider_openai_batch.triggers.poller import shared_poller
 
@@ -102,7 +102,11 @@ class BatchTrigger(BaseTrigger):
     :param wake_on_any: With ``batch_ids``: end the wait when any of them ends, so the task can submit the next
         shards. ``False``: wait until all ended, or one ended other than ``completed`` (it may be re-queued).
     :param wake_at: With ``batch_ids``: a Unix time at which to end the wait with a ``wake`` event (a shard's
-        back-off is over); ``None``: no such time. The triggerer never creates batches: the task does.
+        back-off is over); ``None``: no such time. The triggerer never creates batches: the task does. A wait
+        with no batch left to watch and no ``wake_at`` ends at once with a ``wake`` event rather than never.
+    :param wake_when_admitted: With ``batch_ids``: end the wait with a ``wake`` event once every one of them
+        has passed ``validating`` (a job that does not wait for completion returns then: no
+        ``token_limit_exceeded`` refusal can come any more).
     :param job: Progress of the job's batches outside this wait, for the progress lines: ``batches_total``,
         ``batches_done``, ``done``, ``total``, ``failed``, ``tokens``, and ``expected`` (requests per batch id).
     :param resume: Opaque JSON handed back in the event (key ``resume``): the job's record, so the task resumes
@@ -125,6 +129,7 @@ class BatchTrigger(BaseTrigger):
         batch_ids: list[str] | None = None,
         wake_on_any: bool = True,
         wake_at: float | None = None,
+        wake_when_admitted: bool = False,
         job: dict[str, Any] | None = None,
         resume: dict[str, Any] | None = None,
     ) -> None:
@@ -134,6 +139,7 @@ class BatchTrigger(BaseTrigger):
         self.batch_id = self.batch_ids[0] if self.batch_ids else batch_id
         self.wake_on_any = bool(wake_on_any)
         self.wake_at = None if wake_at is None else float(wake_at)
+        self.wake_when_admitted = bool(wake_when_admitted)
         self.job = dict(job) if job else None
         self.resume = resume
         self.conn_id = conn_id
@@ -161,6 +167,7 @@ class BatchTrigger(BaseTrigger):
                         "batch_ids": list(self.batch_ids),
                         "wake_on_any": self.wake_on_any,
                         "wake_at": self.wake_at,
+                        "wake_when_admitted": self.wake_when_admitted,
                         "job": self.job,
                         "resume": self.resume,
                     }
@@ -234,6 +241,10 @@ class BatchTrigger(BaseTrigger):
             if ended and (self.wake_on_any or not pending or any(b.status != COMPLETED for b in ended)):
                 first = ended[0]
                 return self._event(TERMINAL, first, f"batch {first.id} is {first.status}", seen)
+            if self.wake_when_admitted and all(b in seen and seen[b].status != VALIDATING for b in self.batch_ids):
+                return self._event(WAKE, None, "every batch of the job passed validation", seen)
+            if not pending and self.wake_at is None:  # e.g. an empty job wait: nothing could ever end it
+                return self._event(WAKE, None, "nothing left to wait for: the task decides what comes next", seen)
             if self.wake_at is not None and time.time() >= self.wake_at:
                 return self._event(WAKE, None, "a queued shard's back-off is over: time to submit it", seen)
             if self._deadline_passed():  # after every poll, failed ones too: an outage ends in a timeout

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_openai_batch.backends import rules_for
 from airflow_provider_openai_batch.emulator.__main__ import parse_args
@@ -166,9 +166,9 @@ def test_a_list_of_input_files_is_one_job(openai_batch_connection, tmp_path):
     first = write_lines(tmp_path / "a.jsonl", lines(3))
     second = write_lines(tmp_path / "b.jsonl", lines(3, start=3))
     context = ctx()
-    ids = CreateBatchOperator(task_id="create", input_file=[str(first), str(second)], max_requests_per_batch=4).execute(
-        context
-    )
+    ids = CreateBatchOperator(
+        task_id="create", input_file=[str(first), str(second)], max_requests_per_batch=4, poll_interval=0.05
+    ).execute(context)
     assert [input_ids(b) for b in ids] == [["p0", "p1", "p2", "p3"], ["p4", "p5"]]
 
 
@@ -280,6 +280,139 @@ def test_a_deferred_job_wakes_submits_and_defers_again_until_done(openai_batch_c
     assert openai_batch_connection.stats()["batches_created"] == 3
 
 
+def first_wake(op: CreateBatchOperator, context: dict, emulator, status: str) -> tuple[dict, dict]:
+    """Defer the job, end its first batch with ``status`` and run its trigger to the wake; return the event and
+    the deferral's kwargs, both as the metadata database hands them back."""
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    trigger = deferred.value.trigger
+    emulator.force_status(trigger.batch_ids[0], status)
+    payload = run(BatchTrigger(**json.loads(json.dumps(trigger.serialize()[1]))))
+    return payload, json.loads(json.dumps(deferred.value.kwargs))
+
+
+def test_a_job_resumed_after_its_deadline_creates_no_further_batch(openai_batch_connection):
+    # The first shard ended before the deadline; the task resumed after it (a busy worker pool). The record's
+    # start is moved back instead of sleeping past a short timeout: the same resume, on any machine's speed.
+    emulator = openai_batch_connection
+    context = ctx(state=FakeStateStore())
+    op = job(wait_for_completion=True, deferrable=True, max_active_batches=1, timeout=3600)
+    payload, kwargs = first_wake(op, context, emulator, "completed")
+    assert payload["status"] == "terminal"
+    kwargs["job"]["started_at"] -= 7200
+    with pytest.raises(AirflowFailException, match=r"deadline .* no further shard was submitted"):
+        op.execute_complete(context, payload, **kwargs)
+    assert emulator.stats()["batches_created"] == 1  # no batch is billed and abandoned past the deadline
+
+
+@pytest.mark.parametrize("status", ["failed", "expired", "cancelled"])
+def test_a_shard_ended_for_good_stops_the_job_before_any_further_create(openai_batch_connection, status):
+    # The job can only fail (a retry re-attaches to the same batch): shards 2 and 3 would be billed for results
+    # nobody exports. The task fails at once, naming the shard; nothing running is cancelled.
+    emulator = openai_batch_connection
+    context = ctx(state=FakeStateStore())
+    op = job(wait_for_completion=True, deferrable=True, max_active_batches=1)
+    payload, kwargs = first_wake(op, context, emulator, status)
+    with pytest.raises(
+        AirflowFailException,
+        match=rf"shard 1 of 3: batch \S+ ended {status}( \(\w+\))?; shards \[2, 3\] were not submitted",
+    ):
+        op.execute_complete(context, payload, **kwargs)
+    assert emulator.stats()["batches_created"] == 1
+
+
+def test_a_shard_ended_for_good_fails_a_polling_job_and_leaves_the_running_batches(openai_batch_connection):
+    emulator = openai_batch_connection
+    emulator.configure(phase_seconds=30)
+    op = job(wait_for_completion=True, deferrable=False, max_active_batches=2)
+    created: list[str] = []
+    original = op._create_batch
+
+    def create_then_fail_the_first(hook, file_id, key):
+        batch = original(hook, file_id, key)
+        created.append(batch.id)
+        if len(created) == 2:
+            emulator.force_status(created[0], "failed")
+        return batch
+
+    op._create_batch = create_then_fail_the_first  # type: ignore[method-assign]
+    with pytest.raises(AirflowFailException, match=r"shard 1 of 3: .* not cancelled: \['"):
+        op.execute(ctx(state=FakeStateStore()))
+    assert emulator.stats()["batches_created"] == 2
+    with OpenAIBatchHook() as hook:
+        assert hook.retrieve_batch(created[1]).status == "validating"  # left running, not cancelled
+
+
+def test_without_wait_a_token_limit_refusal_is_requeued_before_the_task_succeeds(openai_batch_connection):
+    # Without wait_for_completion the task used to succeed once every shard had a batch, and the refusals that
+    # come at the end of `validating` were never re-queued: shards that would never run, in a successful task.
+    emulator = openai_batch_connection
+    emulator.configure(enqueued_token_limit=20, phase_seconds=0.2)  # one shard of 4 prompts fits, two do not
+    context = ctx(state=FakeStateStore())
+    ids = job(deferrable=False).execute(context)
+    with OpenAIBatchHook() as hook:
+        assert all(hook.retrieve_batch(b).status != "validating" for b in ids)  # no refusal can come any more
+        ended = [hook.wait_for_batch(b, 0.05, 60) for b in ids]
+    assert [b.status for b in ended] == ["completed"] * 3
+    summary = context["ti"].xcom["job"]
+    assert summary["token_limit_requeues"] >= 1 and len(context["ti"].xcom["batch_ids"]) > 3
+
+
+def test_a_deferred_job_without_wait_wakes_once_its_batches_passed_validation(openai_batch_connection):
+    emulator = openai_batch_connection
+    emulator.configure(phase_seconds=0.3)
+    context = ctx(state=FakeStateStore())
+    op = job(deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    trigger = deferred.value.trigger
+    assert trigger.wake_when_admitted and len(trigger.batch_ids) == 3
+    payload = run(BatchTrigger(**json.loads(json.dumps(trigger.serialize()[1]))))
+    assert payload["status"] == "wake" and all(b["status"] != "validating" for b in payload["batches"])
+    ids = op.execute_complete(context, payload, **json.loads(json.dumps(deferred.value.kwargs)))
+    assert ids == trigger.batch_ids and emulator.stats()["batches_created"] == 3
+
+
+def test_submit_and_wake_at_judge_a_back_off_by_the_same_now(tmp_path):
+    # A back-off ending between submit()'s `now` and a later clock read used to give wake_at=None with nothing
+    # submitted: a deferral with no batch and no wake time. Judged by one `now`, the head is either submitted or
+    # waited for.
+    from airflow_provider_openai_batch.operators.job import Job, JobLedger, new_state
+
+    source = write_lines(tmp_path / "in.jsonl", lines(2))
+    state = new_state("key", split_input([source], ENDPOINT, str(tmp_path), max_requests_per_batch=1))
+    for shard in state["shards"]:
+        shard["file_id"] = f"file-{shard['index']}"
+    state["shards"][0]["not_before"] = 1000.0
+    created: list[str] = []
+    job_ = Job(
+        state, JobLedger({}, "key", None), None, max_active_batches=None, max_enqueued_tokens=None, backoff_base=1
+    )
+    assert job_.submit(lambda file_id, key: created.append(file_id), now=999.0) == 0 and not created
+    assert job_.wake_at(now=999.0) == 1000.0  # whatever the clock says by now
+
+
+def test_an_input_expiry_a_queued_shard_may_outlive_is_refused_before_any_upload(openai_batch_connection):
+    # 3 shards, one at a time: the third may wait two 24 h windows for its create, its file uploaded up front.
+    op = job(max_active_batches=1, input_expires_after=86400)
+    with pytest.raises(ValueError, match=r"input_expires_after=86400s .* max_active_batches=1 .* at least 176400s"):
+        op.execute(ctx())
+    assert openai_batch_connection.stats()["batches_created"] == 0
+    with OpenAIBatchHook() as hook:
+        assert not hook.list_files().data  # refused before any upload
+    # Room for every shard at once: one round, so the shortest expiry the API takes is fine.
+    assert len(job(max_active_batches=3, input_expires_after=3600).execute(ctx())) == 3
+
+
+def test_queue_rounds_pack_shards_as_the_queue_admits_them():
+    from airflow_provider_openai_batch.operators.job import queue_rounds
+
+    assert queue_rounds([1] * 5, 2, None) == 3
+    assert queue_rounds([5, 5, 5], None, 10) == 2
+    assert queue_rounds([5, 5, 5], 1, 100) == 3
+    assert queue_rounds([5] * 4, None, None) == 1
+
+
 def test_job_arguments_are_checked_at_parse_time():
     with pytest.raises(ValueError, match="max_requests_per_batch must be a whole number >= 1"):
         job(max_requests_per_batch=0)
@@ -334,15 +467,21 @@ def test_an_object_storage_input_is_split_too(openai_batch_connection, tmp_path)
     source = write_lines(tmp_path / "in.jsonl", lines(5))
     context = ctx()
     ids = CreateBatchOperator(
-        task_id="create", input_file=ObjectStoragePath(source.as_uri()), max_requests_per_batch=2
+        task_id="create", input_file=ObjectStoragePath(source.as_uri()), max_requests_per_batch=2, poll_interval=0.05
     ).execute(context)
     assert [input_ids(b) for b in ids] == [["p0", "p1"], ["p2", "p3"], ["p4"]]
 
 
 def test_a_killed_job_cancels_every_running_batch(openai_batch_connection):
     openai_batch_connection.configure(phase_seconds=30)
-    op = job(cancel_on_kill=True)
-    ids = op.execute(ctx())
+    # Killed while it waits for its batches to pass validation (a job without wait_for_completion waits that
+    # long, see test_without_wait_a_token_limit_refusal_is_requeued_before_the_task_succeeds).
+    op = job(cancel_on_kill=True, deferrable=True)
+    context = ctx()
+    with pytest.raises(TaskDeferred):
+        op.execute(context)
+    ids = context["ti"].xcom["batch_ids"]
+    assert len(ids) == 3
     op.on_kill()
     with OpenAIBatchHook() as hook:
         assert {hook.retrieve_batch(b).status for b in ids} == {"cancelling"}

@@ -55,6 +55,13 @@ def test_a_job_is_woken_when_a_back_off_is_over_with_nothing_running(openai_batc
     assert payload["batches"] == [] and time.time() >= start + 0.3
 
 
+def test_a_job_wait_with_no_batch_and_no_wake_time_ends_at_once(openai_batch_connection):
+    # Nothing to watch and no back-off to wait out: without this the wait could never end (no deadline either).
+    trigger = BatchTrigger("batch_none", poll_interval=0.05, batch_ids=[], wake_on_any=True, wake_at=None, job={})
+    payload = run(BatchTrigger(**json.loads(json.dumps(trigger.serialize()[1]))))
+    assert payload["status"] == "wake" and payload["batches"] == []
+
+
 def test_every_unfinished_batch_is_read_through_the_one_retrieval_method(openai_batch_connection):
     ids = [make_batch(openai_batch_connection) for _ in range(2)]
     read: list[str] = []
