@@ -148,27 +148,7 @@ curl -sf "http://$HOST:$EMULATOR_PORT/_emulator/health" >/dev/null || {
 }
 
 # The connection in the metadata DB (so the UI lists it), re-pointed at this run's emulator port.
-# port=0 (the hook ignores it): the Test button of Airflow 3.3's connection list sends `port: Number(null)`, i.e. 0,
-# and the API refuses to reuse the stored key for a "different" port than the stored NULL (400 Bad Request).
-EMULATOR_URL="http://$HOST:$EMULATOR_PORT/v1" "$PY" - <<'EOF' >"$AIRFLOW_HOME/connection.log" 2>&1
-import os
-
-from airflow.models import Connection
-from airflow.utils.session import create_session
-
-with create_session() as session:
-    session.query(Connection).filter(Connection.conn_id == "openai_default").delete()
-    session.add(
-        Connection(
-            conn_id="openai_default",
-            conn_type="openai_batch",
-            description="The local OpenAI Batch emulator (make airflow)",
-            host=os.environ["EMULATOR_URL"],
-            port=0,
-            password="emulator-key-not-secret",
-        )
-    )
-EOF
+"$PY" scripts/store_connection.py "http://$HOST:$EMULATOR_PORT/v1" "The local OpenAI Batch emulator (make airflow)" >"$AIRFLOW_HOME/connection.log" 2>&1
 
 echo "Starting api-server, scheduler, dag-processor and triggerer (logs: $AIRFLOW_HOME/<component>.log) ..."
 start api-server airflow api-server

@@ -290,25 +290,7 @@ fi
 wait_for "The emulator" 60 curl -sf "http://$HOST:$EMULATOR_PORT/_emulator/health"
 
 # The connection in the metadata DB (so the UI lists it and every worker and triggerer reads it there).
-EMULATOR_URL="http://$HOST:$EMULATOR_PORT/v1" "$PY" - <<'EOF' >"$CLUSTER_HOME/connection.log" 2>&1
-import os
-
-from airflow.models import Connection
-from airflow.utils.session import create_session
-
-with create_session() as session:
-    session.query(Connection).filter(Connection.conn_id == "openai_default").delete()
-    session.add(
-        Connection(
-            conn_id="openai_default",
-            conn_type="openai_batch",
-            description="The local OpenAI Batch emulator (make cluster)",
-            host=os.environ["EMULATOR_URL"],
-            port=0,
-            password="emulator-key-not-secret",
-        )
-    )
-EOF
+"$PY" scripts/store_connection.py "http://$HOST:$EMULATOR_PORT/v1" "The local OpenAI Batch emulator (make cluster)" >"$CLUSTER_HOME/connection.log" 2>&1
 
 echo "Starting api-server, scheduler, dag-processor, 2 triggerers and 2 Celery workers (logs: $CLUSTER_HOME/*.log) ..."
 start api-server airflow api-server
