@@ -2,14 +2,12 @@
 read in one place. JSON primitives only: the event is stored in the metadata database and read back by the
 task on a worker.
 
-``{"status": "terminal" | "timeout" | "error", "batch_id": str, "batch": {...} | None, "message": str}``;
-``batch`` is the last batch seen, as JSON.
-
-A wait for several batches of one job adds ``"batches"``: every batch of the wait as last seen (the ended
-ones and those still running), and may end with status ``"wake"`` when the job asked to be woken at a time
-(a shard waits out its back-off after ``token_limit_exceeded``). ``batch_id``/``batch`` then name the first
-batch that ended (or the first of the wait). A job's wait also hands back ``"resume"``, the job's record, so
-the task resumes from it wherever the deferral's kwargs are not handed back.
+``{"status": "terminal" | "wake" | "timeout" | "error", "batch_id": str, "batch": {...} | None, "message": str,
+"batches": [...]}``: ``batches`` holds every batch of the wait as last seen (ended or still running);
+``batch_id``/``batch`` name the batch the event is about (the first that ended, or the first of the wait).
+``wake`` ends a wait whose condition was a time (a back-off is over) or admission (every batch passed
+``validating``). An event of the previous release may lack ``batches`` (a one-batch wait): readers fall back to
+``batch``.
 """
 
 from __future__ import annotations
@@ -23,21 +21,14 @@ WAKE = "wake"
 
 
 def event_payload(
-    status: str,
-    batch_id: str,
-    batch: dict[str, Any] | None,
-    message: str,
-    batches: list[dict[str, Any]] | None = None,
+    status: str, batch_id: str, batch: dict[str, Any] | None, message: str, batches: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The payload of the one event a trigger emits; ``batches`` only for a wait on several batches."""
-    payload: dict[str, Any] = {"status": status, "batch_id": batch_id, "batch": batch, "message": message}
-    if batches is not None:
-        payload["batches"] = batches
-    return payload
+    """The payload of the one event a trigger emits."""
+    return {"status": status, "batch_id": batch_id, "batch": batch, "message": message, "batches": batches}
 
 
 def batches_from_event(event: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every batch an event carries, as last seen: ``batches`` of a multi-batch wait, else ``[batch]``."""
+    """Every batch an event carries, as last seen."""
     if event.get("batches") is not None:
         return [dict(b) for b in event["batches"]]
     return [dict(event["batch"])] if event.get("batch") else []

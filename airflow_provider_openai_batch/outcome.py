@@ -5,7 +5,7 @@ carry), and imports nothing heavy so operator modules stay cheap to import at DA
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from airflow_provider_openai_batch.statuses import COMPLETED, UNSUCCESSFUL
 
@@ -53,3 +53,11 @@ def judge(batch: dict[str, Any], max_failed_fraction: float) -> None:
             f"{max_failed_fraction:g} allows; see error file {batch.get('error_file_id')}",
             batch,
         )
+
+
+def fail_for_good(err: Exception, why: str) -> NoReturn:
+    """Fail the task without its retries: a retry would meet the same final verdict (a retried wait would only
+    re-attach to the same batches)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException(f"{err} (not retried: {why})") from err

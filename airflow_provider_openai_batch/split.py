@@ -177,6 +177,7 @@ def split_input(
     max_requests_per_batch: int | None = None,
     max_tokens_per_batch: int | None = None,
     names: Sequence[str] | None = None,
+    label: str | None = None,
 ) -> SplitResult:
     """Split ``sources`` (local paths or ``ObjectStoragePath``\\ s, read in order as one input) into shards.
 
@@ -187,6 +188,7 @@ def split_input(
     :param max_requests_per_batch: Most requests per shard (capped by ``rules``).
     :param max_tokens_per_batch: Most estimated input tokens per shard (``None``: no such bound).
     :param names: How each source is called in messages (default ``input_file[i]``, or ``input_file``).
+    :param label: How the whole input is called in the error's first line (default: the names, joined).
     :raises BatchValidationError: naming every bad line (source and line number) across the shards; nothing
         was uploaded.
     """
@@ -264,12 +266,13 @@ def split_input(
             out.close()
         ids.close()
     if not shards and not problems:
-        problems.append("the input contains no requests")
+        problems.append("the file contains no requests" if len(sources) == 1 else "the input contains no requests")
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise BatchValidationError(
-            f"The batch input has {len(problems)} problem(s); nothing was uploaded or billed:\n{listed}{more}",
+            f"The batch input ({label or ', '.join(names)}) has {len(problems)} problem(s); nothing was uploaded or "
+            f"billed:\n{listed}{more}",
             problems,
         )
     return SplitResult(shards, whole.hexdigest(), sum(s.requests for s in shards))

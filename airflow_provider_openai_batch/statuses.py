@@ -27,6 +27,9 @@ class BatchStatus(str, Enum):
 
 
 COMPLETED = BatchStatus.COMPLETED.value
+EXPIRED = BatchStatus.EXPIRED.value
+CANCELLED = BatchStatus.CANCELLED.value
+FAILED = BatchStatus.FAILED.value
 CANCELLING = BatchStatus.CANCELLING.value
 VALIDATING = BatchStatus.VALIDATING.value
 

@@ -16,9 +16,10 @@ key                       value
 The Batch API allows 16 pairs, keys of at most 64 characters and values of at most 512. Airflow ids are at
 most 250 characters, so they fit; a longer value (from a custom Airflow build) is cut and ends in
 ``~sha256:`` and 16 hex digits of the whole value's digest, so two long ids never look the same, and the
-UI shows it but does not link to it. These four keys and the idempotency key
-(``airflow_idempotency_key``) are the provider's: a user's ``metadata`` may have at most 11 pairs, and a
-pair under one of these names is refused with an error that says so, before anything is uploaded.
+UI shows it but does not link to it. These four keys, the idempotency key (``airflow_idempotency_key``) and,
+on a round of ``resubmit_unfinished``, ``airflow_resubmit_of`` (the batch whose unfinished requests it sends
+again) are the provider's: a user's ``metadata`` may have at most 11 pairs (10 with ``resubmit_unfinished``),
+and a pair under one of these names is refused with an error that says so, before anything is uploaded.
 
 Importing this module is cheap (no Airflow import): the operators import it at DAG-parse time.
 """
@@ -35,6 +36,9 @@ RUN_ID_KEY = "airflow_run_id"
 MAP_INDEX_KEY = "airflow_map_index"
 #: The keys that say which task instance created a batch.
 TASK_KEYS: tuple[str, ...] = (DAG_ID_KEY, TASK_ID_KEY, RUN_ID_KEY, MAP_INDEX_KEY)
+#: On a batch that sends again the unfinished requests of an earlier one (``resubmit_unfinished``): that batch's
+#: id, so its results and the earlier ones' are exported together from the last batch's id alone.
+RESUBMIT_OF_KEY = "airflow_resubmit_of"
 #: The API's limit on a metadata value (api.METADATA_MAX_VALUE; repeated here so importing stays cheap).
 MAX_VALUE = 512
 #: Marks a value that was too long and was cut: ``<start of value>~sha256:<16 hex digits>``.
@@ -42,36 +46,39 @@ TRUNCATION_MARK = "~sha256:"
 _DIGEST_CHARS = 16
 
 
-def reserved_keys() -> tuple[str, ...]:
-    """Every metadata key the provider sets itself: the idempotency key and :data:`TASK_KEYS`."""
+def reserved_keys(resubmit: bool = False) -> tuple[str, ...]:
+    """The metadata keys the provider sets itself: the idempotency key and :data:`TASK_KEYS`, and with
+    ``resubmit`` (rounds of ``resubmit_unfinished`` may come) :data:`RESUBMIT_OF_KEY`."""
     from airflow_provider_openai_batch.api import IDEMPOTENCY_METADATA_KEY
 
-    return (IDEMPOTENCY_METADATA_KEY, *TASK_KEYS)
+    return (IDEMPOTENCY_METADATA_KEY, *TASK_KEYS, *((RESUBMIT_OF_KEY,) if resubmit else ()))
 
 
-def validate_user_metadata(metadata: Any) -> dict[str, str]:
-    """Check a user's ``metadata`` before anything is uploaded: the API's limits, with the provider's five
-    pairs counted (at most 11 of the user's own), and none of the provider's keys used.
+def validate_user_metadata(metadata: Any, resubmit: bool = False) -> dict[str, str]:
+    """Check a user's ``metadata`` before anything is uploaded: the API's limits, with the provider's pairs
+    counted (five: at most 11 of the user's own; six with ``resubmit``: at most 10), and none of the
+    provider's keys used.
 
     :raises ValueError: naming the key or the count and the fix.
     """
     from airflow_provider_openai_batch import api
 
+    reserved = reserved_keys(resubmit)
     if isinstance(metadata, Mapping):
-        reserved = reserved_keys()
         room = api.METADATA_MAX_PAIRS - len(reserved)
         if len(metadata) > room:
             raise ValueError(
                 f"metadata has {len(metadata)} pairs; at most {room} are allowed (the provider sets "
                 f"{', '.join(reserved[:-1])} and {reserved[-1]}): remove some keys"
             )
-        taken = [key for key in TASK_KEYS if key in metadata]
+        taken = [key for key in (*TASK_KEYS, RESUBMIT_OF_KEY) if key in metadata]
         if taken:
             raise ValueError(
                 f"metadata key {taken[0]!r} is reserved: the provider records the creating DAG, task, run and map "
-                f"index under {', '.join(TASK_KEYS)} so the Airflow UI can link a batch to its task; rename your key"
+                f"index under {', '.join(TASK_KEYS)} so the Airflow UI can link a batch to its task, and the batch a "
+                f"round re-runs under {RESUBMIT_OF_KEY}; rename your key"
             )
-    return api.validate_metadata(metadata, reserved_keys=reserved_keys())
+    return api.validate_metadata(metadata, reserved_keys=reserved)
 
 
 def fit(value: str) -> str:

@@ -59,32 +59,33 @@ SUBMIT = (
     CHILD_PRELUDE
     + r"""
 import airflow_provider_openai_batch.split as split
-import airflow_provider_openai_batch.operators.job as job
+import airflow_provider_openai_batch.jobs.prepare as prepare
+import airflow_provider_openai_batch.jobs.runner as runner
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
 from tests.helpers import ctx
 
 times = {}
-real_split, real_upload = split.split_input, job.Job.upload
+real_split, real_upload = split.split_input, prepare._upload
 def timed_split(*args, **kwargs):
     started = time.perf_counter()
     try:
         return real_split(*args, **kwargs)
     finally:
         times["split"] = time.perf_counter() - started
-def timed_upload(self, *args, **kwargs):
+def timed_upload(*args, **kwargs):
     started = time.perf_counter()
     try:
-        return real_upload(self, *args, **kwargs)
+        return real_upload(*args, **kwargs)
     finally:
         times["upload"] = time.perf_counter() - started
-real_submit = job.Job.submit
-def timed_submit(self, *args, **kwargs):
-    made = real_submit(self, *args, **kwargs)
-    if made and not self.queued():  # the last shard's batch was just created
+real_create = runner.JobRunner._create
+def timed_create(self, *args, **kwargs):
+    made = real_create(self, *args, **kwargs)
+    if all(s.last.batch_id for s in self.record.shards):  # the last shard's batch was just created
         times["created"] = time.perf_counter() - started
     return made
-split.split_input, job.Job.upload, job.Job.submit = timed_split, timed_upload, timed_submit
+split.split_input, prepare._upload, runner.JobRunner._create = timed_split, timed_upload, timed_create
 
 with OpenAIBatchHook() as hook:
     hook.list_batches(limit=1)  # connection read and HTTP code loaded before the baseline

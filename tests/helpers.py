@@ -126,3 +126,14 @@ def run(trigger: BatchTrigger, timeout: float = 60) -> dict:
     found = asyncio.run(events(trigger, timeout))
     assert len(found) == 1  # exactly one event, then the trigger ends
     return found[0].payload
+
+
+def created(op: Any, context: dict[str, Any]) -> list[str]:
+    """Run a deferrable create until its first wait and return the batch ids it pushed: the batches exist and
+    nothing waits for them (the emulator's slow phases keep them where a test wants them)."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    op.deferrable = True
+    with pytest.raises(TaskDeferred):
+        op.execute(context)
+    return list(context["ti"].xcom["batch_ids"])

@@ -48,18 +48,12 @@ from airflow_provider_openai_batch.models import (
     ResultRecord,
 )
 from airflow_provider_openai_batch.retries import policy_for, retry_policy
-from airflow_provider_openai_batch.statuses import NOT_REATTACHABLE
 
 T = TypeVar("T", bound=ApiModel)
 
 #: The Files API refuses uploads over 512 MB, and batch input files over 200 MB.
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 MAX_BATCH_INPUT_BYTES = 200 * 1024 * 1024
-#: When an ambiguous create is retried, batches created this long before the first attempt are
-#: still searched for the idempotency key (allows for clock skew between us and the API).
-CREATE_LOOKUP_SLACK_SECONDS = 300
-#: How often a late duplicate is looked for after an ambiguous create.
-RECONCILE_POLL_SECONDS = 2.0
 
 
 class OpenAIBatchHook(BaseHook):
@@ -210,11 +204,9 @@ class OpenAIBatchHook(BaseHook):
 
         Without ``idempotency_key`` a failed create is retried only when the API cannot have acted on it
         (429, refused connection); an ambiguous failure (timeout, reset, 5xx) is raised. With
-        ``idempotency_key`` the key is stored in the batch metadata, and before each retry of an ambiguous
-        failure the hook looks for a recent batch carrying the key and returns it instead of creating a
-        second one. Because a timed-out create can still be carried out late (a gateway that forwards it after
-        we hung up), a create that needed such a retry then watches for ``reconcile_seconds`` for a twin
-        carrying the key and cancels it while it is still validating, when cancelling costs nothing.
+        ``idempotency_key`` the key is stored in the batch metadata and the create is made exactly once
+        (:mod:`~airflow_provider_openai_batch.exactly_once`): an ambiguous failure is repeated only after looking
+        for a batch carrying the key, and late twins are cancelled for ``reconcile_seconds``.
 
         :param input_file_id: Id of a file uploaded with purpose ``batch``.
         :param endpoint: One of the back end's endpoints (:attr:`rules`); on Azure an OpenAI-style
@@ -227,110 +219,27 @@ class OpenAIBatchHook(BaseHook):
         call = api.create_batch(
             input_file_id, endpoint, completion_window, metadata, output_expires_after, idempotency_key, self.rules
         )
-        batch = self._request(call) if idempotency_key is None else self._create_idempotently(call, idempotency_key)
+        if idempotency_key is None:
+            batch = self._request(call)
+        else:
+            from airflow_provider_openai_batch.exactly_once import create_once
+
+            batch = create_once(self, call, idempotency_key)
         sent = (call.json or {}).get("endpoint", endpoint)  # in the back end's shape (Azure: no /v1)
         self.log.info("Batch %s is %s (endpoint %s, input file %s)", batch.id, batch.status, sent, input_file_id)
         return batch
 
-    def _create_idempotently(self, call: api.ApiCall[Batch], key: str) -> Batch:
-        started = time.time()
-        since = started - CREATE_LOOKUP_SLACK_SECONDS
-        ambiguous = False
-
-        def attempt() -> Batch:
-            nonlocal ambiguous
-            if ambiguous:
-                # One pass over the batches created since the first attempt, without retries of its own: a
-                # failed look-up fails this attempt and the policy below decides on another, so one create
-                # makes at most (max_retries + 1) look-ups, not (max_retries + 1) squared.
-                found = self._batches_with_key(key, created_after=since, retry=False)
-                usable = [b for b in found if b.status not in NOT_REATTACHABLE]
-                if usable:
-                    self.log.info("Found batch %s from an earlier attempt; not creating another", usable[0].id)
-                    return usable[0]
-            try:
-                return self._send(call)
-            except OpenAIBatchError as err:
-                ambiguous = ambiguous or bool(getattr(err, "maybe_processed", False))
-                raise
-
-        # Every retryable failure may be retried here: the look-up above makes a repeat safe.
-        try:
-            batch: Batch = tenacity.Retrying(**retry_policy(self.settings.max_retries, idempotent=True))(attempt)
-        except OpenAIBatchError:
-            if not ambiguous:
-                raise
-            # Every attempt failed, but the ambiguous ones may still be carried out late: the create succeeded
-            # if one of them lands within the watch, and the others are cancelled.
-            late = self._settle_key(key, None, since)
-            if late is None:
-                raise
-            self.log.warning("Every create attempt failed, but the API carried one out late: batch %s", late.id)
-            return late
-        if ambiguous:
-            self._settle_key(key, batch, since)
-        return batch
-
-    def _settle_key(self, key: str, keep: Batch | None, since: float) -> Batch | None:
-        """After an ambiguous create, watch for batches carrying ``key`` and leave exactly one live.
-
-        A gateway that buffers requests can forward a create whose client already timed out, so a batch with
-        our key may appear after the look-up that preceded a successful POST, or after every attempt failed.
-        For ``reconcile_seconds`` every live batch carrying the key other than ``keep`` (or, with no ``keep``,
-        the oldest live one) is cancelled; cancelled while ``validating``, it is never billed. A twin carried
-        out later than that is not caught (docs/reliability.md).
-
-        :returns: The batch kept, or ``None`` when none appeared.
-        """
-        # Counted in polls, not read off a clock: a slow machine then only makes this slower, never shorter.
-        polls = 1 + int(self.reconcile_seconds // RECONCILE_POLL_SECONDS)
-        cancelled: set[str] = set()
-        for poll in range(polls):
-            if poll:
-                time.sleep(RECONCILE_POLL_SECONDS)
-            try:
-                found = self._batches_with_key(key, created_after=since)
-            except OpenAIBatchError as err:
-                self.log.warning("Could not check for batches carrying this create's key: %s", err)
-                return keep
-            keep = self._keep_one([b for b in found if b.id not in cancelled], keep, cancelled)
-        return keep
-
     def claim_batch_by_idempotency_key(self, idempotency_key: str, created_after: float) -> Batch | None:
         """The batch to go on with among those carrying ``idempotency_key`` since ``created_after``: the oldest
-        live one, every other live one cancelled (creates carried out late); with none live, the newest.
+        live one, every other live one cancelled (creates carried out late); with none live, the newest. See
+        :func:`~airflow_provider_openai_batch.exactly_once.claim`.
 
         :param idempotency_key: The key stored under ``airflow_idempotency_key`` in the batch metadata.
         :param created_after: Only batches created at or after this Unix time are searched (every one of them).
         """
-        found = self._batches_with_key(idempotency_key, created_after=created_after)
-        return self._keep_one(found, None) or (found[0] if found else None)
+        from airflow_provider_openai_batch.exactly_once import claim
 
-    def _keep_one(self, found: list[Batch], keep: Batch | None, cancelled: set[str] | None = None) -> Batch | None:
-        """Cancel every live batch in ``found`` but ``keep`` (by default the oldest live one); return the kept.
-
-        :param cancelled: Ids cancelled so far, added to; a batch may still read as live right after its cancel.
-        """
-        live = [b for b in found if b.status not in NOT_REATTACHABLE]
-        if keep is None and live:
-            keep = live[-1]  # the list is newest first, ordered finer than created_at's whole seconds
-        for twin in live:
-            if keep is None or twin.id == keep.id:
-                continue
-            self.log.warning(
-                "Batch %s carries the same idempotency key as batch %s: a create that timed out was carried out "
-                "late. Cancelling it so it is not billed (status %s).",
-                twin.id,
-                keep.id,
-                twin.status,
-            )
-            try:
-                self.cancel_batch(twin.id)
-            except OpenAIBatchError as err:
-                self.log.warning("Could not cancel the duplicate batch %s: %s", twin.id, err)
-            if cancelled is not None:
-                cancelled.add(twin.id)
-        return keep
+        return claim(self, idempotency_key, created_after)
 
     def find_batch_by_idempotency_key(
         self, idempotency_key: str, *, created_after: float | None = None, max_pages: int | None = None
@@ -345,31 +254,12 @@ class OpenAIBatchHook(BaseHook):
         :param created_after: Only batches created at or after this Unix time are searched.
         :param max_pages: At most this many pages; ``None`` means no limit when ``created_after`` is given.
         """
+        from airflow_provider_openai_batch.exactly_once import batches_with_key
+
         if created_after is None and max_pages is None:
             max_pages = 20
-        found = self._batches_with_key(idempotency_key, created_after=created_after, max_pages=max_pages)
+        found = batches_with_key(self, idempotency_key, created_after, max_pages=max_pages)
         return found[0] if found else None
-
-    def _batches_with_key(
-        self, key: str, *, created_after: float | None, max_pages: int | None = None, retry: bool = True
-    ) -> list[Batch]:
-        """Batches carrying ``key``, newest first, among those created since ``created_after``."""
-        found: list[Batch] = []
-        cursor: str | None = None
-        pages = 0
-        while max_pages is None or pages < max_pages:
-            call = api.list_batches(after=cursor, limit=100)
-            page = self._request(call) if retry else self._send(call)
-            pages += 1
-            for batch in page.data:
-                if created_after is not None and batch.created_at is not None and batch.created_at < created_after:
-                    return found
-                if (batch.metadata or {}).get(api.IDEMPOTENCY_METADATA_KEY) == key:
-                    found.append(batch)
-            if not page.has_more or not page.data:
-                break
-            cursor = page.last_id or page.data[-1].id
-        return found
 
     def retrieve_batch(self, batch_id: str) -> Batch:
         """Get a batch by id.

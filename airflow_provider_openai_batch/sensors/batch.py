@@ -73,7 +73,7 @@ class BatchSensor(BaseSensorOperator):
         max_consecutive_errors: int = 5,
         **kwargs: Any,
     ) -> None:
-        from airflow_provider_openai_batch.operators.batch import check_fraction, check_seconds
+        from airflow_provider_openai_batch.arguments import check_fraction, check_seconds
 
         # Before BaseSensorOperator reads poll_interval as its poke_interval and words its own complaint.
         task_id = str(kwargs.get("task_id", "BatchSensor"))
@@ -89,7 +89,6 @@ class BatchSensor(BaseSensorOperator):
         self.cancel_on_timeout = cancel_on_timeout
         self.cancel_on_kill = cancel_on_kill
         self.max_consecutive_errors = max_consecutive_errors
-        self._last_status: str | None = None
         self._last_statuses: dict[str, str] = {}
         self._progress: Any = None
         self._hook: OpenAIBatchHook | None = None
@@ -101,6 +100,24 @@ class BatchSensor(BaseSensorOperator):
 
         return OpenAIBatchHook(conn_id=self.conn_id)
 
+    def _ids(self) -> list[str]:
+        """The batch ids: ``batch_id`` itself, or the list it holds (a list, or a JSON string of one)."""
+        from airflow_provider_openai_batch.api import validate_id
+        from airflow_provider_openai_batch.results.options import parse_batch_ids
+
+        ids = [self.batch_id] if self._one() else parse_batch_ids(self.batch_id, "batch_id")
+        for batch_id in ids:
+            validate_id(batch_id, "batch_id")
+        return ids
+
+    def _one(self) -> bool:
+        """Whether ``batch_id`` names one batch (the sensor then returns one batch, not a list)."""
+        value = self.batch_id
+        return not (isinstance(value, (list, tuple)) or (isinstance(value, str) and value.strip().startswith("[")))
+
+    def _result(self, batches: list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]]:
+        return batches[0] if self._one() and len(batches) == 1 else batches
+
     def execute(self, context: Context) -> Any:
         # One hook (one connection look-up, one HTTP session) for every poke of this try, closed when it ends.
         self._running_ti = context["ti"]
@@ -111,56 +128,10 @@ class BatchSensor(BaseSensorOperator):
             finally:
                 self._hook = None
 
-    def _ids(self) -> list[str] | None:
-        """The batch ids when ``batch_id`` is a list (or a JSON string of one), else ``None`` (one batch)."""
-        value = self.batch_id
-        if isinstance(value, (list, tuple)) or (isinstance(value, str) and value.strip().startswith("[")):
-            from airflow_provider_openai_batch.results.options import parse_batch_ids
-
-            return parse_batch_ids(value, "batch_id")
-        return None
-
     def _execute(self, context: Context, hook: OpenAIBatchHook) -> Any:
         from airflow.sdk.exceptions import AirflowSensorTimeout
 
-        from airflow_provider_openai_batch.api import validate_id
-
         ids = self._ids()
-        if ids is not None and len(ids) == 1:
-            self.batch_id = ids[0]
-            ids = None
-        if ids is not None:
-            return self._execute_many(context, hook, ids)
-        validate_id(self.batch_id, "batch_id")
-        remember_batch_link(self, context, hook.settings, self.batch_id)
-        if not self.deferrable:
-            try:
-                return super().execute(context)
-            except AirflowSensorTimeout:
-                if self.cancel_on_timeout:
-                    hook.cancel_batch(self.batch_id)
-                raise
-        first = self.poke(context)
-        if first:
-            return first.xcom_value if isinstance(first, PokeReturnValue) else first
-        from airflow_provider_openai_batch.triggers.batch import BatchTrigger
-
-        self.defer(
-            trigger=BatchTrigger(
-                self.batch_id,
-                self.conn_id,
-                self.poll_interval,
-                end_time=time.time() + float(self.timeout),
-                cancel_on_timeout=self.cancel_on_timeout,
-                cancel_on_kill=self.cancel_on_kill,
-                max_consecutive_errors=self.max_consecutive_errors,
-            ),
-            method_name="execute_complete",
-        )
-
-    def _execute_many(self, context: Context, hook: OpenAIBatchHook, ids: list[str]) -> Any:
-        from airflow.sdk.exceptions import AirflowSensorTimeout
-
         remember_batch_link(self, context, hook.settings, ids[-1])
         if not self.deferrable:
             try:
@@ -171,6 +142,7 @@ class BatchSensor(BaseSensorOperator):
                         if not hook.retrieve_batch(batch_id).is_terminal:
                             hook.cancel_batch(batch_id)
                 raise
+        # Checked once before deferring: a batch that already ended never defers.
         first = self.poke(context)
         if first:
             return first.xcom_value if isinstance(first, PokeReturnValue) else first
@@ -178,40 +150,44 @@ class BatchSensor(BaseSensorOperator):
 
         self.defer(
             trigger=BatchTrigger(
-                ids[0],
-                self.conn_id,
-                self.poll_interval,
+                batch_ids=ids,
+                conn_id=self.conn_id,
+                poll_interval=self.poll_interval,
                 end_time=time.time() + float(self.timeout),
                 cancel_on_timeout=self.cancel_on_timeout,
                 cancel_on_kill=self.cancel_on_kill,
                 max_consecutive_errors=self.max_consecutive_errors,
-                batch_ids=ids,
-                wake_on_any=False,
+                wake_on="all",
+                progress={"batches_total": len(ids)},
             ),
             method_name="execute_complete",
         )
 
-    def _poke_many(self, ids: list[str]) -> PokeReturnValue | bool:
-        from airflow_provider_openai_batch.outcome import describe
+    def poke(self, context: Context) -> PokeReturnValue | bool:
         from airflow_provider_openai_batch.statuses import TERMINAL
 
         batches = []
-        for batch_id in ids:
+        for batch_id in self._ids():
             if self._hook is not None:
                 batch = self._hook.retrieve_batch(batch_id).model_dump(mode="json")
-            else:
+            else:  # poke() called on its own, outside execute()
                 with self.hook() as hook:
                     batch = hook.retrieve_batch(batch_id).model_dump(mode="json")
-            if batch["status"] != self._last_statuses.get(batch_id):
-                self.log.info("OpenAI %s", describe(batch))
-                self._last_statuses[batch_id] = batch["status"]
+            self._log_status(batch)
             if batch["status"] in TERMINAL:
                 self._judge_final(batch)  # one that ended badly fails the task now
             batches.append(batch)
         if any(b["status"] not in TERMINAL for b in batches):
             self._observe(batches)
             return False
-        return PokeReturnValue(is_done=True, xcom_value=batches)
+        return PokeReturnValue(is_done=True, xcom_value=self._result(batches))
+
+    def _log_status(self, batch: dict[str, Any]) -> None:
+        from airflow_provider_openai_batch.outcome import describe
+
+        if batch["status"] != self._last_statuses.get(batch["id"]):
+            self.log.info("OpenAI %s", describe(batch))
+            self._last_statuses[batch["id"]] = batch["status"]
 
     def _observe(self, batches: list[dict[str, Any]]) -> None:
         """A progress line when one is due (:mod:`~airflow_provider_openai_batch.progress`), in ``poke`` mode:
@@ -225,53 +201,25 @@ class BatchSensor(BaseSensorOperator):
             self._progress = ProgressLog(self.log)
         self._progress.observe(snapshot(batches, batches_total=len(batches) if len(batches) > 1 else None))
 
-    def poke(self, context: Context) -> PokeReturnValue | bool:
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+        """Resume after the trigger: judge every batch exactly as :meth:`poke` does."""
+        from airflow_provider_openai_batch.events import ERROR, TIMEOUT, batches_from_event
+        from airflow_provider_openai_batch.exceptions import OpenAIBatchError
         from airflow_provider_openai_batch.outcome import describe
         from airflow_provider_openai_batch.statuses import TERMINAL
 
-        ids = self._ids()
-        if ids is not None:
-            return self._poke_many(ids)
-
-        if self._hook is not None:
-            batch = self._hook.retrieve_batch(self.batch_id).model_dump(mode="json")
-        else:  # poke() called on its own, outside execute()
-            with self.hook() as hook:
-                batch = hook.retrieve_batch(self.batch_id).model_dump(mode="json")
-        if batch["status"] != self._last_status:
-            self.log.info("OpenAI %s", describe(batch))
-            self._last_status = batch["status"]
-        if batch["status"] not in TERMINAL:
-            self._observe([batch])
-            return False
-        self._judge_final(batch)
-        return PokeReturnValue(is_done=True, xcom_value=batch)
-
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
-        """Resume after the trigger: judge the final batch exactly as :meth:`poke` does."""
-        from airflow_provider_openai_batch.events import batch_from_event
-        from airflow_provider_openai_batch.exceptions import BatchTimeoutError
-        from airflow_provider_openai_batch.outcome import describe
-
-        try:
-            batch = batch_from_event(event)
-        except BatchTimeoutError as err:
+        if event.get("status") == TIMEOUT:
             from airflow.sdk.exceptions import AirflowSensorTimeout
 
-            raise AirflowSensorTimeout(str(err)) from err
-        if event.get("batches") is not None:  # several batches: every one is judged
-            from airflow_provider_openai_batch.events import batches_from_event
-            from airflow_provider_openai_batch.statuses import TERMINAL
-
-            batches = batches_from_event(event)
-            for each in batches:
-                self.log.info("OpenAI %s", describe(each))
-                if each.get("status") in TERMINAL:
-                    self._judge_final(each)
-            return batches
-        self.log.info("OpenAI %s", describe(batch))
-        self._judge_final(batch)
-        return batch
+            raise AirflowSensorTimeout(str(event.get("message")))
+        if event.get("status") == ERROR:
+            raise OpenAIBatchError(str(event.get("message")))
+        batches = batches_from_event(event)
+        for batch in batches:
+            self.log.info("OpenAI %s", describe(batch))
+            if batch.get("status") in TERMINAL:
+                self._judge_final(batch)
+        return self._result(batches)
 
     def _judge_final(self, batch: dict[str, Any]) -> None:
         """Judge a finished batch. It never changes again, so a failing verdict fails the task without
@@ -288,7 +236,6 @@ class BatchSensor(BaseSensorOperator):
 
     def on_kill(self) -> None:
         if self.cancel_on_kill:
-            from airflow_provider_openai_batch.operators.batch import cancel_quietly
+            from airflow_provider_openai_batch.kill_policy import cancel_quietly
 
-            for batch_id in self._ids() or [self.batch_id]:
-                cancel_quietly(self, batch_id, self._running_ti)
+            cancel_quietly(self, self._ids(), self._running_ti)

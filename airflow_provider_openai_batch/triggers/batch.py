@@ -1,28 +1,8 @@
-"""``BatchTrigger``: waits for a batch in the triggerer, without a worker slot and without blocking the loop.
+"""``BatchTrigger``: waits for batches in the triggerer, without a worker slot and without blocking the loop.
 
-What happens, and why:
-
-- **Triggerer restart** (or a move to another triggerer): Airflow rebuilds the trigger from
-  :meth:`BatchTrigger.serialize` (JSON primitives only) and calls ``run()`` again. The deadline is an absolute
-  Unix time, so it is kept, not restarted; the batch keeps running at the API meanwhile, and nothing is
-  cancelled. A restarted triggerer starts all its triggers at once, so each waits a random first delay (at
-  most one poll interval, and 2 s) before it reads its connection and polls, and triggers of one connection
-  share one connection look-up: a thousand of them do not stall the event loop together.
-- **Retry**: transient failures (429, 5xx, connection errors, timeouts) are retried inside each poll with the
-  retry policy the sync hook uses; a poll that still fails counts against ``max_consecutive_errors`` and the
-  next one comes after a back-off. Permanent errors (401, 404, a request that cannot be built) end the wait
-  at once with an ``error`` event: waiting longer cannot fix them.
-- **Timeout**: the deadline is checked after every poll, failed ones included, and no pause or retry runs
-  past it (a poll gets the time left, and at least 10 s for a last look), so an outage at the deadline ends
-  in a ``timeout`` event, not an ``error``; with ``cancel_on_timeout`` the batch is cancelled first (a cancel
-  that fails, e.g. in that outage, is logged and the event is still ``timeout``).
-- **Kill**: Airflow 3.3 and later call :meth:`BatchTrigger.on_kill` when a user acts on the deferred task.
-  It cancels the batch (with ``cancel_on_kill``) unless the task instance is now ``success`` (the user
-  declared the work done; a downstream task may still read the results) or still ``deferred`` (the trigger
-  was only moved to another triggerer, which Airflow 3.3 also reports as a user action).
-
-Each trigger holds a lease on its event loop's shared HTTP session from the start of ``run()`` until it
-ends (or :meth:`BatchTrigger.cleanup`); the last lease released closes the session.
+What it does on restart, retry, timeout and kill is in its class docstring. Each trigger holds a lease on its
+event loop's shared HTTP session from the start of ``run()`` until it ends (or :meth:`BatchTrigger.cleanup`);
+the last lease released closes the session.
 """
 
 from __future__ import annotations
@@ -38,13 +18,14 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 # Imported here, not inside run(): an import inside the event loop would stall every other trigger.
 from airflow_provider_openai_batch.events import ERROR, TERMINAL, TIMEOUT, WAKE, event_payload
 from airflow_provider_openai_batch.exceptions import APITimeoutError, OpenAIBatchError
+from airflow_provider_openai_batch.jobs.decide import admission_interval
 from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient, RequestNotSentError, SessionLease
 from airflow_provider_openai_batch.models import Batch
 from airflow_provider_openai_batch.outcome import describe
 from airflow_provider_openai_batch.progress import ProgressLog, snapshot
 from airflow_provider_openai_batch.retries import is_retryable
+from airflow_provider_openai_batch.kill_policy import STATE_LOOKUP_SECONDS, keeps_batch, read_task_state
 from airflow_provider_openai_batch.statuses import COMPLETED, VALIDATING
-from airflow_provider_openai_batch.task_state import STATE_LOOKUP_SECONDS, keeps_batch, read_task_state
 from airflow_provider_openai_batch.triggers.poller import shared_poller
 
 #: Upper bound of the random delay before the first poll.
@@ -52,22 +33,25 @@ FIRST_DELAY_MAX = 2.0
 #: A poll at or near the deadline still gets this long (retries included), so a batch that ended just
 #: before it is reported as ended; the ``timeout`` event therefore comes at most this long after it.
 LAST_LOOK_SECONDS = 10.0
+#: What ends a wait besides its deadline (see :class:`BatchTrigger`).
+WAKE_ON = ("all", "any", "admitted")
 #: A cancel (on timeout or kill) gives up after this long: Airflow gives ``on_kill`` 30 s in all
 #: (``[triggerer] on_kill_timeout``), and a timeout event must not wait on an API that is down.
 CANCEL_SECONDS = 20.0
 
 
 class BatchTrigger(BaseTrigger):
-    """Poll a batch until it ends, its deadline passes, or the API keeps failing; then emit one event.
+    """Poll batches until the wait's condition is met, its deadline passes, or the API keeps failing; then emit
+    one event. One shape for every wait: a sensor's batch, a sensor's list, a job of one batch or of many.
 
-    The event payload (:func:`~airflow_provider_openai_batch.events.event_payload`) is ``{"status":
-    "terminal" | "timeout" | "error", "batch_id": ..., "batch": {...} | None, "message": str}``; ``batch`` is
-    the last batch seen, as JSON.
+    The event payload (:func:`~airflow_provider_openai_batch.events.event_payload`) is ``{"status": "terminal"
+    | "wake" | "timeout" | "error", "batch_id": ..., "batch": {...} | None, "message": str, "batches": [...]}``:
+    ``batches`` holds every batch of the wait as last seen, ``batch`` the one the event is about.
 
     - **Triggerer restart**: a restarted triggerer (or another one taking over) rebuilds the trigger from
       :meth:`serialize` and runs it again. ``end_time`` is an absolute Unix time, so the original deadline
-      holds instead of a new timeout starting. Nothing is cancelled: the batch runs on at the API and the
-      new run picks it up. The first poll waits a random delay (at most ``poll_interval`` and 2 s) so that
+      holds instead of a new timeout starting. Nothing is cancelled: the batches run on at the API and the
+      new run picks them up. The first poll waits a random delay (at most ``poll_interval`` and 2 s) so that
       the triggers a restart starts together neither read connections nor poll in one burst.
     - **Retry**: transient errors (429, 5xx, connection errors, timeouts) are retried inside each poll with
       the shared retry policy (the connection's ``max_retries``); after ``max_consecutive_errors`` failed
@@ -76,50 +60,39 @@ class BatchTrigger(BaseTrigger):
     - **Timeout**: the deadline is checked after every poll, successful or failed, and no pause or retry
       runs past it: a poll gets the time left, and at least 10 s for a last look, so an ``error`` never
       replaces the ``timeout`` of a deadline that passes during an outage. With ``cancel_on_timeout`` the
-      batch is cancelled first (given up after 20 s; a failed cancel is logged and the event is still
-      ``timeout``). Without it the batch runs on at the API and may still complete.
-    - **Kill** (Airflow 3.3 and later; earlier versions never call a trigger's ``on_kill``, so a user's
-      action leaves the batch running): when a user marks the deferred task failed or success, or clears
-      it, Airflow cancels the trigger and calls :meth:`on_kill`. With ``cancel_on_kill`` it looks up the task
-      instance's new state and cancels the batch unless that state is ``success`` (the user declared the
-      work done and a downstream task may still read the results; cancelling would throw them away) or
-      ``deferred`` (the task still waits: the trigger was moved to another triggerer, which Airflow 3.3
-      also reports as a user action, or a cleared task already deferred again). Marked failed and cleared
-      (the state is then ``failed``, or ``None``/``scheduled``/``queued``/``running`` as the new try starts)
-      cancel, so the batch stops being billed; a cleared task then creates a new batch, as it never
-      re-attaches to a cancelled one. When the state cannot be read, the batch is cancelled as asked. A
-      triggerer shutdown, a trigger timeout and the event itself never call ``on_kill``.
+      batches still running are cancelled first (each given up after 20 s; a failed cancel is logged and the
+      event is still ``timeout``). Without it they run on at the API and may still complete.
+    - **Kill** (Airflow 3.3 and later; earlier versions never call a trigger's ``on_kill``): when a user marks
+      the deferred task failed or success, or clears it, Airflow cancels the trigger and calls :meth:`on_kill`.
+      With ``cancel_on_kill`` it cancels the batches unless the task instance is now ``success`` or still
+      ``deferred`` (:mod:`~airflow_provider_openai_batch.kill_policy` says why). A triggerer shutdown, a
+      trigger timeout and the event itself never call ``on_kill``.
 
-    :param batch_id: The batch to wait for.
+    :param batch_id: The batch to wait for (a shorthand for ``batch_ids=[batch_id]``).
     :param conn_id: Airflow connection id (type ``openai_batch``).
     :param poll_interval: Seconds between status checks, counted from the start of each check.
     :param end_time: Unix time after which a ``timeout`` event is emitted; ``None`` waits indefinitely.
-    :param cancel_on_timeout: Cancel the batch when the deadline passes.
-    :param cancel_on_kill: Cancel the batch when a user marks the task failed or clears it (Airflow 3.3+).
+    :param cancel_on_timeout: Cancel the batches still running when the deadline passes.
+    :param cancel_on_kill: Cancel the batches when a user marks the task failed or clears it (Airflow 3.3+).
     :param max_consecutive_errors: Failed polls in a row tolerated before giving up.
-    :param batch_ids: Wait for these batches of one job instead of ``batch_id`` alone (it is then the first of
-        them). Each unfinished one is checked every interval; the event carries them all (``batches``).
-    :param wake_on_any: With ``batch_ids``: end the wait when any of them ends, so the task can submit the next
-        shards. ``False``: wait until all ended, or one ended other than ``completed`` (it may be re-queued).
-    :param wake_at: With ``batch_ids``: a Unix time at which to end the wait with a ``wake`` event (a shard's
-        back-off is over); ``None``: no such time. The triggerer never creates batches: the task does. A wait
+    :param batch_ids: The batches to wait for; each unfinished one is checked every interval. Empty: a wait
+        for ``wake_at`` alone (a job whose next batch waits out a back-off).
+    :param wake_on: ``"all"`` (default): end when every batch ended, or as soon as one ended other than
+        ``completed``. ``"any"``: end when any batch ends (a job creates its next batches then). ``"admitted"``:
+        end once every batch passed ``validating`` (no ``token_limit_exceeded`` refusal can come any more).
+    :param wake_at: A Unix time at which to end the wait with a ``wake`` event; ``None``: no such time. A wait
         with no batch left to watch and no ``wake_at`` ends at once with a ``wake`` event rather than never.
-    :param wake_when_admitted: With ``batch_ids``: end the wait with a ``wake`` event once every one of them
-        has passed ``validating`` (a job that does not wait for completion returns then: no
-        ``token_limit_exceeded`` refusal can come any more).
-    :param job: Progress of the job's batches outside this wait, for the progress lines: ``batches_total``,
+    :param progress: The job's progress outside this wait, for the progress lines: ``batches_total``,
         ``batches_done``, ``done``, ``total``, ``failed``, ``tokens``, and ``expected`` (requests per batch id).
-    :param resume: Opaque JSON handed back in the event (key ``resume``): the job's record, so the task resumes
-        from it even where the deferral's own kwargs are not handed back (``airflow dags test`` runs a trigger
-        in line and passes the method only the event).
 
-    While waiting, a progress line (:mod:`~airflow_provider_openai_batch.progress`) goes to the log when the
-    progress changed and at most every 5 minutes, and after 30 polls without a line.
+    The triggerer never creates a batch: the task does, when it resumes. While waiting, a progress line
+    (:mod:`~airflow_provider_openai_batch.progress`) goes to the log when the progress changed and at most
+    every 5 minutes, and after 30 polls without a line.
     """
 
     def __init__(
         self,
-        batch_id: str,
+        batch_id: str | None = None,
         conn_id: str = "openai_default",
         poll_interval: float = 60.0,
         end_time: float | None = None,
@@ -127,21 +100,23 @@ class BatchTrigger(BaseTrigger):
         cancel_on_kill: bool = False,
         max_consecutive_errors: int = 5,
         batch_ids: list[str] | None = None,
-        wake_on_any: bool = True,
+        wake_on: str | None = None,
         wake_at: float | None = None,
-        wake_when_admitted: bool = False,
-        job: dict[str, Any] | None = None,
-        resume: dict[str, Any] | None = None,
+        progress: dict[str, Any] | None = None,
+        **earlier: Any,
     ) -> None:
         super().__init__()
-        # An empty list is a job's wait with nothing running: only ``wake_at`` ends it.
-        self.batch_ids = [str(b) for b in batch_ids] if batch_ids is not None else [batch_id]
-        self.batch_id = self.batch_ids[0] if self.batch_ids else batch_id
-        self.wake_on_any = bool(wake_on_any)
+        if batch_ids is None:
+            batch_ids = [] if batch_id is None else [batch_id]
+        self.batch_ids = [str(b) for b in batch_ids]
+        # A trigger serialized by the previous release may carry its own names for the same choices.
+        if wake_on is None:
+            wake_on = "admitted" if earlier.get("wake_when_admitted") else "any" if earlier.get("wake_on_any") else "all"
+        if wake_on not in WAKE_ON:
+            raise ValueError(f"wake_on must be one of {', '.join(WAKE_ON)}; got {wake_on!r}")
+        self.wake_on = wake_on
         self.wake_at = None if wake_at is None else float(wake_at)
-        self.wake_when_admitted = bool(wake_when_admitted)
-        self.job = dict(job) if job else None
-        self.resume = resume
+        self.progress = dict(progress or earlier.get("job") or {})
         self.conn_id = conn_id
         self.poll_interval = float(poll_interval)
         self.end_time = None if end_time is None else float(end_time)
@@ -150,37 +125,26 @@ class BatchTrigger(BaseTrigger):
         self.max_consecutive_errors = max(1, int(max_consecutive_errors))
         self._lease: SessionLease | None = None
 
+    @property
+    def batch_id(self) -> str:
+        """The first batch of the wait (what a one-batch wait is about)."""
+        return self.batch_ids[0] if self.batch_ids else ""
+
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "batch_id": self.batch_id,
+                "batch_ids": list(self.batch_ids),
                 "conn_id": self.conn_id,
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
                 "cancel_on_timeout": self.cancel_on_timeout,
                 "cancel_on_kill": self.cancel_on_kill,
                 "max_consecutive_errors": self.max_consecutive_errors,
-                # Only for a job's wait, so a one-batch trigger serializes exactly as before.
-                **(
-                    {
-                        "batch_ids": list(self.batch_ids),
-                        "wake_on_any": self.wake_on_any,
-                        "wake_at": self.wake_at,
-                        "wake_when_admitted": self.wake_when_admitted,
-                        "job": self.job,
-                        "resume": self.resume,
-                    }
-                    if self._is_job
-                    else {}
-                ),
+                "wake_on": self.wake_on,
+                "wake_at": self.wake_at,
+                "progress": self.progress,
             },
-        )
-
-    @property
-    def _is_job(self) -> bool:
-        return (
-            self.batch_ids != [self.batch_id] or self.wake_at is not None or self.job is not None or bool(self.resume)
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -201,17 +165,18 @@ class BatchTrigger(BaseTrigger):
             await lease.release()
 
     async def _wait(self, client: AsyncBatchClient) -> TriggerEvent:
-        """Poll until the batch ends (for a job: any batch, or all of them, see ``wake_on_any``), the deadline or
+        """Poll until the wait's condition is met (``wake_on``, ``wake_at``), the deadline or
         the wake-up time passes, or the API keeps failing; return the one event."""
         loop = asyncio.get_running_loop()
-        failures = 0
+        failures = polls = 0
         pending = list(self.batch_ids)  # not seen ended yet
         seen: dict[str, Batch] = {}
         ended: list[Batch] = []
         progress = ProgressLog(self.log)
-        job = self.job or {}
+        job = self.progress
         while True:
             polled_at = loop.time()
+            polls += 1
             failure: Exception | None = None
             for batch_id in list(pending):
                 try:
@@ -233,15 +198,15 @@ class BatchTrigger(BaseTrigger):
                 progress.observe(
                     snapshot(
                         (b.model_dump(mode="json") for b in seen.values()),
-                        batches_total=job.get("batches_total") if self._is_job else None,
+                        batches_total=job.get("batches_total") if (job.get("batches_total") or 1) > 1 else None,
                         base=job,
                         expected=job.get("expected"),
                     )
                 )
-            if ended and (self.wake_on_any or not pending or any(b.status != COMPLETED for b in ended)):
+            if ended and (self.wake_on == "any" or not pending or any(b.status != COMPLETED for b in ended)):
                 first = ended[0]
                 return self._event(TERMINAL, first, f"batch {first.id} is {first.status}", seen)
-            if self.wake_when_admitted and all(b in seen and seen[b].status != VALIDATING for b in self.batch_ids):
+            if self.wake_on == "admitted" and all(b in seen and seen[b].status != VALIDATING for b in self.batch_ids):
                 return self._event(WAKE, None, "every batch of the job passed validation", seen)
             if not pending and self.wake_at is None:  # e.g. an empty job wait: nothing could ever end it
                 return self._event(WAKE, None, "nothing left to wait for: the task decides what comes next", seen)
@@ -259,7 +224,8 @@ class BatchTrigger(BaseTrigger):
             else:
                 # A fixed cadence: the interval counts from the start of this check, so the time an answer
                 # takes never adds up across polls, and the end of a batch is seen at most one interval late.
-                pause = max(0.0, self.poll_interval - (loop.time() - polled_at))
+                interval = admission_interval(self.poll_interval, polls) if self.wake_on == "admitted" else None
+                pause = max(0.0, (interval or self.poll_interval) - (loop.time() - polled_at))
             if self.wake_at is not None:
                 pause = max(0.0, min(pause, self.wake_at - time.time()))
             await self._sleep(pause)
@@ -384,10 +350,5 @@ class BatchTrigger(BaseTrigger):
     ) -> TriggerEvent:
         as_json = batch.model_dump(mode="json") if batch is not None else None
         named = batch.id if batch is not None else (batch_id or self.batch_id)
-        if not self._is_job:
-            return TriggerEvent(event_payload(status, self.batch_id, as_json, message))
         everything = [seen[b].model_dump(mode="json") for b in self.batch_ids if seen and b in seen]
-        payload = event_payload(status, named, as_json, message, everything)
-        if self.resume is not None:
-            payload["resume"] = self.resume
-        return TriggerEvent(payload)
+        return TriggerEvent(event_payload(status, named, as_json, message, everything))

@@ -1,4 +1,4 @@
-"""Jobs of any size (issue 11): an input split into shards, submitted within limits, re-queued after
+"""Jobs of any size: an input split into shards, submitted within limits, re-queued after
 ``token_limit_exceeded``, retry-safe per shard, waited for as one, and merged back in input order.
 
 Small inputs and a small ``max_requests_per_batch`` exercise the very path a million requests take."""
@@ -16,7 +16,7 @@ from airflow_provider_openai_batch.emulator.__main__ import parse_args
 from airflow_provider_openai_batch.exceptions import BatchValidationError
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
-from airflow_provider_openai_batch.operators.job import JOB_STATE_KEY
+from airflow_provider_openai_batch.jobs.store import STATE_KEY
 from airflow_provider_openai_batch.operators.results import BatchResultsOperator
 from airflow_provider_openai_batch.split import estimate_tokens, fits_one_batch, split_input
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
@@ -137,12 +137,12 @@ def test_problems_name_the_line_of_the_input_across_files_and_shards(tmp_path):
 # ------------------------------------------------------------------------------------------------- jobs
 
 
-def test_a_small_input_still_makes_exactly_one_batch_with_the_same_xcom(openai_batch_connection):
+def test_a_small_input_is_a_job_of_one_batch_and_returns_its_id(openai_batch_connection):
     context = ctx()
     batch_id = job(requests=prompts(3), max_requests_per_batch=50_000).execute(context)
     assert isinstance(batch_id, str)
     assert context["ti"].xcom["batch_ids"] == [batch_id] and context["ti"].xcom["batch"]["id"] == batch_id
-    assert "job" not in context["ti"].xcom
+    assert context["ti"].xcom["job"]["shards"] == 1 and context["ti"].xcom["job"]["batch_ids"] == [batch_id]
     assert openai_batch_connection.stats()["batches_created"] == 1
 
 
@@ -174,27 +174,27 @@ def test_a_list_of_input_files_is_one_job(openai_batch_connection, tmp_path):
 
 def test_max_active_batches_bounds_what_runs_at_once(openai_batch_connection, monkeypatch):
     running_at_create: list[int] = []
-    original = CreateBatchOperator._create_batch
+    original = OpenAIBatchHook.create_batch
 
-    def counting(self, hook, file_id, key):
-        live = [b for b in hook.iter_batches() if not b.is_terminal]
+    def counting(self, *args, **kwargs):
+        live = [b for b in self.iter_batches() if not b.is_terminal]
         running_at_create.append(len(live))
-        return original(self, hook, file_id, key)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(CreateBatchOperator, "_create_batch", counting)
+    monkeypatch.setattr(OpenAIBatchHook, "create_batch", counting)
     ids = job(requests=prompts(12), max_active_batches=2, wait_for_completion=True, deferrable=False).execute(ctx())
     assert len(ids) == 3 and running_at_create[:2] == [0, 1] and max(running_at_create) <= 1
 
 
 def test_the_queue_keeps_within_max_enqueued_tokens(openai_batch_connection, monkeypatch):
     running: list[int] = []
-    original = CreateBatchOperator._create_batch
+    original = OpenAIBatchHook.create_batch
 
-    def counting(self, hook, file_id, key):
-        running.append(sum(1 for b in hook.iter_batches() if not b.is_terminal))
-        return original(self, hook, file_id, key)
+    def counting(self, *args, **kwargs):
+        running.append(sum(1 for b in self.iter_batches() if not b.is_terminal))
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(CreateBatchOperator, "_create_batch", counting)
+    monkeypatch.setattr(OpenAIBatchHook, "create_batch", counting)
     op = job(requests=prompts(8), wait_for_completion=True, deferrable=False)
     line = {"custom_id": "p0", "body": prompts(1)[0]["body"], "method": "POST", "url": ENDPOINT}
     per_line = estimate_tokens((json.dumps(line) + "\n").encode())
@@ -224,22 +224,22 @@ def test_token_limit_exceeded_is_requeued_not_failed(openai_batch_connection):
 
 def test_a_task_killed_after_a_create_is_resumed_without_a_duplicate_shard(openai_batch_connection, monkeypatch):
     store = FakeStateStore()
-    original = CreateBatchOperator._create_batch
+    original = OpenAIBatchHook.create_batch
     calls = []
 
-    def dies_after_the_second_post(self, hook, file_id, key):
-        batch = original(self, hook, file_id, key)
+    def dies_after_the_second_post(self, *args, **kwargs):
+        batch = original(self, *args, **kwargs)
         calls.append(batch.id)
         if len(calls) == 2:
             raise RuntimeError("worker killed right after the POST")
         return batch
 
-    monkeypatch.setattr(CreateBatchOperator, "_create_batch", dies_after_the_second_post)
+    monkeypatch.setattr(OpenAIBatchHook, "create_batch", dies_after_the_second_post)
     with pytest.raises(RuntimeError):
         job().execute(ctx(state=store, try_number=1))
-    record = store.values[JOB_STATE_KEY]
-    assert record["shards"][1]["creating_since"] and not record["shards"][1]["batch_id"]
-    monkeypatch.setattr(CreateBatchOperator, "_create_batch", original)
+    cut_off = store.values[STATE_KEY]["shards"][1]["attempts"][-1]
+    assert cut_off["creating_since"] and not cut_off["batch_id"]
+    monkeypatch.setattr(OpenAIBatchHook, "create_batch", original)
     ids = job().execute(ctx(state=store, try_number=2))
     assert ids[:2] == calls  # re-attached to both, the second found by its key
     assert openai_batch_connection.stats()["batches_created"] == 3
@@ -263,14 +263,14 @@ def test_a_deferred_job_wakes_submits_and_defers_again_until_done(openai_batch_c
     while True:
         trigger = deferred.trigger
         assert isinstance(trigger, BatchTrigger) and len(trigger.batch_ids) == 1  # one at a time
-        kwargs = json.loads(json.dumps(deferred.kwargs))  # as the metadata database hands them back
+        assert not deferred.kwargs  # the record is in the task state store, nothing rides along
         revived = BatchTrigger(**json.loads(json.dumps(trigger.serialize()[1])))
         payload = run(revived)
         wakes += 1
-        # Every other wake without the deferral's kwargs, as `airflow dags test` resumes: the record comes back
-        # with the event.
         try:
-            ids = op.execute_complete(context, payload, **(kwargs if wakes % 2 else {}))
+            # A new operator object, as a resumed task on another worker has.
+            op = job(wait_for_completion=True, deferrable=True, max_active_batches=1)
+            ids = op.execute_complete(context, payload)
             break
         except TaskDeferred as again:
             deferred = again
@@ -280,28 +280,28 @@ def test_a_deferred_job_wakes_submits_and_defers_again_until_done(openai_batch_c
     assert openai_batch_connection.stats()["batches_created"] == 3
 
 
-def first_wake(op: CreateBatchOperator, context: dict, emulator, status: str) -> tuple[dict, dict]:
-    """Defer the job, end its first batch with ``status`` and run its trigger to the wake; return the event and
-    the deferral's kwargs, both as the metadata database hands them back."""
+def first_wake(op: CreateBatchOperator, context: dict, emulator, status: str) -> dict:
+    """Defer the job, end its first batch with ``status`` and run its trigger to the wake; return the event as
+    the metadata database hands it back."""
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context)
     trigger = deferred.value.trigger
     emulator.force_status(trigger.batch_ids[0], status)
-    payload = run(BatchTrigger(**json.loads(json.dumps(trigger.serialize()[1]))))
-    return payload, json.loads(json.dumps(deferred.value.kwargs))
+    return run(BatchTrigger(**json.loads(json.dumps(trigger.serialize()[1]))))
 
 
 def test_a_job_resumed_after_its_deadline_creates_no_further_batch(openai_batch_connection):
     # The first shard ended before the deadline; the task resumed after it (a busy worker pool). The record's
     # start is moved back instead of sleeping past a short timeout: the same resume, on any machine's speed.
     emulator = openai_batch_connection
-    context = ctx(state=FakeStateStore())
+    store = FakeStateStore()
+    context = ctx(state=store)
     op = job(wait_for_completion=True, deferrable=True, max_active_batches=1, timeout=3600)
-    payload, kwargs = first_wake(op, context, emulator, "completed")
+    payload = first_wake(op, context, emulator, "completed")
     assert payload["status"] == "terminal"
-    kwargs["job"]["started_at"] -= 7200
+    store.values[STATE_KEY]["started_at"] -= 7200
     with pytest.raises(AirflowFailException, match=r"deadline .* no further shard was submitted"):
-        op.execute_complete(context, payload, **kwargs)
+        op.execute_complete(context, payload)
     assert emulator.stats()["batches_created"] == 1  # no batch is billed and abandoned past the deadline
 
 
@@ -312,30 +312,32 @@ def test_a_shard_ended_for_good_stops_the_job_before_any_further_create(openai_b
     emulator = openai_batch_connection
     context = ctx(state=FakeStateStore())
     op = job(wait_for_completion=True, deferrable=True, max_active_batches=1)
-    payload, kwargs = first_wake(op, context, emulator, status)
+    payload = first_wake(op, context, emulator, status)
     with pytest.raises(
         AirflowFailException,
         match=rf"shard 1 of 3: batch \S+ ended {status}( \(\w+\))?; shards \[2, 3\] were not submitted",
     ):
-        op.execute_complete(context, payload, **kwargs)
+        op.execute_complete(context, payload)
     assert emulator.stats()["batches_created"] == 1
 
 
-def test_a_shard_ended_for_good_fails_a_polling_job_and_leaves_the_running_batches(openai_batch_connection):
+def test_a_shard_ended_for_good_fails_a_polling_job_and_leaves_the_running_batches(
+    openai_batch_connection, monkeypatch
+):
     emulator = openai_batch_connection
     emulator.configure(phase_seconds=30)
     op = job(wait_for_completion=True, deferrable=False, max_active_batches=2)
     created: list[str] = []
-    original = op._create_batch
+    original = OpenAIBatchHook.create_batch
 
-    def create_then_fail_the_first(hook, file_id, key):
-        batch = original(hook, file_id, key)
+    def create_then_fail_the_first(self, *args, **kwargs):
+        batch = original(self, *args, **kwargs)
         created.append(batch.id)
         if len(created) == 2:
             emulator.force_status(created[0], "failed")
         return batch
 
-    op._create_batch = create_then_fail_the_first  # type: ignore[method-assign]
+    monkeypatch.setattr(OpenAIBatchHook, "create_batch", create_then_fail_the_first)
     with pytest.raises(AirflowFailException, match=r"shard 1 of 3: .* not cancelled: \['"):
         op.execute(ctx(state=FakeStateStore()))
     assert emulator.stats()["batches_created"] == 2
@@ -366,30 +368,11 @@ def test_a_deferred_job_without_wait_wakes_once_its_batches_passed_validation(op
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context)
     trigger = deferred.value.trigger
-    assert trigger.wake_when_admitted and len(trigger.batch_ids) == 3
+    assert trigger.wake_on == "admitted" and len(trigger.batch_ids) == 3
     payload = run(BatchTrigger(**json.loads(json.dumps(trigger.serialize()[1]))))
     assert payload["status"] == "wake" and all(b["status"] != "validating" for b in payload["batches"])
-    ids = op.execute_complete(context, payload, **json.loads(json.dumps(deferred.value.kwargs)))
+    ids = op.execute_complete(context, payload)
     assert ids == trigger.batch_ids and emulator.stats()["batches_created"] == 3
-
-
-def test_submit_and_wake_at_judge_a_back_off_by_the_same_now(tmp_path):
-    # A back-off ending between submit()'s `now` and a later clock read used to give wake_at=None with nothing
-    # submitted: a deferral with no batch and no wake time. Judged by one `now`, the head is either submitted or
-    # waited for.
-    from airflow_provider_openai_batch.operators.job import Job, JobLedger, new_state
-
-    source = write_lines(tmp_path / "in.jsonl", lines(2))
-    state = new_state("key", split_input([source], ENDPOINT, str(tmp_path), max_requests_per_batch=1))
-    for shard in state["shards"]:
-        shard["file_id"] = f"file-{shard['index']}"
-    state["shards"][0]["not_before"] = 1000.0
-    created: list[str] = []
-    job_ = Job(
-        state, JobLedger({}, "key", None), None, max_active_batches=None, max_enqueued_tokens=None, backoff_base=1
-    )
-    assert job_.submit(lambda file_id, key: created.append(file_id), now=999.0) == 0 and not created
-    assert job_.wake_at(now=999.0) == 1000.0  # whatever the clock says by now
 
 
 def test_an_input_expiry_a_queued_shard_may_outlive_is_refused_before_any_upload(openai_batch_connection):
@@ -405,7 +388,7 @@ def test_an_input_expiry_a_queued_shard_may_outlive_is_refused_before_any_upload
 
 
 def test_queue_rounds_pack_shards_as_the_queue_admits_them():
-    from airflow_provider_openai_batch.operators.job import queue_rounds
+    from airflow_provider_openai_batch.jobs.inputs import queue_rounds
 
     assert queue_rounds([1] * 5, 2, None) == 3
     assert queue_rounds([5, 5, 5], None, 10) == 2
@@ -418,12 +401,6 @@ def test_job_arguments_are_checked_at_parse_time():
         job(max_requests_per_batch=0)
     with pytest.raises(ValueError, match="max_enqueued_tokens must be a whole number >= 1"):
         job(max_enqueued_tokens=-5)
-
-
-def test_resubmit_unfinished_is_refused_for_a_job(openai_batch_connection):
-    with pytest.raises(ValueError, match="resubmit_unfinished works on one batch"):
-        job(wait_for_completion=True, resubmit_unfinished=1).execute(ctx())
-    assert openai_batch_connection.stats()["batches_created"] == 0
 
 
 # --------------------------------------------------------------------------------------------- emulator

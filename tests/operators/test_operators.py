@@ -15,14 +15,16 @@ from airflow_provider_openai_batch.operators.batch import (
     write_requests_jsonl,
 )
 from airflow_provider_openai_batch.sensors.batch import BatchSensor
-from tests.helpers import ENDPOINT, ctx, prompts, run
+from tests.helpers import ENDPOINT, created, ctx, prompts, run
 
 
 def test_create_from_requests_pushes_id_batch_and_link(openai_batch_connection):
     context = ctx()
     batch_id = CreateBatchOperator(task_id="create", requests=prompts()).execute(context)
     ti = context["ti"]
-    assert ti.xcom["batch"]["id"] == batch_id and ti.xcom["batch"]["status"] == "validating"
+    # Without wait_for_completion the task returns once its batch passed validation (where a batch over the
+    # enqueued-token limit is refused): no refusal can come any more.
+    assert ti.xcom["batch"]["id"] == batch_id and ti.xcom["batch"]["status"] != "validating"
     assert ti.xcom["batch"]["metadata"]["airflow_idempotency_key"]
     # Not OpenAI's base URL: the link shows the batch on the plugin's "OpenAI Batches" page of the Airflow UI
     # (checked in a browser by tests/e2e); no other server is known to have a page a browser can open.
@@ -121,10 +123,10 @@ def test_a_retried_try_reattaches_instead_of_billing_again(openai_batch_connecti
 def test_a_retry_after_a_failed_batch_creates_a_new_one(openai_batch_connection):
     """A batch refused at validation billed nothing: the retry makes a new one."""
     openai_batch_connection.configure(phase_seconds=30)
-    first = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=1))
-    openai_batch_connection.force_status(first, "failed")
-    second = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=2))
-    assert second != first
+    (first,) = created(CreateBatchOperator(task_id="create", requests=prompts()), ctx(try_number=1))
+    openai_batch_connection.force_status(first, "failed")  # while no try watched it
+    ids = created(CreateBatchOperator(task_id="create", requests=prompts()), ctx(try_number=2))
+    assert ids[0] == first and ids[1] != first and len(ids) == 2  # every attempt is listed, the new one last
 
 
 def test_wait_polls_and_judges_partial_failures(openai_batch_connection):
@@ -143,7 +145,7 @@ def test_wait_polls_and_judges_partial_failures(openai_batch_connection):
         max_failed_fraction=0.0,
     )
     # A final verdict: the batch will not change, so the task fails without its retries.
-    with pytest.raises(AirflowFailException, match=r"25\.0% of requests failed.*not retried") as verdict:
+    with pytest.raises(AirflowFailException, match=r"25\.0% of the job's 4 requests failed.*not retried") as verdict:
         strict.execute(ctx(map_index=3))
     assert isinstance(verdict.value.__cause__, BatchNotSuccessfulError)
 
@@ -178,7 +180,7 @@ def test_sensor_defers_a_running_batch_and_judges_events(openai_batch_connection
     from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
 
     openai_batch_connection.configure(phase_seconds=30)
-    batch_id = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx())
+    (batch_id,) = created(CreateBatchOperator(task_id="create", requests=prompts()), ctx())
     sensor = BatchSensor(task_id="wait", batch_id=batch_id, timeout=60, cancel_on_timeout=True)
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute(ctx())
@@ -199,7 +201,7 @@ def test_sensor_defers_a_running_batch_and_judges_events(openai_batch_connection
 
 def test_sensor_poke_mode(openai_batch_connection):
     openai_batch_connection.configure(phase_seconds=30)
-    batch_id = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx())
+    (batch_id,) = created(CreateBatchOperator(task_id="create", requests=prompts()), ctx())
     sensor = BatchSensor(task_id="wait", batch_id=batch_id, deferrable=False, mode="reschedule")
     assert sensor.poke(ctx()) is False
     openai_batch_connection.force_status(batch_id, "cancelled")
@@ -208,8 +210,9 @@ def test_sensor_poke_mode(openai_batch_connection):
 
 
 def test_cancel_operator(openai_batch_connection):
+    openai_batch_connection.configure(phase_seconds=30)
+    (batch_id,) = created(CreateBatchOperator(task_id="create", requests=prompts()), ctx())
     openai_batch_connection.configure(phase_seconds=0.2)
-    batch_id = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx())
     result = CancelBatchOperator(
         task_id="cancel", batch_id=batch_id, wait_for_completion=True, deferrable=False, poll_interval=0.05
     ).execute(ctx())
@@ -222,7 +225,7 @@ def test_cancel_operator_defers_until_cancelled(openai_batch_connection):
     from airflow.sdk.exceptions import TaskDeferred
 
     openai_batch_connection.configure(phase_seconds=30)
-    batch_id = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx())
+    (batch_id,) = created(CreateBatchOperator(task_id="create", requests=prompts()), ctx())
     openai_batch_connection.configure(phase_seconds=0.3)  # still validating; cancelling will be quick
     cancel = CancelBatchOperator(
         task_id="cancel", batch_id=batch_id, wait_for_completion=True, deferrable=True, poll_interval=0.05
@@ -247,13 +250,15 @@ def test_a_retry_never_reattaches_to_a_batch_being_cancelled(openai_batch_connec
     from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 
     openai_batch_connection.configure(phase_seconds=30)
-    first = CreateBatchOperator(task_id="create", requests=prompts()).execute(ctx(try_number=1))
+    (first,) = created(CreateBatchOperator(task_id="create", requests=prompts()), ctx(try_number=1))
     with OpenAIBatchHook() as hook:
         assert hook.cancel_batch(first).status == "cancelling"  # a user killed the task with cancel_on_kill
     openai_batch_connection.configure(phase_seconds=0.3)  # the cancel now completes in 0.3 s
-    # The retry waits for the cancel to end, then decides: nothing was done, so a new batch.
-    second = CreateBatchOperator(task_id="create", requests=prompts(), poll_interval=0.1).execute(ctx(try_number=2))
-    assert second != first
+    # The retry waits for the cancel to end, then decides: it ended while no try watched it and billed
+    # nothing, so a new batch.
+    context = ctx(try_number=2)
+    second = CreateBatchOperator(task_id="create", requests=prompts(), poll_interval=0.1).execute(context)
+    assert second != first and context["ti"].xcom["batch_ids"] == [first, second]
 
 
 def test_a_cleared_task_reattaches_only_when_its_input_is_unchanged(openai_batch_connection):
@@ -282,17 +287,18 @@ def test_an_upload_is_deleted_when_a_create_is_refused(openai_batch_connection, 
 
 
 def test_on_kill_cancels_quietly_even_when_the_batch_already_ended(openai_batch_connection, capfd):
+    openai_batch_connection.configure(phase_seconds=30)
     op = CreateBatchOperator(task_id="create", requests=prompts(), cancel_on_kill=True)
-    op.execute(ctx())
-    sensor = BatchSensor(task_id="wait", batch_id=op.batch_id, deferrable=False, cancel_on_kill=True)
+    (batch_id,) = created(op, ctx())
+    sensor = BatchSensor(task_id="wait", batch_id=batch_id, deferrable=False, cancel_on_kill=True)
     op.on_kill()
     assert openai_batch_connection.stats()["requests"]["POST /v1/batches/{id}/cancel"] == 1
-    openai_batch_connection.force_status(op.batch_id, "completed")
+    openai_batch_connection.force_status(batch_id, "completed")
     op.on_kill()  # 409 from the API: logged, not raised
     sensor.on_kill()
     assert capfd.readouterr().out.count("Could not cancel batch") == 2
     untouched = CreateBatchOperator(task_id="create", requests=prompts(), cancel_on_kill=False)
-    untouched.execute(ctx(map_index=1))
+    created(untouched, ctx(map_index=1))
     untouched.on_kill()
     assert openai_batch_connection.stats()["requests"]["POST /v1/batches/{id}/cancel"] == 3
 

@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.models import ResultRecord
 from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
-from airflow_provider_openai_batch.operators.resubmit import is_transient
+from airflow_provider_openai_batch.jobs.unfinished import is_transient
 from tests.helpers import FakeStateStore, ctx, prompts
 
 
@@ -71,15 +71,15 @@ def test_an_expired_batch_is_followed_by_a_round_of_exactly_its_unfinished_reque
     done = expired["request_counts"]["completed"]
     assert 0 < done < 6
     with pytest.raises(TaskDeferred) as second:
-        op.execute_complete(context, terminal_event(round_one), **first.kwargs)
+        op.execute_complete(context, terminal_event(round_one))
     round_two = second.value.trigger.batch_id
-    assert round_two != round_one and second.value.kwargs["rounds"] == [round_one, round_two]
+    assert round_two != round_one and context["ti"].xcom["batch_ids"] == [round_one, round_two]
     with OpenAIBatchHook() as hook:
         finished = {r.custom_id for r in hook.iter_results(round_one) if r.ok}
     assert len(finished) == done
     assert sorted(input_ids(round_two)) == sorted({f"p{i}" for i in range(6)} - finished)
     emulator.force_status(round_two, "completed")
-    assert op.execute_complete(context, terminal_event(round_two), **second.value.kwargs) == round_two
+    assert op.execute_complete(context, terminal_event(round_two)) == round_two
     assert context["ti"].xcom["batch_ids"] == [round_one, round_two]
     assert emulator.stats()["batches_created"] == 2
 
@@ -88,10 +88,10 @@ def test_rounds_stop_at_the_limit_and_the_last_round_is_judged(openai_batch_conn
     emulator = openai_batch_connection
     op, context, _, first, _ = first_round_expired(emulator, 1)
     with pytest.raises(TaskDeferred) as second:
-        op.execute_complete(context, terminal_event(first.trigger.batch_id), **first.kwargs)
+        op.execute_complete(context, terminal_event(first.trigger.batch_id))
     emulator.force_status(second.value.trigger.batch_id, "expired")
     with pytest.raises(AirflowFailException, match="expired"):  # no round left: the end is judged
-        op.execute_complete(context, terminal_event(second.value.trigger.batch_id), **second.value.kwargs)
+        op.execute_complete(context, terminal_event(second.value.trigger.batch_id))
     assert emulator.stats()["batches_created"] == 2
 
 
@@ -173,11 +173,11 @@ def test_a_round_whose_create_failed_is_built_again_by_the_retry_never_the_whole
     def down(*args, **kwargs):
         raise APIConnectionError("the API is down")
 
-    real_create = CreateBatchOperator._create
-    monkeypatch.setattr(CreateBatchOperator, "_create", down)
+    real_create = OpenAIBatchHook.create_batch
+    monkeypatch.setattr(OpenAIBatchHook, "create_batch", down)
     with pytest.raises(APIConnectionError):
-        op.execute_complete(context, terminal_event(round_one), **first.kwargs)
-    monkeypatch.setattr(CreateBatchOperator, "_create", real_create)
+        op.execute_complete(context, terminal_event(round_one))
+    monkeypatch.setattr(OpenAIBatchHook, "create_batch", real_create)
     emulator.configure(phase_seconds=0.1)
     retry = ctx(state=store, try_number=2)
     last = create(resubmit_unfinished=2, deferrable=False).execute(retry)
@@ -193,12 +193,13 @@ def test_a_later_round_that_failed_is_built_again_from_the_round_before(openai_b
     op, context, store, first, _ = first_round_expired(emulator, 2)
     round_one = first.trigger.batch_id
     with pytest.raises(TaskDeferred) as second:
-        op.execute_complete(context, terminal_event(round_one), **first.kwargs)
+        op.execute_complete(context, terminal_event(round_one))
     failed_round = second.value.trigger.batch_id
     emulator.force_status(failed_round, "failed")
     emulator.configure(phase_seconds=0.1)
     retry = ctx(state=store, try_number=2)
     last = create(resubmit_unfinished=2, deferrable=False).execute(retry)
-    assert last not in (round_one, failed_round) and retry["ti"].xcom["batch_ids"] == [round_one, last]
+    assert last not in (round_one, failed_round)
+    assert retry["ti"].xcom["batch_ids"] == [round_one, failed_round, last]
     assert set(input_ids(last)) == unfinished_of(round_one)
     assert emulator.stats()["batches_created"] == 3

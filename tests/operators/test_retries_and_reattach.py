@@ -14,10 +14,11 @@ from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_openai_batch.exceptions import BatchTimeoutError
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+from airflow_provider_openai_batch.jobs.keys import attempt_key, job_key
+from airflow_provider_openai_batch.jobs.store import STATE_KEY
 from airflow_provider_openai_batch.operators.batch import CreateBatchOperator, check_input_file, write_requests_jsonl
-from airflow_provider_openai_batch.operators.reattach import STATE_KEY, idempotency_key
 from airflow_provider_openai_batch.sensors.batch import BatchSensor
-from tests.helpers import ENDPOINT, FakeStateStore, ctx, prompts
+from tests.helpers import ENDPOINT, FakeStateStore, created, ctx, prompts
 
 
 def create(**kwargs) -> CreateBatchOperator:
@@ -28,25 +29,32 @@ def list_calls(emulator) -> int:
     return emulator.stats()["requests"].get("GET /v1/batches", 0)
 
 
+def recorded(store: FakeStateStore) -> list[dict]:
+    """The attempts of the lone shard in the job record."""
+    return store.values[STATE_KEY]["shards"][0]["attempts"]
+
+
 def test_with_a_state_store_a_retry_reattaches_with_one_get_and_no_list_scan(openai_batch_connection):
     store = FakeStateStore()
     first = create().execute(ctx(state=store, try_number=1))
-    assert store.values[STATE_KEY]["batch_id"] == first
+    assert [a["batch_id"] for a in recorded(store)] == [first]
+    gets = openai_batch_connection.stats()["requests"]["GET /v1/batches/{id}"]
     second = create().execute(ctx(state=store, try_number=2))
     stats = openai_batch_connection.stats()
     assert second == first and stats["batches_created"] == 1
-    assert list_calls(openai_batch_connection) == 0 and stats["requests"]["GET /v1/batches/{id}"] == 1
+    assert list_calls(openai_batch_connection) == 0 and stats["requests"]["GET /v1/batches/{id}"] == gets + 1
 
 
 def test_a_worker_killed_between_post_and_record_is_found_by_one_bounded_list_pass(openai_batch_connection):
     class DiesAfterThePost(FakeStateStore):
         def set(self, key, value, **kw):
-            if value.get("batch_id") is None:  # only "creating since T" lands; the kill comes before the id
+            attempts = value["shards"][0]["attempts"]
+            if not any(a["batch_id"] for a in attempts):  # "creating since T" lands; the kill comes before the id
                 super().set(key, value, **kw)
 
     store = DiesAfterThePost()
     first = create().execute(ctx(state=store, try_number=1))
-    assert store.values[STATE_KEY]["batch_id"] is None
+    assert recorded(store)[0]["batch_id"] is None and recorded(store)[0]["creating_since"]
     second = create().execute(ctx(state=store, try_number=2))
     assert second == first and openai_batch_connection.stats()["batches_created"] == 1
     assert list_calls(openai_batch_connection) == 1  # batches created since the first try's create: one page
@@ -73,12 +81,11 @@ def test_late_twins_found_by_a_retry_are_settled_to_one_live_batch(openai_batch_
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "in.jsonl")
         write_requests_jsonl(prompts(), ENDPOINT, path)
-        key = idempotency_key(context, check_input_file(path, ENDPOINT))
+        key = attempt_key(job_key(context["ti"], check_input_file(path, ENDPOINT)), 0, 1)
         with OpenAIBatchHook() as hook:
             file_id = hook.upload_file(path).id
             made = [hook.create_batch(file_id, ENDPOINT, idempotency_key=key).id for _ in range(3)]
-    kept = create().execute(context)
-    assert kept == made[0]
+    assert created(create(), context) == [made[0]]
     with OpenAIBatchHook() as hook:
         statuses = {b: hook.retrieve_batch(b).status for b in made}
     assert statuses[made[0]] == "validating" and {statuses[made[1]], statuses[made[2]]} == {"cancelling"}
@@ -136,30 +143,31 @@ def test_a_cleared_task_reattaches_by_default_and_makes_a_new_batch_with_reattac
 def test_a_retry_after_a_partly_billed_batch_fails_instead_of_billing_twice(openai_batch_connection, status):
     openai_batch_connection.configure(phase_seconds=30)
     store = FakeStateStore()
-    first = create().execute(ctx(state=store, try_number=1))
-    ended = openai_batch_connection.force_status(first, status)
+    (first,) = created(create(), ctx(state=store, try_number=1))
+    ended = openai_batch_connection.force_status(first, status)  # while no try watched it
     done = ended["request_counts"]["completed"]
     assert done > 0
     with pytest.raises(AirflowFailException, match=rf"ended {status} with {done} of 3 requests completed and billed"):
         create().execute(ctx(state=store, try_number=2))
     assert openai_batch_connection.stats()["batches_created"] == 1
     # The explicit choice re-submits everything, and says what it costs.
-    again = create(rebill_completed_requests=True).execute(ctx(state=store, try_number=3))
-    assert again != first and openai_batch_connection.stats()["batches_created"] == 2
+    ids = created(create(rebill_completed_requests=True), ctx(state=store, try_number=3))
+    assert ids[0] == first and ids[-1] != first and openai_batch_connection.stats()["batches_created"] == 2
 
 
-def test_the_deferred_deadline_counts_from_the_batchs_creation_across_tries(openai_batch_connection):
+def test_the_deferred_deadline_counts_from_the_jobs_first_start_across_tries(openai_batch_connection):
     openai_batch_connection.configure(phase_seconds=30)
     store = FakeStateStore()
     op = create(wait_for_completion=True, deferrable=True, timeout=1000)
     with pytest.raises(TaskDeferred) as first:
         op.execute(ctx(state=store, try_number=1))
-    created_at = first.value.trigger.serialize()[1]["end_time"] - 1000
+    started_at = first.value.trigger.serialize()[1]["end_time"] - 1000
+    assert started_at == store.values[STATE_KEY]["started_at"]
     time.sleep(1.1)  # a later try; only its own clock moved
     with pytest.raises(TaskDeferred) as second:
         create(wait_for_completion=True, deferrable=True, timeout=1000).execute(ctx(state=store, try_number=2))
     assert second.value.trigger.serialize()[1]["end_time"] == first.value.trigger.serialize()[1]["end_time"]
-    assert abs(created_at - time.time()) < 600
+    assert abs(started_at - time.time()) < 600
 
 
 def test_a_passed_deadline_fails_for_good_in_both_waits(openai_batch_connection):
@@ -168,9 +176,17 @@ def test_a_passed_deadline_fails_for_good_in_both_waits(openai_batch_connection)
     with pytest.raises(AirflowFailException, match="not retried: the deadline") as err:
         op.execute(ctx())
     assert isinstance(err.value.__cause__, BatchTimeoutError)
-    timed_out = {"status": "timeout", "batch_id": "b", "batch": None, "message": "batch b was still in_progress"}
-    with pytest.raises(AirflowFailException, match=r"still in_progress.*not retried"):
-        create().execute_complete(ctx(), timed_out)
+    # Deferred: the trigger's timeout wakes the task, which finds the job past its deadline (its start moved
+    # back, as a slow resume would find it) and fails for good without creating anything.
+    store = FakeStateStore()
+    deferred = create(wait_for_completion=True, deferrable=True, timeout=100)
+    with pytest.raises(TaskDeferred):
+        deferred.execute(ctx(state=store))
+    store.values[STATE_KEY]["started_at"] -= 200
+    timed_out = {"status": "timeout", "batch_id": "b", "batch": None, "message": "late", "batches": []}
+    with pytest.raises(AirflowFailException, match=r"still running at its deadline.*not retried: the deadline"):
+        create(wait_for_completion=True, deferrable=True, timeout=100).execute_complete(ctx(state=store), timed_out)
+    assert openai_batch_connection.stats()["batches_created"] == 2
 
 
 def test_an_outage_event_stays_retryable(openai_batch_connection):
@@ -236,8 +252,8 @@ def test_a_poking_sensor_reads_its_connection_once(openai_batch_connection, monk
 def test_a_worker_kill_keeps_the_batch_only_when_the_task_was_marked_success(
     openai_batch_connection, monkeypatch, state, cancelled
 ):
-    """The same rule as the trigger's (task_state.py): marked success keeps the batch, anything else cancels."""
-    from airflow_provider_openai_batch import task_state
+    """The same rule as the trigger's (kill_policy.py): marked success keeps the batch, anything else cancels."""
+    from airflow_provider_openai_batch import kill_policy
 
     openai_batch_connection.configure(phase_seconds=30)
     asked: list[object] = []
@@ -248,10 +264,10 @@ def test_a_worker_kill_keeps_the_batch_only_when_the_task_was_marked_success(
             raise RuntimeError("no API server")  # unknown: cancel as asked
         return state
 
-    monkeypatch.setattr(task_state, "read_task_state", read)
+    monkeypatch.setattr(kill_policy, "read_task_state", read)
     op = create(cancel_on_kill=True)
     context = ctx()
-    batch_id = op.execute(context)
+    (batch_id,) = created(op, context)
     op.on_kill()
     with OpenAIBatchHook() as hook:
         status = hook.retrieve_batch(batch_id).status

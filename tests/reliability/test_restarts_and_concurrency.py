@@ -22,7 +22,7 @@ from airflow_provider_openai_batch.operators.batch import (
     check_input_file,
     write_requests_jsonl,
 )
-from airflow_provider_openai_batch.operators.reattach import idempotency_key
+from airflow_provider_openai_batch.jobs.keys import attempt_key, job_key
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 from tests.helpers import BOTH_FLAVORS, ENDPOINT, FakeTI, ctx, events, make_batch, prompts
 
@@ -147,7 +147,7 @@ def test_fifty_mapped_tasks_at_once_make_fifty_batches_and_keep_every_xcom(
     for map_index, (batch_id, ti) in enumerate(first):
         assert ti.xcom["batch"]["id"] == batch_id
         key = ti.xcom["batch"]["metadata"][api.IDEMPOTENCY_METADATA_KEY]
-        assert key == idempotency_key({"ti": FakeTI(map_index=map_index)}, digest)
+        assert key == attempt_key(job_key(FakeTI(map_index=map_index), digest), 0, 1)
     stats = openai_batch_connection.stats()
     assert stats["batches_created"] == 50 and stats["files_uploaded"] == 50, stats  # no second batch, no orphan
     assert sum(stats["faults"].values()) > 0  # the faults really happened

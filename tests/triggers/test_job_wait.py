@@ -15,25 +15,41 @@ from tests.helpers import ctx, make_batch, run
 
 
 def test_a_job_trigger_serializes_with_its_batches_and_revives(openai_batch_connection):
-    trigger = BatchTrigger("b1", batch_ids=["b1", "b2"], wake_on_any=False, wake_at=123.0, job={"batches_total": 5})
+    trigger = BatchTrigger(batch_ids=["b1", "b2"], wake_on="all", wake_at=123.0, progress={"batches_total": 5})
     path, kwargs = trigger.serialize()
     revived = BatchTrigger(**json.loads(json.dumps(kwargs)))
     assert revived.serialize() == (path, kwargs)
-    assert revived.batch_ids == ["b1", "b2"] and revived.wake_at == 123.0 and not revived.wake_on_any
+    assert revived.batch_ids == ["b1", "b2"] and revived.wake_at == 123.0 and revived.wake_on == "all"
+
+
+@pytest.mark.parametrize(
+    ("earlier", "wake_on"),
+    [
+        ({"batch_id": "b1", "conn_id": "c", "poll_interval": 5.0, "end_time": None}, "all"),
+        ({"batch_id": "b1", "batch_ids": ["b1", "b2"], "wake_on_any": True, "job": {"batches_total": 3}}, "any"),
+        ({"batch_id": "b1", "batch_ids": ["b1"], "wake_on_any": False, "wake_when_admitted": True}, "admitted"),
+        ({"batch_id": "b1", "batch_ids": ["b1"], "wake_on_any": False, "resume": {"job": {}}}, "all"),
+    ],
+)
+def test_a_trigger_serialized_by_the_previous_release_revives_in_the_one_shape(earlier, wake_on):
+    """A task deferred before an upgrade: the triggerer rebuilds its trigger from the kwargs stored then."""
+    revived = BatchTrigger(**earlier)
+    assert revived.wake_on == wake_on and revived.batch_ids == earlier.get("batch_ids", ["b1"])
+    assert set(revived.serialize()[1]) == set(BatchTrigger("x").serialize()[1])
 
 
 def test_any_end_wakes_the_job_with_every_batch_as_last_seen(openai_batch_connection):
     openai_batch_connection.configure(phase_seconds=30)
     fast, slow = make_batch(openai_batch_connection), make_batch(openai_batch_connection)
     openai_batch_connection.force_status(fast, "completed")
-    payload = run(BatchTrigger(slow, poll_interval=0.05, batch_ids=[slow, fast], wake_on_any=True))
+    payload = run(BatchTrigger(poll_interval=0.05, batch_ids=[slow, fast], wake_on="any"))
     assert payload["status"] == "terminal" and payload["batch_id"] == fast
     assert {b["id"]: b["status"] for b in payload["batches"]}[slow] in ("validating", "in_progress")
 
 
 def test_wait_for_all_ends_when_the_last_one_ends(openai_batch_connection):
     ids = [make_batch(openai_batch_connection) for _ in range(3)]
-    payload = run(BatchTrigger(ids[0], poll_interval=0.05, batch_ids=ids, wake_on_any=False))
+    payload = run(BatchTrigger(poll_interval=0.05, batch_ids=ids, wake_on="all"))
     assert payload["status"] == "terminal"
     assert sorted(b["id"] for b in payload["batches"]) == sorted(ids)
     assert {b["status"] for b in payload["batches"]} == {"completed"}
@@ -44,20 +60,20 @@ def test_a_failed_batch_ends_a_wait_for_all_at_once(openai_batch_connection):
     running = make_batch(openai_batch_connection)
     failing = make_batch(openai_batch_connection)
     openai_batch_connection.force_status(failing, "failed")
-    payload = run(BatchTrigger(running, poll_interval=0.05, batch_ids=[running, failing], wake_on_any=False))
+    payload = run(BatchTrigger(poll_interval=0.05, batch_ids=[running, failing], wake_on="all"))
     assert payload["status"] == "terminal" and payload["batch"]["status"] == "failed"
 
 
 def test_a_job_is_woken_when_a_back_off_is_over_with_nothing_running(openai_batch_connection):
     start = time.time()
-    payload = run(BatchTrigger("batch_none", poll_interval=0.05, batch_ids=[], wake_at=start + 0.3))
+    payload = run(BatchTrigger(poll_interval=0.05, batch_ids=[], wake_at=start + 0.3))
     assert payload["status"] == "wake", payload
     assert payload["batches"] == [] and time.time() >= start + 0.3
 
 
 def test_a_job_wait_with_no_batch_and_no_wake_time_ends_at_once(openai_batch_connection):
     # Nothing to watch and no back-off to wait out: without this the wait could never end (no deadline either).
-    trigger = BatchTrigger("batch_none", poll_interval=0.05, batch_ids=[], wake_on_any=True, wake_at=None, job={})
+    trigger = BatchTrigger(poll_interval=0.05, batch_ids=[], wake_on="any", wake_at=None, progress={})
     payload = run(BatchTrigger(**json.loads(json.dumps(trigger.serialize()[1]))))
     assert payload["status"] == "wake" and payload["batches"] == []
 
@@ -65,7 +81,7 @@ def test_a_job_wait_with_no_batch_and_no_wake_time_ends_at_once(openai_batch_con
 def test_every_unfinished_batch_is_read_through_the_one_retrieval_method(openai_batch_connection):
     ids = [make_batch(openai_batch_connection) for _ in range(2)]
     read: list[str] = []
-    trigger = BatchTrigger(ids[0], poll_interval=0.05, batch_ids=ids, wake_on_any=False)
+    trigger = BatchTrigger(poll_interval=0.05, batch_ids=ids, wake_on="all")
     original = trigger._retrieve
 
     async def counting(client, batch_id):
@@ -91,7 +107,7 @@ def test_the_sensor_defers_once_for_a_list_and_judges_each(openai_batch_connecti
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute(ctx())
     trigger = deferred.value.trigger
-    assert trigger.batch_ids == ids and not trigger.wake_on_any
+    assert trigger.batch_ids == ids and trigger.wake_on == "all"
     batches = sensor.execute_complete(ctx(), run(trigger))
     assert [b["id"] for b in batches] == ids and {b["status"] for b in batches} == {"completed"}
 

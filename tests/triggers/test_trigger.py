@@ -17,7 +17,16 @@ def test_serialization_round_trip_is_json_primitives():
     trigger = BatchTrigger("batch_1", "c", 5, end_time=123.5, cancel_on_timeout=True, cancel_on_kill=True)
     path, kwargs = trigger.serialize()
     assert path == "airflow_provider_openai_batch.triggers.batch.BatchTrigger"
-    assert all(value is None or type(value) in (str, int, float, bool) for value in kwargs.values())
+
+
+    def primitive(value: object) -> bool:
+        if isinstance(value, list):
+            return all(map(primitive, value))
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and primitive(v) for k, v in value.items())
+        return value is None or type(value) in (str, int, float, bool)
+
+    assert all(primitive(value) for value in kwargs.values())
     assert json.loads(json.dumps(kwargs)) == kwargs
     revived = BatchTrigger(**json.loads(json.dumps(kwargs)))  # as the metadata DB hands them back
     assert revived.serialize() == (path, kwargs)

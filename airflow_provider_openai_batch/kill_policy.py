@@ -1,4 +1,4 @@
-"""What a kill means for the batch: the one rule the operators, the sensor and the trigger share.
+"""What a kill does to the batches a task runs: the one rule the operators, the sensor and the trigger share.
 
 Airflow calls ``on_kill`` (the operator's in a worker, the trigger's in the triggerer, Airflow 3.3+) when a
 user marks the task failed or success, or clears it. With ``cancel_on_kill`` the batch is cancelled, unless
@@ -64,3 +64,33 @@ def state_on_kill(ti: Any, log: Any) -> str | None:
 def keeps_batch(state: str | None) -> bool:
     """Whether a kill that left the task instance in ``state`` leaves its batch running."""
     return state in KEEP_BATCH_STATES
+
+
+def cancel_quietly(task: Any, batch_ids: list[str], ti: Any = None) -> None:
+    """A worker-side kill with ``cancel_on_kill``: cancel ``batch_ids`` unless the task instance is now in a
+    state that keeps them (:func:`keeps_batch`). Never raises: a batch that already ended (409) or an API
+    hiccup must not turn the kill into a second failure; the outcome is logged either way. A hook of its own,
+    closed at once: a kill may interrupt the task's hook in the middle of a request.
+
+    :param task: The operator or sensor (its ``hook()``, ``log``).
+    :param ti: The running task instance, to learn what the user did; without it the batches are cancelled.
+    """
+    from airflow_provider_openai_batch.exceptions import OpenAIBatchError
+
+    if not batch_ids:
+        return
+    state = state_on_kill(ti, task.log) if ti is not None else None
+    if keeps_batch(state):
+        task.log.info("Not cancelling %s: the task is %s, so its results are still wanted", ", ".join(batch_ids), state)
+        return
+    try:
+        with task.hook() as hook:
+            for batch_id in batch_ids:
+                try:
+                    batch = hook.cancel_batch(batch_id)
+                except (OpenAIBatchError, ValueError) as err:
+                    task.log.warning("Could not cancel batch %s on kill: %s", batch_id, err)
+                    continue
+                task.log.info("Cancelled batch %s on kill (now %s)", batch_id, batch.status)
+    except (OpenAIBatchError, ValueError) as err:  # the connection itself is unusable
+        task.log.warning("Could not cancel %s on kill: %s", ", ".join(batch_ids), err)

@@ -1,11 +1,11 @@
-"""Re-running only what did not finish: ``CreateBatchOperator(resubmit_unfinished=N)``.
+"""The lines of an attempt that did not finish, for the next round of ``resubmit_unfinished``.
 
-When a batch ends ``expired`` or ``cancelled``, or ``completed`` with requests that failed for transient
-reasons, the requests that did not finish are written, as the original input lines, to a new input file for
-the next round. A request that succeeded is never sent again, and neither is one that failed for a reason a
+When a batch ends ``expired``, or ``completed`` with requests that failed for transient reasons, the
+requests that did not finish are written, as their original input lines, to the input file of the shard's
+next attempt. A request that succeeded is never sent again, and neither is one that failed for a reason a
 repeat cannot cure (a 400-class answer): only what a repeat may fix is billed again, once it succeeds.
 
-Import-light: the operator imports this at execute time only.
+Import-light: loaded when a task runs.
 """
 
 from __future__ import annotations
@@ -15,14 +15,10 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_openai_batch.statuses import BatchStatus
-
 if TYPE_CHECKING:
     from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
     from airflow_provider_openai_batch.models import ResultRecord
 
-#: Batch statuses after which the unfinished requests are worth another round.
-RESUBMITTABLE = frozenset(s.value for s in (BatchStatus.EXPIRED, BatchStatus.CANCELLED, BatchStatus.COMPLETED))
 #: Error codes of result lines that a repeat may cure.
 TRANSIENT_CODES = frozenset({"batch_expired", "batch_cancelled", "rate_limit_exceeded", "server_error"})
 
