@@ -86,13 +86,15 @@ def export(
                     rows += 1
                     counts[row["status"]] += 1
                     models[model or "unknown"] += 1
+                    # Priced by the model the API reports (a dated snapshot), else by the one the input asked for.
                     body = row["response"]
                     priced_model = body.get("model") if isinstance(body, dict) else None
                     cost.add(
-                        priced_model if isinstance(priced_model, str) else model,
+                        priced_model if isinstance(priced_model, str) else None,
                         row["input_tokens"],
                         row["output_tokens"],
                         row["total_tokens"],
+                        requested=model,
                     )
                 writer.close()
         finally:
