@@ -36,6 +36,7 @@ from airflow_provider_openai_batch.hooks.transfer import (
     upload_source,
     write_destination,
 )
+from airflow_provider_openai_batch.locations import destination_location
 from airflow_provider_openai_batch.models import (
     ApiModel,
     Batch,
@@ -446,7 +447,8 @@ class OpenAIBatchHook(BaseHook):
     ) -> FileObject:
         """Upload a file, streaming it (memory does not grow with its size).
 
-        :param source: A local path, an ``ObjectStoragePath``, ``bytes``, or a binary file object.
+        :param source: A local path, a URI string (``file:///abs/path``, ``s3://bucket/key``), an
+            ``ObjectStoragePath``, ``bytes``, or a binary file object.
         :param purpose: ``"batch"`` for batch input files.
         :param filename: The name the API records. By default the source's name (or ``batch_input.jsonl``)
             with a short random tag, ``data-1a2b3c4d.jsonl``: the Files API has no idempotency key, so after
@@ -518,11 +520,14 @@ class OpenAIBatchHook(BaseHook):
         is retried only when the handle can seek back to that position.
 
         :param file_id: The file to download (e.g. ``batch.output_file_id``).
-        :param destination: A local path, an ``ObjectStoragePath``, or a writable binary file object.
+        :param destination: A local path (relative to the working directory, or absolute), a URI string
+            (``file:///abs/path``, ``s3://bucket/key``), an ``ObjectStoragePath``, or a writable binary file object.
         """
         call = api.file_content(file_id)
         if hasattr(destination, "write"):
             check_binary_handle(destination, "destination", "wb")
+        else:  # refused before the download starts, not once the bytes arrive
+            destination = destination_location(destination, "destination", relative_ok=True)
         # A file object is written from where its handle stands; a retry rewinds to there, never further.
         start = destination.tell() if hasattr(destination, "write") and seekable(destination) else None
 
@@ -683,8 +688,9 @@ class OpenAIBatchHook(BaseHook):
             positions come from the input files in order of first appearance; each row comes from the last
             batch whose input held the request (its result line, or how that batch ended). Shards that reuse a
             ``custom_id`` for a different request are refused.
-        :param destination: An absolute local path, a ``file://`` URI, an object storage URI or an
-            ``ObjectStoragePath``; written to a temporary sibling and renamed into place.
+        :param destination: An absolute local path, a ``file:///abs/path`` URI, an object storage URI or an
+            ``ObjectStoragePath`` (read as :mod:`airflow_provider_openai_batch.locations` says); written to a
+            temporary sibling and renamed into place.
         :param format: ``"jsonl"`` (default) or ``"parquet"`` (default for a ``.parquet`` destination; needs
             the ``parquet`` extra).
         :param price_table: ``{model: {"input": usd, "output": usd}}`` per 1M tokens, over the dated default.

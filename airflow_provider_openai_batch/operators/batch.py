@@ -42,7 +42,9 @@ class CreateBatchOperator(BaseOperator):
       ``{"custom_id", "method", "url", "body"}``; missing ``method``/``url`` are filled from ``endpoint``,
       a missing ``custom_id`` becomes ``request-<n>`` (1-based), and a dict without ``body`` is taken as the
       body itself. They are written to a temporary JSONL file and uploaded.
-    - ``input_file``: a local path or ``ObjectStoragePath`` of a JSONL file, uploaded as is.
+    - ``input_file``: a local path, a URI (``file:///abs/path``, ``s3://bucket/in.jsonl``) or an
+      ``ObjectStoragePath`` of a JSONL file, uploaded as is (read as
+      :mod:`airflow_provider_openai_batch.locations` says).
     - ``input_file_id``: a file already uploaded with purpose ``batch``.
 
     Before anything is uploaded or billed, the input (``requests`` or ``input_file``) is checked against the
@@ -377,15 +379,9 @@ class CreateBatchOperator(BaseOperator):
         sources = list(self.input_file) if isinstance(self.input_file, (list, tuple)) else [self.input_file]
         if not sources:
             raise ValueError("input_file is an empty list: give at least one JSONL file")
-        for source in sources:
-            if not (isinstance(source, (str, os.PathLike)) or hasattr(source, "fs")):
-                raise ValueError(
-                    "input_file must be a local path or an ObjectStoragePath of a JSONL file; got "
-                    f"{type(source).__name__}: give one, or a list of them"
-                )
-            if not hasattr(source, "fs") and not os.path.isfile(source):
-                raise ValueError(f"input_file {str(source)!r} does not exist or is not a file")
-        return sources
+        from airflow_provider_openai_batch.locations import input_location
+
+        return [input_location(source, "input_file") for source in sources]
 
     def _needs_job(self, sources: list[Any]) -> bool:
         """Whether the input needs several batches: several files, or one that does not fit one batch."""
@@ -980,10 +976,10 @@ def check_input_file(source: Any, endpoint: str, name: str = "input_file", rules
     """
     from airflow_provider_openai_batch.exceptions import BatchValidationError
     from airflow_provider_openai_batch.jsonl import too_large, validate_batch_input_lines
+    from airflow_provider_openai_batch.locations import input_location
 
+    source = input_location(source, "input_file")
     is_object_storage = hasattr(source, "fs")
-    if not is_object_storage and not os.path.isfile(source):
-        raise ValueError(f"input_file {str(source)!r} does not exist or is not a file")
     # Refuse an oversized file from its size alone, before reading a byte of it. A remote store that cannot
     # tell its size cheaply is measured while it is read, as before.
     try:

@@ -63,9 +63,11 @@ class BatchResultsOperator(BaseOperator):
         appearance; each request's row comes from the latest batch (in the order given) whose input held it: its
         result line there, or that batch's ending when it has none. Batches that hold one ``custom_id`` with
         different requests are shards that reuse ids, not rounds: the export refuses them.
-    :param destination: An absolute local path, a ``file://`` URI, an object storage URI
-        (``s3://bucket/out.jsonl``) or an ``ObjectStoragePath`` (templated). A relative path is refused (at parse
-        time, or at run time once rendered): the DAG processor and the worker would resolve it differently.
+    :param destination: An absolute local path, a ``file:///abs/path`` URI, an object storage URI
+        (``s3://bucket/out.jsonl``, served by the provider of that store) or an ``ObjectStoragePath``
+        (templated), read as :mod:`airflow_provider_openai_batch.locations` says. A relative path is refused (at
+        parse time, or at run time once rendered): the DAG processor and the worker would resolve it
+        differently; so is ``file://data/out.jsonl``, whose ``data`` is a host, not a folder.
     :param conn_id: Airflow connection id (type ``openai_batch``).
     :param format: ``"jsonl"`` or ``"parquet"``; default ``parquet`` for a ``.parquet`` destination, else
         ``jsonl`` (templated). Parquet needs ``pip install 'airflow-provider-openai-batch[parquet]'``.
@@ -140,10 +142,10 @@ class BatchResultsOperator(BaseOperator):
             )
         uri = None
         if not _templated(destination):
-            from airflow_provider_openai_batch.results.writers import destination_uri
+            from airflow_provider_openai_batch.locations import location_uri
 
             try:
-                uri = destination_uri(destination)
+                uri = location_uri(destination)
             except ValueError as err:
                 raise ValueError(f"{task_id}: {err}") from None
         if asset_uri is not None:

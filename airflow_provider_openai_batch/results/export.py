@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_openai_batch.exceptions import NotFoundError, OpenAIBatchError
+from airflow_provider_openai_batch.locations import destination_location, location_uri
 from airflow_provider_openai_batch.results.join import RequestConflict, ResultJoin
 from airflow_provider_openai_batch.results.options import FILE_KINDS, parse_batch_ids, parse_delete_files
 from airflow_provider_openai_batch.results.prices import CostEstimate, check_price_table
 from airflow_provider_openai_batch.results.rows import STATUSES, row_from_line, row_without_line
 from airflow_provider_openai_batch.results.writers import (
-    as_target,
     atomic_output,
-    destination_uri,
     open_writer,
     require_pyarrow,
     resolve_format,
@@ -60,7 +59,7 @@ def export(
     fmt = resolve_format(format, destination)
     if fmt == "parquet":
         require_pyarrow()
-    target = as_target(destination)
+    target = destination_location(destination)
     batches = [_finished_batch(hook, batch_id) for batch_id in ids]
 
     with tempfile.TemporaryDirectory(prefix="openai-batch-export-", dir=work_dir) as tmp:
@@ -100,7 +99,7 @@ def export(
         finally:
             join.close()
 
-    uri = destination_uri(target)
+    uri = location_uri(destination)
     hook.log.info("Exported %d rows of batches %s to %s (%s): %s", rows, ", ".join(ids), uri, fmt, dict(counts))
     deleted = _delete_files(hook, batches, kinds)
     return {

@@ -55,54 +55,6 @@ def require_pyarrow() -> None:
         ) from None
 
 
-def as_target(destination: Any) -> Any:
-    """A local :class:`~pathlib.Path` (for a path or a ``file://`` URI string) or an ``ObjectStoragePath``.
-
-    :raises ValueError: for a relative local path: it would resolve against the working directory of whichever
-        process reads it (the DAG processor when the asset URI is made, the worker when the file is written),
-        so the asset would name another file than the one written.
-    """
-    if hasattr(destination, "fs"):  # already an ObjectStoragePath
-        return destination
-    if isinstance(destination, os.PathLike):
-        return _absolute(Path(destination), destination)
-    if not isinstance(destination, str) or not destination.strip():
-        raise ValueError(
-            "destination must be a local path, a file:// URI, an object storage URI such as "
-            f"'s3://bucket/results.jsonl', or an ObjectStoragePath; got {destination!r}"
-        )
-    if destination.startswith("file://"):
-        from urllib.parse import unquote, urlsplit
-
-        return _absolute(Path(unquote(urlsplit(destination).path)), destination)
-    if "://" in destination:
-        from airflow.sdk import ObjectStoragePath
-
-        return ObjectStoragePath(destination)
-    return _absolute(Path(destination), destination)
-
-
-def _absolute(path: Path, destination: Any) -> Path:
-    if not path.is_absolute():
-        raise ValueError(
-            f"destination {str(destination)!r} is a relative path: the DAG processor and the worker resolve it "
-            "against different working directories, so the asset would name another file than the one written; "
-            "give an absolute path or a URI instead, e.g. '/data/answers.jsonl', 'file:///data/answers.jsonl' or "
-            "'s3://bucket/answers.jsonl'"
-        )
-    return path
-
-
-def destination_uri(destination: Any) -> str:
-    """The destination as a URI string: ``file:///abs/path`` for a local one, the store's URI otherwise."""
-    if isinstance(destination, str) and "://" in destination and not destination.startswith("file://"):
-        return destination  # as given: building an ObjectStoragePath here would import fsspec at DAG parse
-    target = as_target(destination)
-    if isinstance(target, Path):
-        return target.as_uri()
-    return str(target)
-
-
 @contextmanager
 def atomic_output(target: Any) -> Iterator[IO[bytes]]:
     """A binary handle on a temporary sibling of ``target``, renamed onto ``target`` when the block ends

@@ -345,7 +345,7 @@ def test_a_deleted_result_file_is_named(hook, tmp_path):
         ({"destination": 42}, "destination must be a local path, a file:// URI"),
         ({"destination": "out.jsonl"}, r"destination 'out.jsonl' is a relative path.*absolute path or a URI"),
         ({"destination": Path("exports/out.jsonl")}, "destination 'exports/out.jsonl' is a relative path"),
-        ({"destination": "file://out.jsonl"}, "is a relative path"),
+        ({"destination": "file://out.jsonl"}, r"names the host 'out.jsonl'.*write 'file:///out.jsonl'"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_request(tmp_path, kwargs, message):
