@@ -676,6 +676,7 @@ class OpenAIBatchHook(BaseHook):
         price_table: Mapping[str, Mapping[str, float]] | None = None,
         delete_files: Any = "none",
         work_dir: str | None = None,
+        one_file_per_batch: bool = False,
     ) -> dict[str, Any]:
         """Write one row per input request of finished batches to ``destination``, in input order, and return
         the manifest. Memory stays flat: files are spilled to SQLite in a temporary directory and streamed out.
@@ -695,9 +696,12 @@ class OpenAIBatchHook(BaseHook):
             the ``parquet`` extra).
         :param price_table: ``{model: {"input": usd, "output": usd}}`` per 1M tokens, over the dated default.
         :param delete_files: ``"none"``, ``"all"`` or a subset of ``{"input", "output", "error"}``: Files API
-            files to delete once the export is in place (a failed delete is a warning).
+            files to delete once every output file is in place (a failed delete is a warning).
         :param work_dir: Where the temporary files go (default: the system's temporary directory).
-        :return: The manifest: destination, format, rows, counts, batch_ids, tokens, models, the estimated cost.
+        :param one_file_per_batch: Write batch N of the list (from 1) to the destination with ``-NNNNN`` before
+            its extension instead of one merged file; rows keep their position in the whole input as ``index``.
+        :return: The manifest: destination, format, rows, counts, batch_ids, tokens, models, the estimated cost
+            (and ``files``, one entry per file, with one file per batch).
         """
         from airflow_provider_openai_batch.results.export import export
 
@@ -709,6 +713,7 @@ class OpenAIBatchHook(BaseHook):
             price_table=price_table,
             delete_files=delete_files,
             work_dir=work_dir,
+            one_file_per_batch=one_file_per_batch,
         )
 
 

@@ -157,10 +157,16 @@ def open_writer(format: str, handle: IO[bytes]) -> RowWriter:
     return ParquetWriter(handle) if format == "parquet" else JsonlWriter(handle)
 
 
-def numbered_destination(destination: Any, number: int) -> Any:
+#: The number of every file in :func:`numbered_destination`'s pattern: a glob, as fsspec and ``ObjectStoragePath.glob``
+#: read it.
+EVERY_NUMBER = "*"
+
+
+def numbered_destination(destination: Any, number: int | str) -> Any:
     """``destination`` with ``-NNNNN`` before its extension: ``s3://b/answers.jsonl`` -> ``s3://b/answers-00001.jsonl``
-    (a path, a URI string or an ``ObjectStoragePath``), for one file per batch."""
-    tag = f"-{number:05d}"
+    (a path, a URI string or an ``ObjectStoragePath``), for one file per batch; ``number`` :data:`EVERY_NUMBER`
+    gives the pattern that names them all (``s3://b/answers-*.jsonl``)."""
+    tag = f"-{number:05d}" if isinstance(number, int) else f"-{number}"
     if hasattr(destination, "with_name") and not isinstance(destination, str):
         return destination.with_name(f"{destination.stem}{tag}{destination.suffix}")
     text = str(destination)
@@ -169,3 +175,13 @@ def numbered_destination(destination: Any, number: int) -> Any:
     if dot > slash + 1:
         return f"{text[:dot]}{tag}{text[dot:]}"
     return f"{text}{tag}"
+
+
+def export_uri(destination: Any, one_file_per_batch: bool) -> str:
+    """The URI an export reports and its asset carries: the destination's, or with one file per batch the
+    pattern that names every numbered file (``file:///data/answers-*.jsonl``), since no file has the
+    destination's own name then."""
+    from airflow_provider_openai_batch.locations import location_uri
+
+    uri = location_uri(destination)
+    return numbered_destination(uri, EVERY_NUMBER) if one_file_per_batch else uri

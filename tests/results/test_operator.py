@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 from airflow.sdk import Asset
@@ -14,15 +13,7 @@ from airflow.sdk import Asset
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.operators.results import BatchResultsOperator
 from tests.helpers import ctx
-from tests.results.helpers import chat, read_jsonl, submit
-
-
-class FakeOutletEvents(dict):
-    """``context["outlet_events"]``: an accessor per asset, created on first access, with a settable ``extra``."""
-
-    def __missing__(self, asset):
-        self[asset] = SimpleNamespace(extra={})
-        return self[asset]
+from tests.results.helpers import FakeOutletEvents, chat, read_jsonl, submit
 
 
 def test_the_task_exports_pushes_the_manifest_and_fills_the_asset_event(
