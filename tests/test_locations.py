@@ -7,8 +7,6 @@ from __future__ import annotations
 import importlib
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from airflow_provider_openai_batch.locations import (
 )
 from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
 from airflow_provider_openai_batch.operators.results import BatchResultsOperator
-from tests.helpers import ctx
+from tests.helpers import ctx, modules_added
 from tests.results.helpers import chat, submit
 
 ENDPOINT = "/v1/chat/completions"
@@ -188,15 +186,11 @@ def test_the_uri_of_each_destination_form(tmp_path, memory_store):
 
 
 def test_naming_a_destination_at_parse_time_imports_no_filesystem():
-    code = (
-        "import sys; import airflow.sdk; before = set(sys.modules); "
-        "from airflow_provider_openai_batch.locations import location_uri; "
-        "location_uri('s3://bucket/answers.jsonl'); location_uri('file:///data/answers.jsonl'); "
-        "added = set(sys.modules) - before; "
-        "print(sorted(m for m in added if m.split('.')[0] in ('fsspec', 'upath')))"
+    added = modules_added(
+        "from airflow_provider_openai_batch.locations import location_uri\n"
+        "location_uri('s3://bucket/answers.jsonl'); location_uri('file:///data/answers.jsonl')"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+    assert [m for m in added if m.split(".")[0] in ("fsspec", "upath")] == []
 
 
 def test_the_export_writes_to_every_destination_form(openai_batch_connection, memory_store, tmp_path):
