@@ -97,7 +97,8 @@ def export(
             join.close()
 
     uri = export_uri(destination, one_file_per_batch)
-    hook.log.info("Exported %d rows of batches %s to %s (%s): %s", total.rows, ", ".join(ids), uri, fmt, total.counts)
+    counts = dict(total.counts)
+    hook.log.info("Exported %d rows of batches %s to %s (%s): %s", total.rows, ", ".join(ids), uri, fmt, counts)
     deleted = _delete_files(hook, batches, kinds)
     manifest: dict[str, Any] = {
         "destination": uri,
