@@ -34,3 +34,18 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     recorded: list[float] = []
     monkeypatch.setattr(time, "sleep", lambda seconds: recorded.append(seconds))
     return recorded
+
+
+@pytest.fixture
+def memory_store():
+    """``memory://`` served by fsspec's in-memory filesystem, attached the way a user attaches a store Airflow
+    has no provider for (``airflow.sdk.io.attach``); emptied after the test."""
+    from airflow.sdk.io import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    store = attach(protocol="memory", fs=MemoryFileSystem())
+    # attach() returns the store already cached under "memory" as it is; give it the filesystem all the same.
+    store.fs = MemoryFileSystem()
+    yield store
+    MemoryFileSystem.store.clear()
+    MemoryFileSystem.pseudo_dirs[:] = [""]

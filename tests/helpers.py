@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -15,6 +17,18 @@ from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 ENDPOINT = "/v1/chat/completions"
 #: Run a test against the emulator playing OpenAI and playing Azure OpenAI (tests/reliability/conftest.py).
 BOTH_FLAVORS = pytest.mark.parametrize("flavor", ["openai", "azure"], indirect=True)
+
+
+def modules_added(code: str) -> list[str]:
+    """The modules ``code`` imports on top of ``import airflow.sdk``, run in a fresh interpreter (what a DAG
+    file that uses our operators pays beyond Airflow itself)."""
+    script = (
+        "import sys; import airflow.sdk; before = set(sys.modules)\n"
+        f"{code}\n"
+        "import json; print(json.dumps(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def endpoint_of(handle: Any) -> str:

@@ -36,6 +36,7 @@ from airflow_provider_openai_batch.hooks.transfer import (
     upload_source,
     write_destination,
 )
+from airflow_provider_openai_batch.locations import destination_location
 from airflow_provider_openai_batch.models import (
     ApiModel,
     Batch,
@@ -336,7 +337,8 @@ class OpenAIBatchHook(BaseHook):
     ) -> FileObject:
         """Upload a file, streaming it (memory does not grow with its size).
 
-        :param source: A local path, an ``ObjectStoragePath``, ``bytes``, or a binary file object.
+        :param source: A local path, a URI string (``file:///abs/path``, ``s3://bucket/key``), an
+            ``ObjectStoragePath``, ``bytes``, or a binary file object.
         :param purpose: ``"batch"`` for batch input files.
         :param filename: The name the API records. By default the source's name (or ``batch_input.jsonl``)
             with a short random tag, ``data-1a2b3c4d.jsonl``: the Files API has no idempotency key, so after
@@ -408,11 +410,14 @@ class OpenAIBatchHook(BaseHook):
         is retried only when the handle can seek back to that position.
 
         :param file_id: The file to download (e.g. ``batch.output_file_id``).
-        :param destination: A local path, an ``ObjectStoragePath``, or a writable binary file object.
+        :param destination: A local path (relative to the working directory, or absolute), a URI string
+            (``file:///abs/path``, ``s3://bucket/key``), an ``ObjectStoragePath``, or a writable binary file object.
         """
         call = api.file_content(file_id)
         if hasattr(destination, "write"):
             check_binary_handle(destination, "destination", "wb")
+        else:  # refused before the download starts, not once the bytes arrive
+            destination = destination_location(destination, "destination", relative_ok=True)
         # A file object is written from where its handle stands; a retry rewinds to there, never further.
         start = destination.tell() if hasattr(destination, "write") and seekable(destination) else None
 
@@ -561,6 +566,7 @@ class OpenAIBatchHook(BaseHook):
         price_table: Mapping[str, Mapping[str, float]] | None = None,
         delete_files: Any = "none",
         work_dir: str | None = None,
+        one_file_per_batch: bool = False,
     ) -> dict[str, Any]:
         """Write one row per input request of finished batches to ``destination``, in input order, and return
         the manifest. Memory stays flat: files are spilled to SQLite in a temporary directory and streamed out.
@@ -573,15 +579,19 @@ class OpenAIBatchHook(BaseHook):
             positions come from the input files in order of first appearance; each row comes from the last
             batch whose input held the request (its result line, or how that batch ended). Shards that reuse a
             ``custom_id`` for a different request are refused.
-        :param destination: An absolute local path, a ``file://`` URI, an object storage URI or an
-            ``ObjectStoragePath``; written to a temporary sibling and renamed into place.
+        :param destination: An absolute local path, a ``file:///abs/path`` URI, an object storage URI or an
+            ``ObjectStoragePath`` (read as :mod:`airflow_provider_openai_batch.locations` says); written to a
+            temporary sibling and renamed into place.
         :param format: ``"jsonl"`` (default) or ``"parquet"`` (default for a ``.parquet`` destination; needs
             the ``parquet`` extra).
         :param price_table: ``{model: {"input": usd, "output": usd}}`` per 1M tokens, over the dated default.
         :param delete_files: ``"none"``, ``"all"`` or a subset of ``{"input", "output", "error"}``: Files API
-            files to delete once the export is in place (a failed delete is a warning).
+            files to delete once every output file is in place (a failed delete is a warning).
         :param work_dir: Where the temporary files go (default: the system's temporary directory).
-        :return: The manifest: destination, format, rows, counts, batch_ids, tokens, models, the estimated cost.
+        :param one_file_per_batch: Write batch N of the list (from 1) to the destination with ``-NNNNN`` before
+            its extension instead of one merged file; rows keep their position in the whole input as ``index``.
+        :return: The manifest: destination, format, rows, counts, batch_ids, tokens, models, the estimated cost
+            (and ``files``, one entry per file, with one file per batch).
         """
         from airflow_provider_openai_batch.results.export import export
 
@@ -593,6 +603,7 @@ class OpenAIBatchHook(BaseHook):
             price_table=price_table,
             delete_files=delete_files,
             work_dir=work_dir,
+            one_file_per_batch=one_file_per_batch,
         )
 
 

@@ -18,6 +18,7 @@ from typing import IO, Any
 import requests
 
 from airflow_provider_openai_batch.exceptions import APIConnectionError
+from airflow_provider_openai_batch.locations import input_location
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -71,18 +72,16 @@ def upload_source(source: Any) -> tuple[Any, str, int | None]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         return (lambda: io.BytesIO(data)), "batch_input.jsonl", len(data)
-    if hasattr(source, "fs"):  # ObjectStoragePath
+    if hasattr(source, "fs") or isinstance(source, (str, os.PathLike)):
+        location = input_location(source, "source")
+        if isinstance(location, Path):
+            return (lambda: open(location, "rb")), location.name, location.stat().st_size
         size = None
         try:
-            size = int(source.stat().st_size)
+            size = int(location.stat().st_size)
         except Exception:  # a remote store may not report a size cheaply; the API still enforces it
             size = None
-        return (lambda: source.open("rb")), str(source.name), size
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"source {str(path)!r} is not a readable file: pass an existing path")
-        return (lambda: open(path, "rb")), path.name, path.stat().st_size
+        return (lambda: location.open("rb")), str(location.name), size
     if hasattr(source, "read"):
         check_binary_handle(source, "source", "rb")
         start = source.tell() if seekable(source) else None
@@ -125,6 +124,8 @@ def check_binary_handle(handle: Any, name: str, mode: str) -> None:
 
 
 def write_destination(destination: Any, chunks: Iterator[bytes]) -> int:
+    """Write ``chunks`` to a binary file object, a local path or an ``ObjectStoragePath`` (a location as
+    :func:`~airflow_provider_openai_batch.locations.destination_location` returns it); returns the bytes written."""
     written = 0
     if hasattr(destination, "write"):
         # Written from the handle's current position, as uploads read from it: whatever the caller already
@@ -133,7 +134,7 @@ def write_destination(destination: Any, chunks: Iterator[bytes]) -> int:
             destination.write(chunk)
             written += len(chunk)
         return written
-    if isinstance(destination, (str, os.PathLike)) and not hasattr(destination, "fs"):
+    if isinstance(destination, os.PathLike):
         target = Path(destination)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)

@@ -144,10 +144,10 @@ def check_input_file(source: Any, endpoint: str, name: str = "input_file", rules
     """
     from airflow_provider_openai_batch.exceptions import BatchValidationError
     from airflow_provider_openai_batch.jsonl import too_large, validate_batch_input_lines
+    from airflow_provider_openai_batch.locations import input_location
 
+    source = input_location(source, "input_file")
     is_object_storage = hasattr(source, "fs")
-    if not is_object_storage and not os.path.isfile(source):
-        raise ValueError(f"input_file {str(source)!r} does not exist or is not a file")
     # Refuse an oversized file from its size alone, before reading a byte of it. A remote store that cannot
     # tell its size cheaply is measured while it is read, as before.
     try:

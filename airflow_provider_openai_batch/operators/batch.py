@@ -6,7 +6,6 @@ that use it parse fast.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -59,8 +58,9 @@ class CreateBatchOperator(BaseOperator):
         containing ``{{`` needs ``{% raw %}``; a list from XCom is not). Each is a full input line
         ``{"custom_id", "method", "url", "body"}``; a missing ``method``/``url`` is filled from ``endpoint``, a
         missing ``custom_id`` becomes ``request-<n>`` (1-based), and a dict without ``body`` is the body itself.
-    :param input_file: A JSONL file (a local path, a URI string or an ``ObjectStoragePath``), or a list of them
-        read in order as one input (templated).
+    :param input_file: A JSONL file, or a list of them read in order as one input (templated): a local path, a URI
+        (``file:///abs/path``, ``s3://bucket/in.jsonl``) or an ``ObjectStoragePath``, read as
+        :mod:`airflow_provider_openai_batch.locations` says.
     :param input_file_id: An uploaded input file id (templated).
     :param completion_window: ``"24h"``.
     :param metadata: String pairs stored on every batch: at most 11 (10 with ``resubmit_unfinished``), since the
@@ -201,15 +201,9 @@ class CreateBatchOperator(BaseOperator):
         sources = list(self.input_file) if isinstance(self.input_file, (list, tuple)) else [self.input_file]
         if not sources:
             raise ValueError("input_file is an empty list: give at least one JSONL file")
-        for source in sources:
-            if not (isinstance(source, (str, os.PathLike)) or hasattr(source, "fs")):
-                raise ValueError(
-                    "input_file must be a local path or an ObjectStoragePath of a JSONL file; got "
-                    f"{type(source).__name__}: give one, or a list of them"
-                )
-            if not hasattr(source, "fs") and not os.path.isfile(source):
-                raise ValueError(f"input_file {str(source)!r} does not exist or is not a file")
-        return sources
+        from airflow_provider_openai_batch.locations import input_location
+
+        return [input_location(source, "input_file") for source in sources]
 
     def execute(self, context: Context) -> str | list[str]:
         return self._run(context)

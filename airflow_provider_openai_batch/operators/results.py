@@ -24,12 +24,13 @@ def _templated(value: Any) -> bool:
 class BatchResultsOperator(BaseOperator):
     """Write the results of finished batches to a file: ONE ROW PER INPUT REQUEST, IN INPUT ORDER.
 
-    Columns: ``custom_id``, ``index`` (0-based position in the input), ``status`` (``succeeded``, ``failed``,
-    ``expired``, ``cancelled``, ``missing``), ``status_code``, ``response`` (the body), ``output_text`` (chat
-    completions and responses), ``error_code``, ``error_message``, ``input_tokens``, ``output_tokens``,
-    ``total_tokens``, ``batch_id``. A request the result files do not mention is ``expired``, ``cancelled`` or
-    ``failed`` after its batch's own ending, else ``missing``. Memory stays flat however large the batch: the
-    files are spilled to SQLite in a temporary directory and streamed out.
+    Columns: ``custom_id``, ``index`` (0-based position in the whole input of the batches given), ``status``
+    (``succeeded``, ``failed``, ``expired``, ``cancelled``, ``missing``), ``status_code``, ``response`` (the
+    body), ``output_text`` (chat completions and responses), ``error_code``, ``error_message``,
+    ``input_tokens``, ``output_tokens``, ``total_tokens``, ``batch_id``. A request the result files do not
+    mention is ``expired``, ``cancelled`` or ``failed`` after its batch's own ending, else ``missing``. Memory
+    stays flat however large the batch: the files are spilled to SQLite in a temporary directory and streamed
+    out.
 
     Returns the manifest (XCom ``return_value``): ``destination``, ``format``, ``rows``, ``counts`` (per
     status), ``batch_ids``, ``input_tokens``, ``output_tokens``, ``total_tokens``, ``models``,
@@ -41,8 +42,10 @@ class BatchResultsOperator(BaseOperator):
     discounts; the invoice is the truth. Rows, counts and tokens are exact.
 
     **Retry.** Re-export is idempotent: the same batches give the same rows, and the destination is replaced
-    whole. A retry after ``delete_files`` already removed the input or result files fails with an error naming
-    the missing file (the export needs them), so delete only what you will not export again.
+    whole. Every batch is checked and every file downloaded before the first row is written, and
+    ``delete_files`` runs only once every output file is in place, so a failed try deletes nothing and its
+    retry can finish. A later export after ``delete_files`` removed the input or result files fails with an
+    error naming the missing file (the export needs them), so delete only what you will not export again.
 
     **Kill.** Rows are written to a hidden temporary sibling of the destination (``.<name>.*.part``) and
     renamed into place only once complete: a killed or failed task leaves the previous destination (or none)
@@ -51,11 +54,12 @@ class BatchResultsOperator(BaseOperator):
 
     **Asset.** The destination is declared as an outlet :class:`~airflow.sdk.Asset`, so a DAG scheduled on it
     runs after each export; the asset event's ``extra`` carries ``rows``, ``counts``, ``batch_ids``, ``format``,
-    ``destination`` and ``estimated_cost_usd``. Its URI is ``asset_uri`` when given, else the destination's
-    URI (``file:///abs/path`` for a local path) when the destination is not templated. A templated destination
-    (``"/data/{{ ds }}.jsonl"``) is only known at run time, after Airflow registered the outlets: give a stable
-    ``asset_uri`` (e.g. ``"file:///data/answers"``) or your own ``outlets`` to get an asset event; every
-    :class:`~airflow.sdk.Asset` among the outlets gets the same ``extra``.
+    ``destination`` and ``estimated_cost_usd`` (and ``files`` with ``one_file_per_batch``). Its URI is
+    ``asset_uri`` when given, else the manifest's ``destination`` (``file:///abs/path`` for a local path;
+    the pattern of the numbered files with ``one_file_per_batch``) when the destination is not templated. A
+    templated destination (``"/data/{{ ds }}.jsonl"``) is only known at run time, after Airflow registered the
+    outlets: give a stable ``asset_uri`` (e.g. ``"file:///data/answers"``) or your own ``outlets`` to get an
+    asset event; every :class:`~airflow.sdk.Asset` among the outlets gets the same ``extra``.
 
     :param batch_id: A batch id, a list of them (the rounds of a resubmitted job, or the shards of a large
         one), a JSON string of such a list, or batch dicts with ``id`` (templated, e.g.
@@ -63,9 +67,11 @@ class BatchResultsOperator(BaseOperator):
         appearance; each request's row comes from the latest batch (in the order given) whose input held it: its
         result line there, or that batch's ending when it has none. Batches that hold one ``custom_id`` with
         different requests are shards that reuse ids, not rounds: the export refuses them.
-    :param destination: An absolute local path, a ``file://`` URI, an object storage URI
-        (``s3://bucket/out.jsonl``) or an ``ObjectStoragePath`` (templated). A relative path is refused (at parse
-        time, or at run time once rendered): the DAG processor and the worker would resolve it differently.
+    :param destination: An absolute local path, a ``file:///abs/path`` URI, an object storage URI
+        (``s3://bucket/out.jsonl``, served by the provider of that store) or an ``ObjectStoragePath``
+        (templated), read as :mod:`airflow_provider_openai_batch.locations` says. A relative path is refused (at
+        parse time, or at run time once rendered): the DAG processor and the worker would resolve it
+        differently; so is ``file://data/out.jsonl``, whose ``data`` is a host, not a folder.
     :param conn_id: Airflow connection id (type ``openai_batch``).
     :param format: ``"jsonl"`` or ``"parquet"``; default ``parquet`` for a ``.parquet`` destination, else
         ``jsonl`` (templated). Parquet needs ``pip install 'airflow-provider-openai-batch[parquet]'``.
@@ -77,8 +83,13 @@ class BatchResultsOperator(BaseOperator):
         for about twice the batches' result files.
     :param one_file_per_batch: Write one file per batch instead of one merged file (e.g. the shards of a large
         job): batch N of the list (from 1) goes to the destination with ``-NNNNN`` before its extension
-        (``answers.jsonl`` -> ``answers-00001.jsonl``). The manifest then sums the files' figures and lists
-        each file's own manifest under ``files``. Default ``False``: one file, every batch merged in input order.
+        (``answers.jsonl`` -> ``answers-00001.jsonl``, with one batch too), holding the requests that batch's
+        input held with that batch's results; ``index`` stays the position in the whole input, as in the merged
+        file. The manifest's ``destination`` (and the asset's URI) is then the pattern naming every file
+        (``file:///data/answers-*.jsonl``), its figures are the totals, and ``files`` lists each file's
+        ``destination``, ``batch_id``, ``rows``, ``counts``, tokens and ``estimated_cost_usd``. Files of an
+        earlier export with more batches are not removed: read the file names from ``files``. Default
+        ``False``: one file, every batch merged in input order.
     """
 
     template_fields: Sequence[str] = ("batch_id", "destination", "format")
@@ -100,7 +111,7 @@ class BatchResultsOperator(BaseOperator):
     ) -> None:
         outlets = kwargs.pop("outlets", None)
         outlets = [] if outlets is None else list(outlets) if isinstance(outlets, (list, tuple)) else [outlets]
-        uri = self._asset_uri(asset_uri, destination, kwargs.get("task_id", "?"))
+        uri = self._asset_uri(asset_uri, destination, bool(one_file_per_batch), kwargs.get("task_id", "?"))
         if uri and not any(isinstance(o, Asset) and o.uri == uri for o in outlets):
             outlets.append(Asset(uri=uri))
         super().__init__(outlets=outlets, **kwargs)
@@ -125,7 +136,7 @@ class BatchResultsOperator(BaseOperator):
         self.one_file_per_batch = bool(one_file_per_batch)
 
     @staticmethod
-    def _asset_uri(asset_uri: str | None, destination: Any, task_id: str) -> str | None:
+    def _asset_uri(asset_uri: str | None, destination: Any, one_file_per_batch: bool, task_id: str) -> str | None:
         """The outlet asset's URI; checks a fixed destination on the way (a relative local path is refused
         here, at parse time, whatever ``asset_uri`` says: the worker would resolve it elsewhere)."""
         if asset_uri is not None and (not isinstance(asset_uri, str) or _templated(asset_uri)):
@@ -140,10 +151,10 @@ class BatchResultsOperator(BaseOperator):
             )
         uri = None
         if not _templated(destination):
-            from airflow_provider_openai_batch.results.writers import destination_uri
+            from airflow_provider_openai_batch.results.writers import export_uri
 
             try:
-                uri = destination_uri(destination)
+                uri = export_uri(destination, one_file_per_batch)
             except ValueError as err:
                 raise ValueError(f"{task_id}: {err}") from None
         if asset_uri is not None:
@@ -156,30 +167,15 @@ class BatchResultsOperator(BaseOperator):
 
         batch_ids = parse_batch_ids(self.batch_id, "batch_id")
         with OpenAIBatchHook(conn_id=self.conn_id) as hook:
-            if self.one_file_per_batch and len(batch_ids) > 1:
-                from airflow_provider_openai_batch.results.writers import numbered_destination
-
-                files = [
-                    hook.export_results(
-                        [batch_id],
-                        numbered_destination(self.destination, number),
-                        format=self.format,
-                        price_table=self.price_table,
-                        delete_files=self.delete_files,
-                        work_dir=self.work_dir,
-                    )
-                    for number, batch_id in enumerate(batch_ids, start=1)
-                ]
-                manifest = _merged_manifest(files)
-            else:
-                manifest = hook.export_results(
-                    batch_ids,
-                    self.destination,
-                    format=self.format,
-                    price_table=self.price_table,
-                    delete_files=self.delete_files,
-                    work_dir=self.work_dir,
-                )
+            manifest = hook.export_results(
+                batch_ids,
+                self.destination,
+                format=self.format,
+                price_table=self.price_table,
+                delete_files=self.delete_files,
+                work_dir=self.work_dir,
+                one_file_per_batch=self.one_file_per_batch,
+            )
         self.log.info(
             "Exported %d rows to %s: %s; estimated cost %.4f USD (price table %s)",
             manifest["rows"],
@@ -200,30 +196,11 @@ class BatchResultsOperator(BaseOperator):
         extra = {
             key: manifest[key] for key in ("destination", "format", "rows", "counts", "batch_ids", "estimated_cost_usd")
         }
+        if "files" in manifest:  # one file per batch: the event names every file written
+            extra["files"] = [
+                {key: entry[key] for key in ("destination", "batch_id", "rows", "counts")}
+                for entry in manifest["files"]
+            ]
         for outlet in self.outlets:
             if isinstance(outlet, Asset):
                 events[outlet].extra = dict(extra)
-
-
-def _merged_manifest(files: list[dict[str, Any]]) -> dict[str, Any]:
-    """One manifest for the files of ``one_file_per_batch``: figures summed, each file's manifest kept."""
-    merged: dict[str, Any] = {
-        "destination": files[0]["destination"],
-        "format": files[0]["format"],
-        "files": files,
-        "estimated": True,
-        "price_table": files[0]["price_table"],
-    }
-    for key in ("rows", "input_tokens", "output_tokens", "total_tokens", "unmatched_results"):
-        merged[key] = sum(int(f[key]) for f in files)
-    merged["estimated_cost_usd"] = round(sum(float(f["estimated_cost_usd"]) for f in files), 6)
-    merged["counts"] = {status: sum(f["counts"][status] for f in files) for status in files[0]["counts"]}
-    merged["batch_ids"] = [b for f in files for b in f["batch_ids"]]
-    models: dict[str, int] = {}
-    for f in files:
-        for model, count in f["models"].items():
-            models[model] = models.get(model, 0) + count
-    merged["models"] = dict(sorted(models.items()))
-    merged["unpriced_models"] = sorted({m for f in files for m in f["unpriced_models"]})
-    merged["deleted_files"] = [d for f in files for d in f["deleted_files"]]
-    return merged

@@ -11,19 +11,20 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_openai_batch.exceptions import NotFoundError, OpenAIBatchError
-from airflow_provider_openai_batch.results.join import RequestConflict, ResultJoin
+from airflow_provider_openai_batch.locations import destination_location, location_uri
+from airflow_provider_openai_batch.results.join import JoinedRow, RequestConflict, ResultJoin
 from airflow_provider_openai_batch.results.options import FILE_KINDS, parse_batch_ids, parse_delete_files
 from airflow_provider_openai_batch.results.prices import CostEstimate, check_price_table
 from airflow_provider_openai_batch.results.rows import STATUSES, row_from_line, row_without_line
 from airflow_provider_openai_batch.results.writers import (
-    as_target,
     atomic_output,
-    destination_uri,
+    export_uri,
+    numbered_destination,
     open_writer,
     require_pyarrow,
     resolve_format,
@@ -49,10 +50,13 @@ def export(
     price_table: Mapping[str, Mapping[str, float]] | None = None,
     delete_files: Any = "none",
     work_dir: str | None = None,
+    one_file_per_batch: bool = False,
 ) -> dict[str, Any]:
     """Write one row per input request of ``batch_ids`` to ``destination``; return the manifest.
 
-    See :meth:`OpenAIBatchHook.export_results` for the arguments and the manifest.
+    Every batch is checked and every file downloaded and joined before the first row is written, and the Files
+    API files are deleted only once every output file is in place: a failure at any point deletes nothing, so
+    a retry can always finish. See :meth:`OpenAIBatchHook.export_results` for the arguments and the manifest.
     """
     ids = parse_batch_ids(batch_ids, "batch_ids")
     kinds = parse_delete_files(delete_files)
@@ -60,11 +64,17 @@ def export(
     fmt = resolve_format(format, destination)
     if fmt == "parquet":
         require_pyarrow()
-    target = as_target(destination)
+    # Each output as given (for its URI) and as a location (to write it), all checked before any request.
+    given = (
+        [numbered_destination(destination, n) for n in range(1, len(ids) + 1)] if one_file_per_batch else [destination]
+    )
+    targets = [destination_location(output) for output in given]
     batches = [_finished_batch(hook, batch_id) for batch_id in ids]
 
+    total = _Tally(prices)
+    files: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="openai-batch-export-", dir=work_dir) as tmp:
-        join = ResultJoin(Path(tmp) / "join.sqlite")
+        join = ResultJoin(Path(tmp) / "join.sqlite", per_batch=one_file_per_batch)
         try:
             for rank, batch in enumerate(batches):
                 _load_batch(hook, join, rank, batch, Path(tmp), batches)
@@ -75,49 +85,85 @@ def export(
                     "are left out of the export",
                     unmatched,
                 )
-            counts: Counter[str] = Counter({status: 0 for status in STATUSES})
-            models: Counter[str] = Counter()
-            cost = CostEstimate(prices)
-            rows = 0
-            with atomic_output(target) as handle:
-                writer = open_writer(fmt, handle)
-                for row, model in _rows(join, batches):
-                    writer.write(row)
-                    rows += 1
-                    counts[row["status"]] += 1
-                    models[model or "unknown"] += 1
-                    body = row["response"]
-                    priced_model = body.get("model") if isinstance(body, dict) else None
-                    cost.add(
-                        priced_model if isinstance(priced_model, str) else model,
-                        row["input_tokens"],
-                        row["output_tokens"],
-                        row["total_tokens"],
-                    )
-                writer.close()
+            if one_file_per_batch:
+                for rank, batch in enumerate(batches):
+                    tally = _write(join.batch_rows(rank), batches, targets[rank], fmt, _Tally(prices), total)
+                    uri = location_uri(given[rank])
+                    files.append({"destination": uri, "batch_id": batch.id, **tally.figures()})
+                    hook.log.info("Exported %d rows of batch %s to %s (%s)", tally.rows, batch.id, uri, fmt)
+            else:
+                _write(join.rows(), batches, targets[0], fmt, total)
         finally:
             join.close()
 
-    uri = destination_uri(target)
-    hook.log.info("Exported %d rows of batches %s to %s (%s): %s", rows, ", ".join(ids), uri, fmt, dict(counts))
+    uri = export_uri(destination, one_file_per_batch)
+    counts = dict(total.counts)
+    hook.log.info("Exported %d rows of batches %s to %s (%s): %s", total.rows, ", ".join(ids), uri, fmt, counts)
     deleted = _delete_files(hook, batches, kinds)
-    return {
+    manifest: dict[str, Any] = {
         "destination": uri,
         "format": fmt,
-        "rows": rows,
-        "counts": {status: counts[status] for status in STATUSES},
+        **total.figures(),
         "batch_ids": ids,
-        "input_tokens": cost.input_tokens,
-        "output_tokens": cost.output_tokens,
-        "total_tokens": cost.total_tokens,
-        "models": dict(sorted(models.items())),
-        "estimated_cost_usd": round(cost.cost_usd, 6),
-        "price_table": cost.version,
-        "unpriced_models": sorted(cost.unpriced),
+        "models": dict(sorted(total.models.items())),
+        "price_table": total.cost.version,
+        "unpriced_models": sorted(total.cost.unpriced),
         "estimated": True,
         "unmatched_results": unmatched,
         "deleted_files": deleted,
     }
+    if one_file_per_batch:
+        manifest["files"] = files
+    return manifest
+
+
+class _Tally:
+    """Rows, their statuses, models, tokens and estimated cost, counted as rows are written."""
+
+    def __init__(self, prices: Mapping[str, Mapping[str, float]] | None) -> None:
+        self.rows = 0
+        self.counts: Counter[str] = Counter({status: 0 for status in STATUSES})
+        self.models: Counter[str] = Counter()
+        self.cost = CostEstimate(prices)
+
+    def add(self, row: dict[str, Any], model: str | None) -> None:
+        self.rows += 1
+        self.counts[row["status"]] += 1
+        self.models[model or "unknown"] += 1
+        # Priced by the model the API reports in the body (a dated snapshot), else by the one the input asked for.
+        body = row["response"]
+        ran = body.get("model") if isinstance(body, dict) else None
+        tokens = (row["input_tokens"], row["output_tokens"], row["total_tokens"])
+        self.cost.add(ran if isinstance(ran, str) else None, *tokens, requested=model)
+
+    def figures(self) -> dict[str, Any]:
+        """The figures a manifest reports for these rows."""
+        return {
+            "rows": self.rows,
+            "counts": {status: self.counts[status] for status in STATUSES},
+            "input_tokens": self.cost.input_tokens,
+            "output_tokens": self.cost.output_tokens,
+            "total_tokens": self.cost.total_tokens,
+            "estimated_cost_usd": round(self.cost.cost_usd, 6),
+        }
+
+
+def _write(
+    joined: Generator[JoinedRow, None, None], batches: list[Batch], target: Any, fmt: str, *tallies: _Tally
+) -> _Tally:
+    """Write ``joined``'s rows to ``target`` (replacing it whole once complete), counting them in ``tallies``;
+    returns the first."""
+    try:
+        with atomic_output(target) as handle:
+            writer = open_writer(fmt, handle)
+            for row, model in _rows(joined, batches):
+                writer.write(row)
+                for tally in tallies:
+                    tally.add(row, model)
+            writer.close()
+    finally:
+        joined.close()  # its cursor now, while the database is still open, whatever happened
+    return tallies[0]
 
 
 def _finished_batch(hook: OpenAIBatchHook, batch_id: str) -> Batch:
@@ -186,11 +232,11 @@ def _lines(path: Path) -> Iterator[bytes]:
                 yield line
 
 
-def _rows(join: ResultJoin, batches: list[Batch]) -> Iterator[tuple[dict[str, Any], str | None]]:
-    """Each row, in input order, with the model its input asked for: from the last batch whose input held the
-    request, by its result line there or, without one, by how that batch ended."""
+def _rows(rows: Iterator[JoinedRow], batches: list[Batch]) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """Each joined row as an export row, with the model its input asked for: by the result line of the batch it
+    is for or, without one, by how that batch ended."""
     errors = [_batch_error(batch) for batch in batches]
-    for joined in join.rows():
+    for joined in rows:
         if joined.line is not None and joined.result_rank is not None:
             batch = batches[joined.result_rank]
             row = row_from_line(joined.custom_id, joined.index, json.loads(joined.line), batch.id, batch.endpoint)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from os import PathLike
 
@@ -30,12 +30,12 @@ class JoinedRow:
 
     :param index: 0-based position of the request over the inputs, in order of first appearance.
     :param custom_id: The request's ``custom_id``.
-    :param last_rank: Rank (position in the list of batches) of the last batch whose input held it.
+    :param last_rank: Rank (position in the list of batches) of the batch the row is for: the last batch whose
+        input held it (:meth:`ResultJoin.rows`), or the batch asked for (:meth:`ResultJoin.batch_rows`).
     :param model: The ``model`` of its body in that input, if any.
     :param result_rank: ``last_rank`` when that batch has a result line for the request, else ``None``.
-    :param line: That result line (JSON bytes), or ``None`` when the result files of the last batch whose input
-        held the request do not mention it (that batch ended before running it): an older round's line does
-        not stand in for it.
+    :param line: That result line (JSON bytes), or ``None`` when that batch's result files do not mention the
+        request (it ended before running it): another round's line does not stand in for it.
     """
 
     index: int
@@ -77,9 +77,13 @@ class ResultJoin:
     first) keeps the first round's positions. A request's row comes from the last batch whose input held it:
     its result line there, or none (an older round's line is kept on disk but never wins over a later round
     that held the request and ended without running it).
+
+    :param path: The SQLite file (a scratch file: nobody reads it afterwards).
+    :param per_batch: Also record which batch's input held which request, for :meth:`batch_rows` (one file
+        per batch); off by default, as a merged export does not need it.
     """
 
-    def __init__(self, path: str | PathLike[str]) -> None:
+    def __init__(self, path: str | PathLike[str], per_batch: bool = False) -> None:
         self.db = sqlite3.connect(str(path))
         # A scratch file: no journal and no fsync (a crash loses only a file nobody will read again).
         self.db.execute("PRAGMA journal_mode = OFF")
@@ -97,6 +101,12 @@ class ResultJoin:
             "CREATE TABLE incoming (seq INTEGER PRIMARY KEY, custom_id TEXT NOT NULL, model TEXT, digest BLOB NOT NULL)"
         )
         self.db.execute("CREATE INDEX incoming_custom_id ON incoming (custom_id)")
+        self.per_batch = per_batch
+        if per_batch:
+            self.db.execute(
+                "CREATE TABLE members (rank INTEGER NOT NULL, idx INTEGER NOT NULL, PRIMARY KEY (rank, idx)) "
+                "WITHOUT ROWID"
+            )
         self.db.execute(
             "CREATE TABLE results (custom_id TEXT NOT NULL, rank INTEGER NOT NULL, line BLOB NOT NULL, "
             "PRIMARY KEY (custom_id, rank))"
@@ -156,6 +166,12 @@ class ResultJoin:
                 "ON CONFLICT (custom_id) DO UPDATE SET last_rank = excluded.last_rank, model = excluded.model",
                 (rank,),
             )
+            if self.per_batch:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO members (rank, idx) "
+                    "SELECT ?, p.idx FROM incoming i JOIN positions p ON p.custom_id = i.custom_id",
+                    (rank,),
+                )
             self.db.execute("DELETE FROM incoming")
         return count
 
@@ -190,7 +206,7 @@ class ResultJoin:
         query = "SELECT COUNT(DISTINCT custom_id) FROM results WHERE custom_id NOT IN (SELECT custom_id FROM positions)"
         return int(self.db.execute(query).fetchone()[0])
 
-    def rows(self) -> Iterator[JoinedRow]:
+    def rows(self) -> Generator[JoinedRow, None, None]:
         """Every input request with the result line of the last batch whose input held it (if that batch has
         one), in input order, one at a time."""
         cursor = self.db.execute(
@@ -200,5 +216,25 @@ class ResultJoin:
         try:
             for index, custom_id, last_rank, model, result_rank, line in cursor:
                 yield JoinedRow(index, custom_id, last_rank, model, result_rank, line)
+        finally:
+            cursor.close()
+
+    def batch_rows(self, rank: int) -> Generator[JoinedRow, None, None]:
+        """Every request the input of batch ``rank`` held, with that batch's result line (if any), in input
+        order (positions over all the inputs, as :meth:`rows` numbers them), one at a time.
+
+        :raises RuntimeError: when the join was not made with ``per_batch=True``.
+        """
+        if not self.per_batch:
+            raise RuntimeError("batch_rows needs a ResultJoin made with per_batch=True")
+        cursor = self.db.execute(
+            "SELECT p.idx - 1, p.custom_id, m.rank, p.model, r.rank, r.line FROM members m "
+            "JOIN positions p ON p.idx = m.idx "
+            "LEFT JOIN results r ON r.custom_id = p.custom_id AND r.rank = m.rank WHERE m.rank = ? ORDER BY m.idx",
+            (rank,),
+        )
+        try:
+            for index, custom_id, batch_rank, model, result_rank, line in cursor:
+                yield JoinedRow(index, custom_id, batch_rank, model, result_rank, line)
         finally:
             cursor.close()

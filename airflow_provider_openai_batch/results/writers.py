@@ -55,54 +55,6 @@ def require_pyarrow() -> None:
         ) from None
 
 
-def as_target(destination: Any) -> Any:
-    """A local :class:`~pathlib.Path` (for a path or a ``file://`` URI string) or an ``ObjectStoragePath``.
-
-    :raises ValueError: for a relative local path: it would resolve against the working directory of whichever
-        process reads it (the DAG processor when the asset URI is made, the worker when the file is written),
-        so the asset would name another file than the one written.
-    """
-    if hasattr(destination, "fs"):  # already an ObjectStoragePath
-        return destination
-    if isinstance(destination, os.PathLike):
-        return _absolute(Path(destination), destination)
-    if not isinstance(destination, str) or not destination.strip():
-        raise ValueError(
-            "destination must be a local path, a file:// URI, an object storage URI such as "
-            f"'s3://bucket/results.jsonl', or an ObjectStoragePath; got {destination!r}"
-        )
-    if destination.startswith("file://"):
-        from urllib.parse import unquote, urlsplit
-
-        return _absolute(Path(unquote(urlsplit(destination).path)), destination)
-    if "://" in destination:
-        from airflow.sdk import ObjectStoragePath
-
-        return ObjectStoragePath(destination)
-    return _absolute(Path(destination), destination)
-
-
-def _absolute(path: Path, destination: Any) -> Path:
-    if not path.is_absolute():
-        raise ValueError(
-            f"destination {str(destination)!r} is a relative path: the DAG processor and the worker resolve it "
-            "against different working directories, so the asset would name another file than the one written; "
-            "give an absolute path or a URI instead, e.g. '/data/answers.jsonl', 'file:///data/answers.jsonl' or "
-            "'s3://bucket/answers.jsonl'"
-        )
-    return path
-
-
-def destination_uri(destination: Any) -> str:
-    """The destination as a URI string: ``file:///abs/path`` for a local one, the store's URI otherwise."""
-    if isinstance(destination, str) and "://" in destination and not destination.startswith("file://"):
-        return destination  # as given: building an ObjectStoragePath here would import fsspec at DAG parse
-    target = as_target(destination)
-    if isinstance(target, Path):
-        return target.as_uri()
-    return str(target)
-
-
 @contextmanager
 def atomic_output(target: Any) -> Iterator[IO[bytes]]:
     """A binary handle on a temporary sibling of ``target``, renamed onto ``target`` when the block ends
@@ -205,10 +157,16 @@ def open_writer(format: str, handle: IO[bytes]) -> RowWriter:
     return ParquetWriter(handle) if format == "parquet" else JsonlWriter(handle)
 
 
-def numbered_destination(destination: Any, number: int) -> Any:
+#: The number of every file in :func:`numbered_destination`'s pattern: a glob, as fsspec and ``ObjectStoragePath.glob``
+#: read it.
+EVERY_NUMBER = "*"
+
+
+def numbered_destination(destination: Any, number: int | str) -> Any:
     """``destination`` with ``-NNNNN`` before its extension: ``s3://b/answers.jsonl`` -> ``s3://b/answers-00001.jsonl``
-    (a path, a URI string or an ``ObjectStoragePath``), for one file per batch."""
-    tag = f"-{number:05d}"
+    (a path, a URI string or an ``ObjectStoragePath``), for one file per batch; ``number`` :data:`EVERY_NUMBER`
+    gives the pattern that names them all (``s3://b/answers-*.jsonl``)."""
+    tag = f"-{number:05d}" if isinstance(number, int) else f"-{number}"
     if hasattr(destination, "with_name") and not isinstance(destination, str):
         return destination.with_name(f"{destination.stem}{tag}{destination.suffix}")
     text = str(destination)
@@ -217,3 +175,13 @@ def numbered_destination(destination: Any, number: int) -> Any:
     if dot > slash + 1:
         return f"{text[:dot]}{tag}{text[dot:]}"
     return f"{text}{tag}"
+
+
+def export_uri(destination: Any, one_file_per_batch: bool) -> str:
+    """The URI an export reports and its asset carries: the destination's, or with one file per batch the
+    pattern that names every numbered file (``file:///data/answers-*.jsonl``), since no file has the
+    destination's own name then."""
+    from airflow_provider_openai_batch.locations import location_uri
+
+    uri = location_uri(destination)
+    return numbered_destination(uri, EVERY_NUMBER) if one_file_per_batch else uri

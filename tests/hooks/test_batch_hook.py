@@ -327,7 +327,7 @@ def test_upload_from_path_bytes_fileobj_and_objectstoragepath(hook, requests_moc
         assert b'name="purpose"\r\n\r\nbatch\r\n' in body
         assert b'{"a": 1}\n{"a": 1}\n{"a": 1}\n' in body
         assert request.headers["Content-Type"].startswith("multipart/form-data; boundary=")
-    with pytest.raises(ValueError, match="not a readable file"):
+    with pytest.raises(ValueError, match=r"source '.*missing\.jsonl' does not exist or is not a file"):
         hook.upload_file(tmp_path / "missing.jsonl")
     with pytest.raises(ValueError, match="source must be a path"):
         hook.upload_file(123)

@@ -365,7 +365,8 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         "operator input_file of the wrong type",
         lambda e: create(e, input_file=5),
         ValueError,
-        r"input_file must be a local path or an ObjectStoragePath of a JSONL file; got int",
+        r"input_file must be a local path, a file:// URI, an object storage URI .*or an ObjectStoragePath of a JSONL "
+        r"file; got int",
     ),
     (
         "operator poll_interval 0 (would hammer the API)",

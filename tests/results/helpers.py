@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
@@ -32,3 +33,11 @@ def file_lines(hook: OpenAIBatchHook, file_id: str, tmp: Path) -> list[dict[str,
     local = tmp / f"{file_id}.jsonl"
     hook.download_file(file_id, local)
     return read_jsonl(local)
+
+
+class FakeOutletEvents(dict):
+    """``context["outlet_events"]``: an accessor per asset, created on first access, with a settable ``extra``."""
+
+    def __missing__(self, asset):
+        self[asset] = SimpleNamespace(extra={})
+        return self[asset]

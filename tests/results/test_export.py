@@ -211,6 +211,26 @@ def test_manifest_counts_tokens_and_cost_with_the_default_and_an_overridden_tabl
     assert again["unpriced_models"] == [] and again["price_table"] == f"custom over {PRICE_TABLE_VERSION}"
 
 
+def test_models_are_priced_by_their_own_row_never_by_a_model_whose_name_they_start_with(hook, tmp_path):
+    batch = submit(
+        hook,
+        [
+            chat("a", model="o3-mini"),
+            chat("b", "a longer question", model="gpt-4o-2024-05-13"),
+            chat("c", model="o3-pro"),
+        ],
+    )
+    manifest = hook.export_results(batch.id, tmp_path / "out.jsonl")
+    rows = {r["custom_id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+    a, b = rows["a"], rows["b"]
+    # o3-mini at 0.55 / 2.20 (not o3's 1 / 4), gpt-4o-2024-05-13 at 2.50 / 7.50 (not gpt-4o's 1.25 / 5).
+    expected = (
+        a["input_tokens"] * 0.55 + a["output_tokens"] * 2.20 + b["input_tokens"] * 2.50 + b["output_tokens"] * 7.50
+    )
+    assert manifest["estimated_cost_usd"] == pytest.approx(round(expected / 1e6, 6))
+    assert manifest["unpriced_models"] == ["o3-pro"]  # not priced as o3
+
+
 def test_parquet_by_suffix_has_the_row_schema(hook, tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     batch = submit(hook, [chat("a"), chat("b", model="fail-m")])
@@ -325,7 +345,7 @@ def test_a_deleted_result_file_is_named(hook, tmp_path):
         ({"destination": 42}, "destination must be a local path, a file:// URI"),
         ({"destination": "out.jsonl"}, r"destination 'out.jsonl' is a relative path.*absolute path or a URI"),
         ({"destination": Path("exports/out.jsonl")}, "destination 'exports/out.jsonl' is a relative path"),
-        ({"destination": "file://out.jsonl"}, "is a relative path"),
+        ({"destination": "file://out.jsonl"}, r"names the host 'out.jsonl'.*write 'file:///out.jsonl'"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_request(tmp_path, kwargs, message):

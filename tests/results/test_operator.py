@@ -4,25 +4,14 @@ cheap import at DAG-parse time."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from types import SimpleNamespace
 
 import pytest
 from airflow.sdk import Asset
 
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.operators.results import BatchResultsOperator
-from tests.helpers import ctx
-from tests.results.helpers import chat, read_jsonl, submit
-
-
-class FakeOutletEvents(dict):
-    """``context["outlet_events"]``: an accessor per asset, created on first access, with a settable ``extra``."""
-
-    def __missing__(self, asset):
-        self[asset] = SimpleNamespace(extra={})
-        return self[asset]
+from tests.helpers import ctx, modules_added
+from tests.results.helpers import FakeOutletEvents, chat, read_jsonl, submit
 
 
 def test_the_task_exports_pushes_the_manifest_and_fills_the_asset_event(
@@ -109,18 +98,13 @@ def test_a_bad_rendered_batch_id_fails_the_task_naming_the_parameter(tmp_path):
 
 
 def test_importing_the_operator_stays_cheap():
-    # Only what the module adds on top of ``import airflow.sdk`` counts.
-    code = (
-        "import sys; import airflow.sdk; before = set(sys.modules); "
-        "import airflow_provider_openai_batch.operators.results; "
-        "added = set(sys.modules) - before; "
-        "heavy = sorted(m for m in added if m.split('.')[0] in ('requests', 'aiohttp', 'tenacity', 'openai', "
-        "'pydantic', 'urllib3', 'sqlite3', '_sqlite3', 'pyarrow', 'fsspec', 'upath') "
-        "or m.endswith(('.models', '.hooks.batch', '.api', '.results.export', '.results.join'))); "
-        "print(heavy)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+    added = modules_added("import airflow_provider_openai_batch.operators.results")
+    heavy = (
+        "requests", "aiohttp", "tenacity", "openai", "pydantic", "urllib3", "sqlite3", "_sqlite3", "pyarrow",
+        "fsspec", "upath",
+    )  # fmt: skip
+    ours = (".models", ".hooks.batch", ".api", ".results.export", ".results.join")
+    assert [m for m in added if m.split(".")[0] in heavy or m.endswith(ours)] == []
 
 
 def test_a_templated_relative_destination_is_refused_when_the_task_runs(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,14 @@ from airflow_provider_openai_batch.exceptions import NotFoundError
 from airflow_provider_openai_batch.models import Batch
 from airflow_provider_openai_batch.results.export import export, parse_batch_ids, parse_delete_files
 from airflow_provider_openai_batch.results.join import ResultJoin
-from airflow_provider_openai_batch.results.prices import DEFAULT_PRICES, CostEstimate, check_price_table
+from airflow_provider_openai_batch.results.prices import (
+    DEFAULT_PRICES,
+    PRICE_TABLE_DATE,
+    PRICE_TABLE_VERSION,
+    SNAPSHOTS,
+    CostEstimate,
+    check_price_table,
+)
 from airflow_provider_openai_batch.results.rows import classify_line, classify_missing, output_text, usage_tokens
 from tests.results.helpers import read_jsonl
 
@@ -61,24 +69,49 @@ def test_output_text_and_tokens_of_each_body_shape():
     assert usage_tokens(None) == (None, None, None)
 
 
-def test_models_are_priced_by_longest_prefix():
+def test_models_are_priced_by_exact_name_or_a_known_snapshot_and_every_other_name_is_listed():
     cost = CostEstimate()
-    assert cost.match("gpt-4o-mini-2024-07-18") == "gpt-4o-mini"
-    assert cost.match("gpt-4o-2024-08-06") == "gpt-4o"
-    assert cost.match("gpt-4.1-mini") == "gpt-4.1-mini"
-    assert cost.match("claude-3") is None
-    cost.add("gpt-4o-mini-2024-07-18", 1_000_000, 1_000_000, None)
-    cost.add("claude-3", 10, 10, 20)
+    # A name that starts like a listed model is not that model: o3-mini is not o3, and the first GPT-4o snapshot
+    # costs twice what gpt-4o costs now.
+    assert cost.match("o3-mini") == "o3-mini" and DEFAULT_PRICES["o3-mini"] != DEFAULT_PRICES["o3"]
+    assert DEFAULT_PRICES["gpt-4o-2024-05-13"] == {"input": 2.50, "output": 7.50} != DEFAULT_PRICES["gpt-4o"]
+    assert cost.match("gpt-4o-mini-2024-07-18") == "gpt-4o-mini-2024-07-18"  # a snapshot known to cost the same
+    assert DEFAULT_PRICES["gpt-4o-mini-2024-07-18"] == DEFAULT_PRICES["gpt-4o-mini"]
+    for name in ("o3-pro", "o3-mini-high", "gpt-4o-2024-08-06", "gpt-4o-mini-2099-01-01", "gpt-5.1", "claude-3"):
+        assert cost.match(name) is None, name
+
+    cost.add("o3-mini", 1_000_000, 1_000_000, None)
+    cost.add("gpt-4o-2024-05-13", 1_000_000, 0, None)
+    assert cost.cost_usd == pytest.approx(0.55 + 2.20 + 2.50)
+    cost.add("o3-pro", 10, 10, 20)  # not in the table: priced at 0 and listed, never as o3
+    cost.add("gpt-4o-2024-08-06", 10, 10, 20, requested="o9")
     cost.add(None, 0, 0, 0)  # nothing billed: not listed as unpriced
-    assert cost.cost_usd == pytest.approx(
-        DEFAULT_PRICES["gpt-4o-mini"]["input"] + DEFAULT_PRICES["gpt-4o-mini"]["output"]
-    )
-    assert cost.unpriced == {"claude-3"} and cost.total_tokens == 2_000_020
+    assert cost.cost_usd == pytest.approx(0.55 + 2.20 + 2.50)
+    assert cost.unpriced == {"o3-pro", "gpt-4o-2024-08-06"}
+
+
+def test_a_snapshot_the_table_does_not_list_is_priced_by_the_model_the_input_asked_for():
+    cost = CostEstimate()
+    cost.add("gpt-4.1-2025-04-14", 1_000_000, 1_000_000, None, requested="gpt-4.1")
+    assert cost.cost_usd == pytest.approx(DEFAULT_PRICES["gpt-4.1"]["input"] + DEFAULT_PRICES["gpt-4.1"]["output"])
+    assert cost.unpriced == set()
+    mine = CostEstimate({"o3-pro": {"input": 10, "output": 40}})  # a user's table is exact too
+    mine.add("o3-pro", 1_000_000, 0, None)
+    mine.add("o3-pro-2025-06-10", 1_000_000, 0, None)
+    assert mine.cost_usd == pytest.approx(10) and mine.unpriced == {"o3-pro-2025-06-10"}
+
+
+def test_the_price_table_is_dated_and_every_snapshot_names_a_listed_model():
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", PRICE_TABLE_DATE)
+    assert PRICE_TABLE_VERSION.endswith(f"-{PRICE_TABLE_DATE}")
+    assert all(model in DEFAULT_PRICES and snapshot.startswith(model + "-") for snapshot, model in SNAPSHOTS.items())
+    assert all(set(entry) == {"input", "output"} and min(entry.values()) >= 0 for entry in DEFAULT_PRICES.values())
 
 
 def test_the_default_table_holds_batch_prices_and_a_user_table_is_checked():
-    # Batch prices are half the list price (gpt-4o-mini lists at 0.15 / 0.60 USD per 1M tokens).
+    # Batch prices are half the list price (gpt-4o-mini lists at 0.15 / 0.60 USD per 1M tokens, o3 at 2 / 8).
     assert DEFAULT_PRICES["gpt-4o-mini"] == {"input": 0.075, "output": 0.30}
+    assert DEFAULT_PRICES["o3"] == {"input": 1.00, "output": 4.00}
     assert check_price_table({"m": {"input": 1}}) == {"m": {"input": 1.0, "output": 0.0}}
     with pytest.raises(ValueError, match=r"price_table must be a dict like"):
         check_price_table([("gpt-4o", 1)])
