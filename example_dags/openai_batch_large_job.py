@@ -7,6 +7,10 @@ merged results, one row per request in input order, land in ``OPENAI_BATCH_RESUL
 ``$AIRFLOW_HOME/results/openai_batch_large_job.jsonl``; any object storage URI works), and the manifest is
 printed. Set ``OPENAI_BATCH_POLL_INTERVAL`` (seconds, default 60) to poll faster, e.g. against the emulator.
 
+Large jobs are the ones that meet rate limits, server errors and expiry, so each batch gets
+``OPENAI_BATCH_RESUBMIT_UNFINISHED`` (default 1) rounds in which only its requests that did not finish are sent
+again; the export, given the last batches, finds every round and writes each request as it finally ended.
+
 The input file is written under ``$AIRFLOW_HOME`` on the worker that builds it, and read by the worker that
 submits it: fine for ``airflow dags test`` and one machine. With several workers, write it to object storage
 (``ObjectStoragePath("s3://...")``) instead: ``input_file`` takes one as well.
@@ -27,6 +31,7 @@ POLL = float(os.environ.get("OPENAI_BATCH_POLL_INTERVAL", "60"))
 MODEL = os.environ.get("OPENAI_BATCH_MODEL", "gpt-4o-mini")
 REQUESTS = int(os.environ.get("OPENAI_BATCH_EXAMPLE_REQUESTS", "120000"))
 MAX_REQUESTS_PER_BATCH = int(os.environ.get("OPENAI_BATCH_MAX_REQUESTS_PER_BATCH", "50000"))
+RESUBMIT_UNFINISHED = int(os.environ.get("OPENAI_BATCH_RESUBMIT_UNFINISHED", "1"))
 HOME = Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser()
 RESULTS_URI = os.environ.get("OPENAI_BATCH_RESULTS_URI") or (HOME / "results" / "openai_batch_large_job.jsonl").as_uri()
 
@@ -63,6 +68,7 @@ def openai_batch_large_job() -> None:
         endpoint="/v1/chat/completions",
         input_file=build_input(),
         max_requests_per_batch=MAX_REQUESTS_PER_BATCH,
+        resubmit_unfinished=RESUBMIT_UNFINISHED,
         wait_for_completion=True,
         deferrable=True,
         poll_interval=POLL,

@@ -29,11 +29,15 @@ if TYPE_CHECKING:
 LAYOUT_SETTINGS = ("max_requests_per_batch", "max_enqueued_tokens", "max_bytes_per_file", "max_embedding_inputs")
 
 
-def prepare(task: Any, context: Any, hook: OpenAIBatchHook, store: RecordStore, tmp: str) -> JobRecord:
+def prepare(
+    task: Any, context: Any, hook: OpenAIBatchHook, store: RecordStore, tmp: str, resuming: bool = False
+) -> JobRecord:
     """The job record for ``task``'s input, every shard uploaded and the record stored.
 
     :param task: The :class:`~airflow_provider_openai_batch.operators.batch.CreateBatchOperator`.
     :param tmp: A directory for the shard files, alive until the job's first wait.
+    :param resuming: The task resumes from a wait without a record: its batches exist, search for them as a
+        retry does.
     """
     from airflow_provider_openai_batch.jobs.recover import LayoutChanged, from_batch_list, from_previous_release
 
@@ -85,7 +89,7 @@ def prepare(task: Any, context: Any, hook: OpenAIBatchHook, store: RecordStore, 
         record = previous or fresh
         if previous is not None:
             task.log.info("Re-attaching to the batches an earlier try recorded")
-        elif task.reattach == "auto" and (ti.try_number or 1) > 1:
+        elif task.reattach == "auto" and ((ti.try_number or 1) > 1 or resuming):
             try:
                 found = from_batch_list(hook, fresh, task.resubmit_unfinished, layout_job, now)
             except LayoutChanged as err:

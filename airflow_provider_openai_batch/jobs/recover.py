@@ -55,7 +55,7 @@ def from_batch_list(
         kept = keep_one(hook, batches, None) or batches[0]  # late twins of one create: one stays live
         index, number = where[key]
         by_shard.setdefault(index, []).append((number, key, kept))
-    for index, attempts_found in by_shard.items():
+    for index, attempts_found in sorted(by_shard.items()):
         shard = fresh.shards[index]
         shard.attempts = [_attempt(number, key, batch) for number, key, batch in sorted(attempts_found)]
         first = shard.attempts[0]

@@ -243,7 +243,7 @@ class CreateBatchOperator(BaseOperator):
             # release) it finds its job the way a retry does.
             record = store.read() if seen is not None else None
             if record is None:
-                record = prepare(self, context, hook, store, tmp)
+                record = prepare(self, context, hook, store, tmp, resuming=seen is not None)
             self._runner = JobRunner(self, context, hook, record, store)
             last = record.final_batch_ids()
             if last:

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from airflow_provider_openai_batch.models import Batch
 
 
+#: Earlier attempts followed back from one batch at most (a job's shard has far fewer).
+MAX_ATTEMPTS = 200
+
+
 class ResultsExportError(OpenAIBatchError):
     """A batch's results cannot be exported (not finished, or a file it needs is gone)."""
 
@@ -69,7 +73,7 @@ def export(
         [numbered_destination(destination, n) for n in range(1, len(ids) + 1)] if one_file_per_batch else [destination]
     )
     targets = [destination_location(output) for output in given]
-    batches = [_finished_batch(hook, batch_id) for batch_id in ids]
+    batches, firsts = _with_earlier_attempts(hook, [_finished_batch(hook, batch_id) for batch_id in ids])
 
     total = _Tally(prices)
     files: list[dict[str, Any]] = []
@@ -104,7 +108,7 @@ def export(
         "destination": uri,
         "format": fmt,
         **total.figures(),
-        "batch_ids": ids,
+        "batch_ids": [batch.id for batch in batches],
         "models": dict(sorted(total.models.items())),
         "price_table": total.cost.version,
         "unpriced_models": sorted(total.cost.unpriced),
@@ -176,6 +180,38 @@ def _finished_batch(hook: OpenAIBatchHook, batch_id: str) -> Batch:
     if not batch.input_file_id:
         raise ResultsExportError(f"batch {batch_id} has no input_file_id, so the input order is unknown")
     return batch
+
+
+def _with_earlier_attempts(
+    hook: OpenAIBatchHook, given: list[Batch]
+) -> tuple[list[Batch], list[tuple[int, bool]]]:
+    """The batches to read, in order: before each given batch, the earlier attempts it continues (a round of
+    ``resubmit_unfinished`` names, in its metadata, the batch whose unfinished requests it sends again), oldest
+    first, each batch once; and for each given batch, the rank of its first attempt and whether it has earlier
+    ones.
+
+    The requests an earlier attempt finished keep its results, and the others take their latest attempt's: the
+    export of a job's last batches is the whole job.
+    """
+    from airflow_provider_openai_batch.task_metadata import RESUBMIT_OF_KEY
+
+    batches: list[Batch] = []
+    firsts: list[tuple[int, bool]] = []
+    for batch in given:
+        chain = [batch]
+        while (earlier := (chain[0].metadata or {}).get(RESUBMIT_OF_KEY)) and len(chain) < MAX_ATTEMPTS:
+            if any(b.id == earlier for b in chain):
+                break  # a loop in metadata someone else wrote: stop rather than go round
+            chain.insert(0, _by_id(batches, earlier) or _finished_batch(hook, earlier))
+        for attempt in chain:
+            if _by_id(batches, attempt.id) is None:
+                batches.append(attempt)
+        firsts.append((next(rank for rank, b in enumerate(batches) if b.id == chain[0].id), len(chain) > 1))
+    return batches, firsts
+
+
+def _by_id(batches: list[Batch], batch_id: str) -> Batch | None:
+    return next((b for b in batches if b.id == batch_id), None)
 
 
 def _conflict_error(clash: RequestConflict, batches: list[Batch]) -> ResultsExportError:

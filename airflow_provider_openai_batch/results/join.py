@@ -219,18 +219,20 @@ class ResultJoin:
         finally:
             cursor.close()
 
-    def batch_rows(self, rank: int) -> Generator[JoinedRow, None, None]:
-        """Every request the input of batch ``rank`` held, with that batch's result line (if any), in input
-        order (positions over all the inputs, as :meth:`rows` numbers them), one at a time.
+    def batch_rows(self, rank: int, final: bool = False) -> Generator[JoinedRow, None, None]:
+        """Every request the input of batch ``rank`` held, in input order (positions over all the inputs, as
+        :meth:`rows` numbers them), one at a time: with that batch's result line (if any), or with ``final``,
+        with the result of the last batch whose input held the request (a shard's later attempts).
 
         :raises RuntimeError: when the join was not made with ``per_batch=True``.
         """
         if not self.per_batch:
             raise RuntimeError("batch_rows needs a ResultJoin made with per_batch=True")
+        of = "p.last_rank" if final else "m.rank"
         cursor = self.db.execute(
-            "SELECT p.idx - 1, p.custom_id, m.rank, p.model, r.rank, r.line FROM members m "
+            f"SELECT p.idx - 1, p.custom_id, {of}, p.model, r.rank, r.line FROM members m "  # noqa: S608 (a column)
             "JOIN positions p ON p.idx = m.idx "
-            "LEFT JOIN results r ON r.custom_id = p.custom_id AND r.rank = m.rank WHERE m.rank = ? ORDER BY m.idx",
+            f"LEFT JOIN results r ON r.custom_id = p.custom_id AND r.rank = {of} WHERE m.rank = ? ORDER BY m.idx",
             (rank,),
         )
         try:
