@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+#: The service principal's client secret the ``token_server`` fixture accepts: made up per run.
+CLIENT_SECRET = f"canary-secret-{secrets.token_hex(8)}"
+
 
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key, written to ``directory``."""
@@ -113,7 +116,8 @@ class TokenServer:
         context.load_cert_chain(self.cert, key)
         self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self.authority = f"https://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # A short poll: stop() waits for one, in every test that uses the server.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
     def start(self) -> TokenServer:
         self._thread.start()
