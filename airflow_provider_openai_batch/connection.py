@@ -220,6 +220,61 @@ def settings_from_connection(conn: Any) -> ClientSettings:
     )
 
 
+def settings_for_connection_test(conn: Any) -> ClientSettings:
+    """:func:`settings_from_connection` for the connection Test button: refused when the test could send a secret
+    somewhere Airflow's own guard does not look.
+
+    Airflow's Test button (``POST /api/v2/connections/test``) tests the connection as the tester submits it,
+    with the stored password filled in for the masked one; it reuses the stored password only while the
+    submitted host and port equal the stored ones, and takes every other field (the extra too) from the
+    tester. So a test sends a secret only where the host and port, or this provider's constants, decide:
+
+    - the base URL comes from the host field (or is OpenAI's default), never from extra ``base_url`` or
+      ``openai_client_kwargs.base_url``;
+    - an Entra ID ``authority`` (where the client secret goes, or with the default credential chain the
+      machine's own ``AZURE_CLIENT_SECRET``) is one of Microsoft's own hosts (:data:`KNOWN_AUTHORITY_HOSTS`);
+    - the machine's own Entra ID identity (a managed identity or the default credential chain, which needs no
+      stored password at all) is never sent past the Azure host check: ``unsafe_send_token_to_any_host`` does
+      not apply to a test.
+
+    A connection refused here still works in tasks, which only whoever may edit the connection decides.
+
+    :raises ValueError: naming the field and the fix, for those and for anything
+        :func:`settings_from_connection` refuses.
+    """
+    conn_id = str(conn.conn_id)
+    extra, from_client_kwargs = _extra(conn, conn_id)
+    _, field = _host(conn, extra, from_client_kwargs)
+    refused = f"Connection {conn_id!r}: the Test button does not send this connection's secret"
+    guard = (
+        "Airflow reuses a stored secret for a test whenever the host and port are unchanged, whatever the rest "
+        "of the test says, so whoever may test the connection could name a server of their own there"
+    )
+    if field != "host":
+        raise ValueError(
+            f"{refused} to a base URL taken from {field}: {guard}. Move the base URL into the host field "
+            "('Base URL' in the UI) to test this connection"
+        )
+    settings = settings_from_connection(conn)
+    entra = settings.entra
+    if entra is None:
+        return settings
+    if entra.authority is not None and urlsplit(entra.authority).hostname not in KNOWN_AUTHORITY_HOSTS:
+        raise ValueError(
+            f"{refused} or this machine's Entra ID credentials to the authority in extra field 'authority': "
+            f"{guard}. A test only uses Microsoft's own authorities ({', '.join(sorted(KNOWN_AUTHORITY_HOSTS))}): "
+            "remove 'authority' to test this connection, or test it from a task"
+        )
+    if entra.kind != "service_principal" and _flag(extra, "unsafe_send_token_to_any_host"):
+        raise ValueError(
+            f"Connection {conn_id!r}: the Test button does not send this machine's own Entra ID token (managed "
+            "identity or default credential chain) past the Azure host check, and extra field "
+            "'unsafe_send_token_to_any_host' is set: whoever may test connections could name a host of their own. "
+            "Test this connection from a task"
+        )
+    return settings
+
+
 def _rule_overrides(value: Any, api_type: str, conn_id: str) -> tuple[tuple[str, Any], ...]:
     """Extra ``backend_rules``: a JSON object of rule overrides, checked now so a typo fails at once."""
     from airflow_provider_openai_batch.backends import rules_for
