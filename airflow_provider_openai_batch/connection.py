@@ -622,7 +622,7 @@ def _transports_agree(url: str, host: str, port: int | None) -> bool:
         (sync.host or "").lower().strip("[]") == want
         and sync.port == port
         and sync.auth is None
-        and (async_.host or "").lower() == want
+        and (async_.raw_host or "").lower() == want  # what aiohttp connects to (.host decodes xn--)
         and async_.explicit_port == port
         and async_.user is None
         and async_.password is None

@@ -62,6 +62,7 @@ ACCEPTED = [
     pytest.param("https://RES.OpenAI.Azure.com.:443/openai/v1", "res.openai.azure.com.:443", id="case-dot-port"),
     pytest.param("https://res.cognitiveservices.azure.com:8443/openai/v1", "res.cognitiveservices.azure.com:8443"),
     pytest.param("https://proj_1.services.ai.azure.com/openai/v1", "proj_1.services.ai.azure.com:443", id="underscore"),
+    pytest.param("https://xn--bcher-kva.openai.azure.com/openai/v1", "xn--bcher-kva.openai.azure.com:443", id="idna"),
 ]
 FIELDS = ["host", "extra.base_url", "extra.openai_client_kwargs.base_url"]
 
