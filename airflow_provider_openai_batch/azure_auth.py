@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+from airflow_provider_openai_batch.connection import KNOWN_AUTHORITY_HOSTS
 from airflow_provider_openai_batch.exceptions import OpenAIBatchError
 
 if TYPE_CHECKING:
@@ -28,16 +29,6 @@ if TYPE_CHECKING:
 #: Refresh a token this many seconds before it expires (azure-identity's own credentials use 5 minutes).
 REFRESH_MARGIN = 300.0
 _INSTALL = "pip install 'airflow-provider-openai-batch[azure]'"
-#: Microsoft's own Entra ID hosts (public and sovereign clouds), which instance discovery knows.
-KNOWN_AUTHORITY_HOSTS = frozenset(
-    {
-        "login.microsoftonline.com",
-        "login.microsoftonline.us",
-        "login.chinacloudapi.cn",
-        "login.partner.microsoftonline.cn",
-        "login.microsoftonline.de",
-    }
-)
 
 
 class CredentialError(OpenAIBatchError):

@@ -50,6 +50,24 @@ AZURE_TOKEN_HOST_SUFFIXES = (
     ".openai.azure.cn",
     ".cognitiveservices.azure.cn",
 )
+#: Microsoft's own Entra ID hosts (public and sovereign clouds): where a client secret may go in a connection
+#: test (see :func:`check_test_destination`), and which azure-identity's instance discovery knows.
+KNOWN_AUTHORITY_HOSTS = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
+        "login.microsoftonline.de",
+    }
+)
+#: ``host[:port]`` of a URL a secret is sent to: a name of letters, digits, ``-``, ``_`` and ``.``, or an IPv6
+#: address in brackets. Stricter than RFC 3986, which also allows percent-encodings and ``!$&'()*+,;=`` in a
+#: host name: no API host needs them, and each is one more place where URL parsers disagree on the host.
+_NETLOC = re.compile(r"(?P<host>[A-Za-z0-9_.-]+|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::(?P<port>[0-9]{1,5}))?")
+_HOST_RULE = (
+    "labels of letters, digits, '-' and '_' joined by '.', or an IPv6 address in brackets, then an optional :port"
+)
 _API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
 _TENANT = re.compile(r"[A-Za-z0-9.-]{1,100}")
 
@@ -161,7 +179,7 @@ def settings_from_connection(conn: Any) -> ClientSettings:
         cannot carry, credentials inside the URL, or a timeout or retry count out of range.
     """
     conn_id = str(conn.conn_id)
-    extra = _extra(conn, conn_id)
+    extra, from_client_kwargs = _extra(conn, conn_id)
     api_type = _api_type(extra.get("api_type"), conn_id)
     secret = _header_value(conn.password, "password (API key)", conn_id, secret=True)
     entra = _entra(extra, secret, api_type, conn_id)
@@ -171,7 +189,7 @@ def settings_from_connection(conn: Any) -> ClientSettings:
             f"Connection {conn_id!r} has no API key: put the key in the connection's password field "
             "('API key' in the UI), e.g. AIRFLOW_CONN_" + conn_id.upper() + "='openai-batch://:<key>@'" + hint
         )
-    host = _text(conn.host) or _text(extra.get("base_url"))
+    host, host_field = _host(conn, extra, from_client_kwargs)
     if not host and api_type != "openai":
         example = AZURE_EXAMPLE_URL if api_type == "azure" else "https://llm.example.com/v1"
         raise ValueError(
@@ -183,11 +201,11 @@ def settings_from_connection(conn: Any) -> ClientSettings:
     if api_type == "azure" and not schema and "://" not in host and "/" not in host:
         # A bare host (as a connection URI gives it) is the resource: its API lives under /openai, not /v1.
         schema = "openai/v1" if api_version is None else "openai"
-    base_url = _base_url(host, conn.port, schema, conn_id)
+    base_url = _base_url(host, conn.port, schema, conn_id, host_field)
     if api_type == "azure":
         base_url = _azure_base_url(base_url, api_version, conn_id)
     if entra is not None:
-        _check_token_host(base_url, extra, conn_id)
+        _check_token_host(base_url, extra, conn_id, host_field)
     return ClientSettings(
         api_key="" if entra is not None else secret,
         base_url=base_url,
@@ -200,6 +218,61 @@ def settings_from_connection(conn: Any) -> ClientSettings:
         entra=entra,
         rule_overrides=_rule_overrides(extra.get("backend_rules"), api_type, conn_id),
     )
+
+
+def settings_for_connection_test(conn: Any) -> ClientSettings:
+    """:func:`settings_from_connection` for the connection Test button: refused when the test could send a secret
+    somewhere Airflow's own guard does not look.
+
+    Airflow's Test button (``POST /api/v2/connections/test``) tests the connection as the tester submits it,
+    with the stored password filled in for the masked one; it reuses the stored password only while the
+    submitted host and port equal the stored ones, and takes every other field (the extra too) from the
+    tester. So a test sends a secret only where the host and port, or this provider's constants, decide:
+
+    - the base URL comes from the host field (or is OpenAI's default), never from extra ``base_url`` or
+      ``openai_client_kwargs.base_url``;
+    - an Entra ID ``authority`` (where the client secret goes, or with the default credential chain the
+      machine's own ``AZURE_CLIENT_SECRET``) is one of Microsoft's own hosts (:data:`KNOWN_AUTHORITY_HOSTS`);
+    - the machine's own Entra ID identity (a managed identity or the default credential chain, which needs no
+      stored password at all) is never sent past the Azure host check: ``unsafe_send_token_to_any_host`` does
+      not apply to a test.
+
+    A connection refused here still works in tasks, which only whoever may edit the connection decides.
+
+    :raises ValueError: naming the field and the fix, for those and for anything
+        :func:`settings_from_connection` refuses.
+    """
+    conn_id = str(conn.conn_id)
+    extra, from_client_kwargs = _extra(conn, conn_id)
+    _, field = _host(conn, extra, from_client_kwargs)
+    refused = f"Connection {conn_id!r}: the Test button does not send this connection's secret"
+    guard = (
+        "Airflow reuses a stored secret for a test whenever the host and port are unchanged, whatever the rest "
+        "of the test says, so whoever may test the connection could name a server of their own there"
+    )
+    if field != "host":
+        raise ValueError(
+            f"{refused} to a base URL taken from {field}: {guard}. Move the base URL into the host field "
+            "('Base URL' in the UI) to test this connection"
+        )
+    settings = settings_from_connection(conn)
+    entra = settings.entra
+    if entra is None:
+        return settings
+    if entra.authority is not None and urlsplit(entra.authority).hostname not in KNOWN_AUTHORITY_HOSTS:
+        raise ValueError(
+            f"{refused} or this machine's Entra ID credentials to the authority in extra field 'authority': "
+            f"{guard}. A test only uses Microsoft's own authorities ({', '.join(sorted(KNOWN_AUTHORITY_HOSTS))}): "
+            "remove 'authority' to test this connection, or test it from a task"
+        )
+    if entra.kind != "service_principal" and _flag(extra, "unsafe_send_token_to_any_host"):
+        raise ValueError(
+            f"Connection {conn_id!r}: the Test button does not send this machine's own Entra ID token (managed "
+            "identity or default credential chain) past the Azure host check, and extra field "
+            "'unsafe_send_token_to_any_host' is set: whoever may test connections could name a host of their own. "
+            "Test this connection from a task"
+        )
+    return settings
 
 
 def _rule_overrides(value: Any, api_type: str, conn_id: str) -> tuple[tuple[str, Any], ...]:
@@ -330,10 +403,10 @@ def _entra(extra: Mapping[str, Any], secret: str, api_type: str, conn_id: str) -
             "clear one of them"
         )
     authority = _text(extra.get("authority")) or None
-    if authority is not None and not authority.lower().startswith("https://"):
-        raise ValueError(
-            f"Connection {conn_id!r}: extra field 'authority' must be an https:// URL such as "
-            "https://login.microsoftonline.com"
+    if authority is not None:
+        # The client secret (or the machine's own credential) goes there: checked as strictly as the base URL.
+        authority = checked_url(
+            authority, conn_id, "extra field 'authority'", "https://login.microsoftonline.com", schemes=("https",)
         )
     scope = _text(extra.get("token_scope")) or AZURE_TOKEN_SCOPE
     if scope not in AZURE_TOKEN_SCOPES and not _flag(extra, "unsafe_allow_any_token_scope"):
@@ -346,9 +419,10 @@ def _entra(extra: Mapping[str, Any], secret: str, api_type: str, conn_id: str) -
     return EntraSettings(tenant_id, client_id, secret or None, managed, authority, scope)
 
 
-def _check_token_host(base_url: str, extra: Mapping[str, Any], conn_id: str) -> None:
+def _check_token_host(base_url: str, extra: Mapping[str, Any], conn_id: str, field: str) -> None:
     """Refuse to send an Entra ID token anywhere but over HTTPS to an Azure OpenAI host, unless opted in: whoever
-    may edit connections could otherwise have the machine's managed-identity token sent to a host they run."""
+    may edit connections could otherwise have the machine's managed-identity token sent to a host they run.
+    ``base_url`` has passed :func:`checked_url`, so its host is the one both transports connect to."""
     if _flag(extra, "unsafe_send_token_to_any_host"):
         return
     parts = urlsplit(base_url)
@@ -358,10 +432,10 @@ def _check_token_host(base_url: str, extra: Mapping[str, Any], conn_id: str) -> 
     ):
         return
     raise ValueError(
-        f"Connection {conn_id!r}: with auth_type 'entra_id' the base URL (host) must be an https:// URL of an Azure "
-        f"resource ({', '.join('*' + s for s in AZURE_TOKEN_HOST_SUFFIXES[:3])}), since the Entra ID token is sent "
-        f"there; got {parts.scheme}://{host}. Fix the host, e.g. {AZURE_EXAMPLE_URL}, or, only for a gateway or "
-        "test server you trust with the token, set extra field 'unsafe_send_token_to_any_host' to true"
+        f"Connection {conn_id!r}: with auth_type 'entra_id' the base URL ({field}) must be an https:// URL of an "
+        f"Azure resource ({', '.join('*' + s for s in AZURE_TOKEN_HOST_SUFFIXES[:3])}), since the Entra ID token is "
+        f"sent there; got {parts.scheme}://{host}. Fix the host, e.g. {AZURE_EXAMPLE_URL}, or, only for a gateway "
+        "or test server you trust with the token, set extra field 'unsafe_send_token_to_any_host' to true"
     )
 
 
@@ -370,7 +444,9 @@ def _flag(extra: Mapping[str, Any], name: str) -> bool:
     return extra.get(name) in (True, "true", "True", "1", 1)
 
 
-def _extra(conn: Any, conn_id: str) -> dict[str, Any]:
+def _extra(conn: Any, conn_id: str) -> tuple[dict[str, Any], frozenset[str]]:
+    """The extra as a dict, with the official provider's ``openai_client_kwargs`` merged in, and the names taken
+    from those (so a message can name the field a value really came from)."""
     raw = getattr(conn, "extra", None)
     if isinstance(raw, str) and raw.strip():
         # Parsed here rather than through extra_dejson, which logs bad JSON and carries on with {}.
@@ -393,10 +469,22 @@ def _extra(conn: Any, conn_id: str) -> dict[str, Any]:
             ) from None
     if kwargs is not None and not isinstance(kwargs, Mapping):
         raise ValueError(f"Connection {conn_id!r}: extra 'openai_client_kwargs' must be a JSON object")
+    taken = set()
     for name in ("organization", "project", "base_url", "timeout", "max_retries"):
         if merged.get(name) in (None, "") and kwargs and kwargs.get(name) not in (None, ""):
             merged[name] = kwargs[name]
-    return merged
+            taken.add(name)
+    return merged, frozenset(taken)
+
+
+def _host(conn: Any, extra: Mapping[str, Any], from_client_kwargs: frozenset[str]) -> tuple[str, str]:
+    """The base URL as given, and the field it came from: the host, else extra ``base_url`` (ours or the
+    official provider's); ``("", "host")`` when none is set."""
+    host = _text(conn.host)
+    if host or not _text(extra.get("base_url")):
+        return host, "host"
+    field = "extra.openai_client_kwargs.base_url" if "base_url" in from_client_kwargs else "extra.base_url"
+    return _text(extra.get("base_url")), field
 
 
 def _text(value: Any) -> str:
@@ -429,12 +517,10 @@ def _header_value(value: Any, name: str, conn_id: str, *, secret: bool = False) 
     return cleaned
 
 
-def _base_url(host: str, port: Any, schema: str, conn_id: str) -> str:
+def _base_url(host: str, port: Any, schema: str, conn_id: str, field: str) -> str:
     host = host.rstrip("/")
     if not host:
         return DEFAULT_BASE_URL
-    if any(ch.isspace() or not ch.isprintable() for ch in host):
-        raise ValueError(f"Connection {conn_id!r}: the base URL (host) contains spaces or control characters")
     if "://" in host:
         url = host
     elif "/" in host:  # host and path without a scheme
@@ -445,26 +531,102 @@ def _base_url(host: str, port: Any, schema: str, conn_id: str) -> str:
         netloc = host if own_port else (f"{host}:{port}" if port else host)  # port 0 or None: the default
         path = "/" + schema.strip("/") if schema.strip("/") else "/v1"
         url = f"{scheme}://{netloc}{path}"
+    return checked_url(url, conn_id, f"the base URL ({field})", DEFAULT_BASE_URL)
+
+
+def checked_url(
+    url: str, conn_id: str, what: str, example: str, *, schemes: tuple[str, ...] = ("http", "https")
+) -> str:
+    """``url`` without a trailing ``/``, once it is certain that every HTTP client of this provider connects to
+    the host it names; refused otherwise. A secret is sent there: the API key, an Entra ID token, or (for extra
+    ``authority``) a client secret.
+
+    The host must be plain (see :data:`_NETLOC`), and it must be the host that ``requests`` (through
+    ``urllib3.util.parse_url``) and aiohttp (through ``yarl.URL``) read from the same text. Parsers disagree on
+    a backslash (``https://attacker.example\\.openai.azure.com`` is ``attacker.example`` to urllib3 and an Azure
+    host to ``urllib.parse``), on non-ASCII dots (yarl reads the ideographic full stop U+3002 as ``.``, urllib3
+    refuses it) and on ``user@`` parts, so a check made with one parser proves nothing about another's host.
+
+    :param what: The field as messages name it, e.g. ``the base URL (host)`` or ``extra field 'authority'``.
+    :param example: A correct value, shown with the fix.
+    :param schemes: The schemes allowed.
+    :raises ValueError: naming ``what`` and the fix, never repeating the URL (it may hold a secret).
+    """
+
+    def refuse(problem: str) -> ValueError:
+        return ValueError(f"Connection {conn_id!r}: {what} {problem}")
+
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise refuse("contains spaces or control characters")
+    if not url.isascii():
+        raise refuse(
+            "contains characters outside ASCII, which HTTP clients read differently: write the host in its ASCII "
+            "form (xn--...) and percent-encode the path"
+        )
+    if "\\" in url:
+        raise refuse(
+            "contains a backslash, which some HTTP clients read as '/' and others as part of the host: use '/'"
+        )
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        port = parts.port  # raises ValueError for a port that is not a number
     except ValueError:
-        raise ValueError(
-            f"Connection {conn_id!r}: the base URL is not a valid URL; use e.g. {DEFAULT_BASE_URL}"
-        ) from None
+        raise refuse(f"is not a valid URL; use e.g. {example}") from None
     if parts.username is not None or parts.password is not None:
-        raise ValueError(
-            f"Connection {conn_id!r}: the base URL carries credentials (user:password@host); remove them "
-            "from the URL and put the API key in the connection's password field"
+        raise refuse(
+            "carries credentials (user:password@host); remove them from the URL and put the secret in the "
+            "connection's password field"
         )
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            f"Connection {conn_id!r}: the base URL must be an http:// or https:// URL with a host, "
-            f"e.g. {DEFAULT_BASE_URL}"
-        )
+    scheme = parts.scheme.lower()
+    if scheme not in schemes or not parts.hostname:
+        raise refuse(f"must be an {' or '.join(s + '://' for s in schemes)} URL with a host, e.g. {example}")
     if parts.query or parts.fragment:
-        raise ValueError(f"Connection {conn_id!r}: the base URL must not have a ?query or #fragment")
-    return urlunsplit((parts.scheme.lower(), parts.netloc, parts.path.rstrip("/"), "", ""))
+        raise refuse("must not have a ?query or #fragment")
+    if not _plain_netloc(parts.netloc):
+        raise refuse(f"has a host a URL parser may read otherwise: use only {_HOST_RULE}, e.g. {example}")
+    cleaned = urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+    if not _transports_agree(cleaned, parts.hostname, port):
+        raise refuse(f"is read differently by the HTTP clients (requests and aiohttp): fix the host, e.g. {example}")
+    return cleaned
+
+
+def _plain_netloc(netloc: str) -> bool:
+    """Whether ``netloc`` is ``host[:port]`` as :data:`_NETLOC` allows, with no empty label in a name (``a..b``)
+    and a valid address between brackets."""
+    import ipaddress
+
+    found = _NETLOC.fullmatch(netloc)
+    if found is None:
+        return False
+    if found["ipv6"] is None:
+        return all(found["host"].rstrip(".").split("."))
+    try:
+        ipaddress.IPv6Address(found["ipv6"])
+    except ValueError:
+        return False
+    return True
+
+
+def _transports_agree(url: str, host: str, port: int | None) -> bool:
+    """Whether ``requests`` (urllib3's parser) and aiohttp (yarl's) both connect to ``host:port`` for ``url``:
+    the host is checked with the parser of each transport, not only with ``urllib.parse``."""
+    from urllib3.util import parse_url
+    from yarl import URL
+
+    try:
+        sync, async_ = parse_url(url), URL(url)
+    except ValueError:  # urllib3's LocationParseError is a ValueError too
+        return False
+    want = host.lower()
+    return (
+        (sync.host or "").lower().strip("[]") == want
+        and sync.port == port
+        and sync.auth is None
+        and (async_.raw_host or "").lower() == want  # what aiohttp connects to (.host decodes xn--)
+        and async_.explicit_port == port
+        and async_.user is None
+        and async_.password is None
+    )
 
 
 def _number(value: Any, default: float, name: str, conn_id: str) -> float:

@@ -8,6 +8,8 @@
 # State lives under CLUSTER_HOME (default .airflow/cluster, ignored by git): pg/ (the database files), redis/,
 # airflow/ (AIRFLOW_HOME: logs), secrets.env (generated passwords, mode 0600), and <component>.log for each
 # process. PostgreSQL runs as the `postgres` system user (initdb refuses root); the other processes as the caller.
+# Started as root, pg is a link to CLUSTER_PG_ROOT/<id of CLUSTER_HOME>/data, owned by `postgres`: that user may not
+# enter a checkout under a private directory (a home directory, `mktemp -d`), and its permissions are left alone.
 #
 # Supervision: a component that exits is started again (make soak restarts PostgreSQL on purpose), unless
 # CLUSTER_HOME/hold/<name> exists: make soak holds the triggerer and the worker it kills down, so that their
@@ -23,6 +25,7 @@
 #   CLUSTER_WORKER_CONCURRENCY    task slots per Celery worker (default 8)
 #   CLUSTER_EMULATOR_ARGS         extra emulator arguments (e.g. "--fault-rate 0.2 --seed 7")
 #   CLUSTER_FRESH=1               start from an empty database and emulator
+#   CLUSTER_PG_ROOT               as root: where PostgreSQL's files go (default /var/lib/openai-batch-cluster)
 #   CLUSTER_START_TIMEOUT         seconds to wait for a healthy cluster (default 300)
 #   AIRFLOW_ADMIN_PASSWORD        password of the `admin` user (default admin)
 #   OPENAI_BATCH_POLL_INTERVAL    the example DAGs' poll interval (default 5 seconds)
@@ -74,20 +77,9 @@ if [[ -z $PG_BIN || ! -x $PG_BIN/initdb ]] || ! command -v redis-server >/dev/nu
   PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 fi
 # The package's own service is never used: this script runs its own server on its own port and data.
-PG_USER=${CLUSTER_PG_SYSTEM_USER:-postgres}
-if [[ $(id -u) == 0 ]]; then
-  id "$PG_USER" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$PG_USER"
-  # setpriv execs the command itself (runuser would stay as its parent): the pid we keep is the postmaster's.
-  as_pg() { setpriv --reuid="$PG_USER" --regid="$(id -g "$PG_USER")" --init-groups -- "$@"; }
-else
-  PG_USER=$(id -un)
-  as_pg() { "$@"; }
-fi
-# The same as a command prefix, for start() (setsid runs a program, not a shell function).
-PG_RUN=()
-if [[ $(id -u) == 0 ]]; then
-  PG_RUN=(setpriv --reuid="$PG_USER" --regid="$(id -g "$PG_USER")" --init-groups --)
-fi
+# shellcheck source=scripts/cluster_postgres.sh
+source "$ROOT/scripts/cluster_postgres.sh"
+postgres_user # PG_USER; PG_RUN, a command prefix for start() (setsid runs a program, not a shell function)
 
 # --- secrets: generated once, kept out of logs and of git
 SECRETS=$CLUSTER_HOME/secrets.env
@@ -237,26 +229,8 @@ wait_for() { # wait_for WHAT SECONDS COMMAND...: until COMMAND succeeds
 }
 
 # --- PostgreSQL: its own data directory and port; password authentication on 127.0.0.1 only
-PGDATA=$CLUSTER_HOME/pg
-PGSOCK=$CLUSTER_HOME/pgsock
-mkdir -p "$PGSOCK"
-if [[ ! -s $PGDATA/PG_VERSION ]]; then
-  echo "Creating the PostgreSQL cluster in $PGDATA ..."
-  rm -rf "$PGDATA"
-  mkdir -p "$PGDATA"
-  chown "$PG_USER" "$PGDATA" "$PGSOCK"
-  pwfile=$(mktemp)
-  printf '%s\n' "$PG_PASSWORD" >"$pwfile"
-  chown "$PG_USER" "$pwfile"
-  as_pg "$PG_BIN/initdb" -D "$PGDATA" -U airflow --pwfile="$pwfile" --auth-local=scram-sha-256 \
-    --auth-host=scram-sha-256 -E UTF8 >"$CLUSTER_HOME/initdb.log" 2>&1 || {
-    rm -f "$pwfile"
-    cat "$CLUSTER_HOME/initdb.log" >&2
-    exit 1
-  }
-  rm -f "$pwfile"
-fi
-chown "$PG_USER" "$PGSOCK"
+postgres_dirs # PGDATA, PGSOCK: where PG_USER can reach them, whatever the checkout's permissions
+postgres_init
 start postgres "${PG_RUN[@]}" "$PG_BIN/postgres" -D "$PGDATA" -p "$PG_PORT" -k "$PGSOCK" \
   -c listen_addresses="$HOST" -c max_connections=300
 export PGPASSWORD=$PG_PASSWORD

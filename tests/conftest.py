@@ -1,5 +1,7 @@
 """Shared test set-up. The emulator fixtures (``openai_batch_emulator``, ``openai_batch_connection``) come
-from the package's own pytest plugin, enabled the way the README tells a user to."""
+from the package's own pytest plugin, enabled the way the README tells a user to; an Airflow database and
+its users' tokens (``airflow_db``, ``tokens``) from :mod:`tests.airflow_api`; a fake Entra ID authority
+(``token_server``) from :mod:`tests.azure.token_server`."""
 
 from __future__ import annotations
 
@@ -8,7 +10,11 @@ import time
 
 import pytest
 
-pytest_plugins = ["airflow_provider_openai_batch.emulator.pytest_plugin"]
+pytest_plugins = [
+    "airflow_provider_openai_batch.emulator.pytest_plugin",
+    "tests.airflow_api",  # airflow_db, tokens
+    "tests.azure.token_server",  # token_server
+]
 
 BASE = "http://127.0.0.1:9/v1"
 KEY = "test-key-canary-7f3a"

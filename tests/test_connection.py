@@ -140,3 +140,18 @@ def test_an_extra_that_is_not_json_is_refused_clearly():
     bad = Connection(conn_id="c", conn_type="openai_batch", password="k", extra="{not json")
     with pytest.raises(ValueError, match="extra field is not a JSON object"):
         settings_from_connection(bad)
+
+
+@pytest.mark.parametrize(
+    ("host", "base_url"),
+    [
+        ("http://[::1]:8089/v1", "http://[::1]:8089/v1"),
+        ("[::1]", "http://[::1]/v1"),
+        ("localhost:8089", "http://localhost:8089/v1"),
+        ("https://xn--bcher-kva.example/v1", "https://xn--bcher-kva.example/v1"),  # an international name, in ASCII
+        ("https://api.openai.com./v1", "https://api.openai.com./v1"),
+        ("gpu_box.internal:8000", "https://gpu_box.internal:8000/v1"),
+    ],
+)
+def test_plain_hosts_of_every_kind_are_accepted(host, base_url):
+    assert settings_from_connection(conn(host=host)).base_url == base_url

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 
 import uvicorn
@@ -11,7 +12,7 @@ from airflow_provider_openai_batch.emulator.app import create_app
 from airflow_provider_openai_batch.emulator.config import FAULT_KINDS, FLAVORS, EmulatorConfig
 from airflow_provider_openai_batch.emulator.server import uvicorn_config
 
-__all__ = ["FAULT_KINDS", "main", "parse_args"]
+__all__ = ["FAULT_KINDS", "exposure_warning", "main", "parse_args"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,7 +22,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8089)
-    parser.add_argument("--api-key", default=None, help="accept only this Bearer key (default: any key)")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="accept only this Bearer key, on the API and on the /_emulator admin routes (default: any key, and "
+        "admin routes open to all)",
+    )
     parser.add_argument(
         "--flavor",
         choices=FLAVORS,
@@ -116,6 +122,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """What to warn about when the emulator listens beyond this machine with no key: anyone who reaches it may
+    use its API and change its settings. ``None`` on a loopback address or with a key."""
+    if api_key:
+        return None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"Warning: listening on {host} without --api-key: anyone who can reach this port may use the API and change "
+        "the emulator's settings (/_emulator). Pass --api-key KEY, or --host 127.0.0.1."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = EmulatorConfig(
@@ -142,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         where = f"OpenAI Batch API emulator on http://{args.host}:{args.port}/v1"
     print(where, file=sys.stderr, flush=True)
+    warning = exposure_warning(args.host, args.api_key)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     uvicorn.Server(uvicorn_config(app, args.host, args.port, args.log_level)).run()
     return 0
 

@@ -1,6 +1,7 @@
 """The gateway in front of the routes: what the real API's edge does before a request reaches the service.
 
-In order: a request id on every answer; then, under ``/v1`` only, request counting, latency, auth and
+In order: a request id on every answer; the key, when one is set, for the admin routes (``/_emulator``, all
+but ``health``: they can switch the key off); then, under ``/v1`` only, request counting, latency, auth and
 faults. It is plain ASGI (no ``BaseHTTPMiddleware``) because the ``slow`` fault needs to outlive its client's
 connection: the request is buffered and processed late even if the client has hung up, as a buffering proxy
 forwards a request whose client timed out.
@@ -27,6 +28,7 @@ from airflow_provider_openai_batch.emulator.errors import (
     ApiFailure,
     AzureFailure,
     is_api_path,
+    json_response,
     server_error,
 )
 from airflow_provider_openai_batch.emulator.faults import FaultInjector, send_fault
@@ -42,6 +44,10 @@ _WRONG_KEY = "Incorrect API key provided. You can find your API key at https://p
 _AZURE_NO_KEY = (
     "Access denied due to missing subscription key. Make sure to include subscription key when making requests to "
     "an API."
+)
+_ADMIN_NEEDS_KEY = (
+    "The emulator's admin routes need its key (--api-key, or the api_key last set through /_emulator/config): "
+    "send it as 'Authorization: Bearer <key>' or as an 'api-key' header"
 )
 #: Azure's dated API versions (GA ``2024-10-21``, previews ``2025-04-01-preview``).
 _API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
@@ -74,6 +80,9 @@ class Gateway:
                 await refusal.response()(scope, receive, send)
                 return
         if not is_api_path(scope["path"]):
+            if _is_guarded_admin_path(scope["path"]) and not _has_key(scope, cfg.api_key):
+                await json_response({"error": {"message": _ADMIN_NEEDS_KEY}}, 401)(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         route = f"{scope['method']} {_route_of(scope['path'])}"
@@ -211,6 +220,21 @@ def _auth_refusal(scope: Scope, api_key: str | None) -> ApiFailure | None:
     if api_key is not None and not secrets.compare_digest(key.encode(), api_key.encode()):
         return ApiFailure(401, _WRONG_KEY, code="invalid_api_key")
     return None
+
+
+def _is_guarded_admin_path(path: str) -> bool:
+    """Every admin route but ``health``, which only says the server is up (scripts wait on it)."""
+    return (path == "/_emulator" or path.startswith("/_emulator/")) and path != "/_emulator/health"
+
+
+def _has_key(scope: Scope, api_key: str | None) -> bool:
+    """Whether the request carries ``api_key`` (``Authorization: Bearer`` or ``api-key``); true when none is set."""
+    if api_key is None:
+        return True
+    headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"api-key", b"authorization")}
+    auth = headers.get(b"authorization", "")
+    given = [auth[7:].strip() if auth.lower().startswith("bearer ") else "", headers.get(b"api-key", "").strip()]
+    return any(value and secrets.compare_digest(value.encode(), api_key.encode()) for value in given)
 
 
 def _route_of(path: str) -> str:

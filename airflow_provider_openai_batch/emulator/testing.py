@@ -20,17 +20,26 @@ import requests
 
 from airflow_provider_openai_batch.emulator.server import free_port
 
+#: The key a handle's connections send when the emulator accepts any key.
+CLIENT_KEY = "test-key"
+
 
 class EmulatorHandle:
     """Controls of a running emulator, through its ``/_emulator`` admin API.
 
     :param base_url: The API base URL, ``http://127.0.0.1:PORT/v1``.
     :param api_key: The key clients should send.
+    :param admin_key: The key the emulator was started with (``--api-key``), if any: its admin routes need it.
+        :meth:`configure` keeps track of a key set through it.
     """
 
-    def __init__(self, base_url: str, api_key: str = "test-key", flavor: str = "openai") -> None:
+    def __init__(
+        self, base_url: str, api_key: str = CLIENT_KEY, flavor: str = "openai", admin_key: str | None = None
+    ) -> None:
         self.root = base_url[: -len("/v1")]
         self.api_key = api_key
+        #: Sent to the admin routes, which need the emulator's key once one is set.
+        self.admin_key = admin_key
         #: ``openai`` or ``azure``: which base URL and connection :meth:`connection_json` gives.
         self.flavor = flavor
         self._admin = self.root + "/_emulator"
@@ -46,11 +55,14 @@ class EmulatorHandle:
         ``fault_rate``, ``fault_kinds``, ``latency_ms``, ``phase_seconds``, ``slow_seconds``, ... For faults that
         repeat exactly: ``seed`` (re-seeds the random draw) and ``fault_script`` (the next requests' faults,
         one per ``/v1`` request, ``""`` for none, e.g. ``["500", "", "drop"]``). Inside batches:
-        ``expire_after_fraction``, ``transient_failure_rate``, ``transient_failure_attempts``. Returns the
+        ``expire_after_fraction``, ``transient_failure_rate``, ``transient_failure_attempts``. ``api_key`` pins
+        the key of the API and of the admin routes; this handle sends it to them from then on. Returns the
         settings now.
         """
         current = self._call("PATCH", "/config", settings)
         self.flavor = current.get("flavor", self.flavor)
+        if "api_key" in settings:  # from now on the admin routes need this one (or none)
+            self.admin_key = settings["api_key"]
         return current
 
     def force_status(self, batch_id: str, status: str) -> dict[str, Any]:
@@ -87,7 +99,8 @@ class EmulatorHandle:
         return json.dumps(conn)
 
     def _call(self, method: str, path: str, payload: Any = None) -> Any:
-        response = self._http.request(method, self._admin + path, json=payload, timeout=10)
+        headers = {"Authorization": f"Bearer {self.admin_key}"} if self.admin_key else {}
+        response = self._http.request(method, self._admin + path, json=payload, headers=headers, timeout=10)
         response.raise_for_status()
         return response.json()
 
@@ -108,7 +121,13 @@ class EmulatorProcess(EmulatorHandle):
         self, port: int | None = None, data_dir: str | None = None, log_path: str | None = None, **flags: Any
     ) -> None:
         self.port = port or free_port()
-        super().__init__(f"http://127.0.0.1:{self.port}/v1", flavor=str(flags.get("flavor") or "openai"))
+        pinned = str(flags["api_key"]) if flags.get("api_key") else None  # --api-key: clients and admin need it
+        super().__init__(
+            f"http://127.0.0.1:{self.port}/v1",
+            api_key=pinned or CLIENT_KEY,
+            flavor=str(flags.get("flavor") or "openai"),
+            admin_key=pinned,
+        )
         self.data_dir = data_dir
         self.flags = flags
         self.log_path = log_path or tempfile.mkstemp(prefix="openai-batch-emulator-", suffix=".log")[1]

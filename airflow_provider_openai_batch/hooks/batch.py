@@ -18,7 +18,11 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_openai_batch import api
 from airflow_provider_openai_batch.backends import BackendRules
-from airflow_provider_openai_batch.connection import ClientSettings, settings_from_connection
+from airflow_provider_openai_batch.connection import (
+    ClientSettings,
+    settings_for_connection_test,
+    settings_from_connection,
+)
 from airflow_provider_openai_batch.exceptions import (
     APIConnectionError,
     APITimeoutError,
@@ -122,7 +126,10 @@ class OpenAIBatchHook(BaseHook):
     def settings(self) -> ClientSettings:
         """The connection's settings (key, base URL, headers, timeout, retries), read once."""
         conn = self.get_connection(self.conn_id)
-        settings = settings_from_connection(conn)
+        return self._with_overrides(conn, settings_from_connection(conn))
+
+    def _with_overrides(self, conn: Any, settings: ClientSettings) -> ClientSettings:
+        """``settings`` with this hook's timeout and retry overrides, the cleaned key registered with the masker."""
         if settings.api_key and settings.api_key != conn.password:
             # Airflow masks the password as stored ("sk-...\n"); the key we send is the cleaned one.
             from airflow.sdk.log import mask_secret
@@ -174,21 +181,29 @@ class OpenAIBatchHook(BaseHook):
     def test_connection(self) -> tuple[bool, str]:
         """One cheap authenticated call (list one batch), for the UI's Test button.
 
-        No retries and a timeout of at most 10 s, so a wrong URL answers the button in seconds, not minutes.
+        No retries and a timeout of at most 10 s, so a wrong URL answers the button in seconds, not minutes. A
+        secret is only sent where the fields Airflow's test guard compares (host and port) decide: a connection
+        whose secret would go where the tester may point it (a base URL in the extra, an Entra ID authority of
+        its own) is refused (see :func:`~airflow_provider_openai_batch.connection.settings_for_connection_test`).
         """
         from dataclasses import replace
 
+        conn = self.get_connection(self.conn_id)
+        try:
+            settings = self._with_overrides(conn, settings_for_connection_test(conn))
+        except ValueError as err:
+            return False, f"Not tested: {err}"
         probe = OpenAIBatchHook(self.conn_id)
         try:
-            # The connection is read once: the probe takes this hook's settings with the quick limits.
-            probe.settings = replace(self.settings, timeout=min(self.settings.timeout, 10.0), max_retries=0)
+            # The connection is read once: the probe takes these settings with the quick limits.
+            probe.settings = replace(settings, timeout=min(settings.timeout, 10.0), max_retries=0)
             page = probe.list_batches(limit=1)
         except (OpenAIBatchError, ValueError) as err:
             return False, f"Could not reach the OpenAI Batch API: {err}"
         finally:
             probe.close()
         request_id = page.http.request_id if page.http else None
-        return True, f"Connection works: {self.settings.base_url} answered (request id {request_id})."
+        return True, f"Connection works: {settings.base_url} answered (request id {request_id})."
 
     # ------------------------------------------------------------------------------------------ batches
 

@@ -1,4 +1,5 @@
-"""Azure fixtures: the session's emulator playing Azure OpenAI, and ``openai_default`` pointed at it."""
+"""Azure fixtures: the session's emulator playing Azure OpenAI, and ``openai_default`` pointed at it (the fake
+Entra ID token endpoint, ``token_server``, is in :mod:`tests.azure.token_server`)."""
 
 from __future__ import annotations
 

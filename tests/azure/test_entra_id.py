@@ -11,8 +11,6 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -22,28 +20,14 @@ from airflow_provider_openai_batch.connection import ClientSettings, EntraSettin
 from airflow_provider_openai_batch.exceptions import AuthenticationError
 from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient, close_shared_session
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+from tests.azure.token_server import CLIENT_SECRET as SECRET
 from tests.azure.token_server import TokenServer
 
 pytest.importorskip("azure.identity")
 
-SECRET = f"canary-secret-{secrets.token_hex(8)}"  # made up per run
-
 
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
-@pytest.fixture
-def token_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenServer]:
-    server = TokenServer(tmp_path, SECRET, expires_in=240).start()
-    # azure-core's requests transport trusts the environment's CA bundle: our throw-away certificate.
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.cert))
-    azure_auth.forget_providers()
-    try:
-        yield server
-    finally:
-        azure_auth.forget_providers()
-        server.stop()
 
 
 @pytest.fixture

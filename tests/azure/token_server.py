@@ -1,6 +1,8 @@
 """A fake Microsoft Entra ID token endpoint on loopback, over HTTPS (azure-identity refuses any other scheme),
 with a throw-away self-signed certificate. The real ``azure-identity`` (and MSAL under it) talks to it as an
-``authority``: it serves the tenant's OpenID configuration and the client-credentials token endpoint."""
+``authority``: it serves the tenant's OpenID configuration and the client-credentials token endpoint.
+
+Also a pytest plugin (``tests/conftest.py`` loads it): the ``token_server`` fixture."""
 
 from __future__ import annotations
 
@@ -10,10 +12,18 @@ import json
 import secrets
 import ssl
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
+
+import pytest
+
+from airflow_provider_openai_batch import azure_auth
+
+#: The service principal's client secret the ``token_server`` fixture accepts: made up per run.
+CLIENT_SECRET = f"canary-secret-{secrets.token_hex(8)}"
 
 
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:
@@ -113,7 +123,8 @@ class TokenServer:
         context.load_cert_chain(self.cert, key)
         self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self.authority = f"https://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # A short poll: stop() waits for one, in every test that uses the server.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
     def start(self) -> TokenServer:
         self._thread.start()
@@ -123,3 +134,18 @@ class TokenServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def token_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenServer]:
+    """A loopback Entra ID authority that accepts :data:`CLIENT_SECRET`; the token cache is emptied before
+    and after."""
+    server = TokenServer(tmp_path, CLIENT_SECRET, expires_in=240).start()
+    # azure-core's requests transport trusts the environment's CA bundle: our throw-away certificate.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.cert))
+    azure_auth.forget_providers()
+    try:
+        yield server
+    finally:
+        azure_auth.forget_providers()
+        server.stop()

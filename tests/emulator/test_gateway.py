@@ -247,6 +247,90 @@ def test_handle_configure_takes_seed_and_script(openai_batch_emulator):
     assert config["seed"] == 8 and config["fault_script"] == ["429"]
 
 
+# ----------------------------------------------------------------------------------- admin routes
+
+ADMIN_KEY = "admin-canary-key-31c8"  # made up; never repeated in an answer
+#: Every admin route but health, with a body it accepts.
+GUARDED = [
+    ("GET", "/_emulator/config", None),
+    ("PATCH", "/_emulator/config", {"api_key": None}),  # switching the key off: the attack itself
+    ("GET", "/_emulator/stats", None),
+    ("POST", "/_emulator/reset", None),
+    ("POST", "/_emulator/batches/batch_x/status", {"status": "completed"}),
+]
+
+
+@pytest.mark.parametrize("flavor", ["openai", "azure"])
+@pytest.mark.parametrize(("method", "path", "body"), GUARDED)
+def test_with_a_key_set_every_admin_route_needs_it(openai_batch_emulator, flavor, method, path, body):
+    openai_batch_emulator.configure(flavor=flavor, api_key=ADMIN_KEY)
+    root = openai_batch_emulator.root
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"api-key": "wrong"}, {"Authorization": ADMIN_KEY}):
+        answer = requests.request(method, root + path, json=body, headers=headers, timeout=10)
+        assert answer.status_code == 401, (headers, answer.text)
+        assert "admin routes need its key" in answer.json()["error"]["message"] and ADMIN_KEY not in answer.text
+    # The key is still on: the API refuses another one, and the settings are as they were.
+    wrong = requests.get(openai_batch_emulator.base_url + "/batches", headers={"api-key": "x", "Authorization": "x"})
+    assert wrong.status_code == 401
+    assert openai_batch_emulator.configure()["api_key"] == "set"
+    for headers in ({"Authorization": f"Bearer {ADMIN_KEY}"}, {"api-key": ADMIN_KEY}):
+        answer = requests.request(method, root + path, json=body, headers=headers, timeout=10)
+        assert answer.status_code != 401, answer.text
+        openai_batch_emulator.configure(api_key=ADMIN_KEY)  # the PATCH above may have switched it off
+
+
+def test_health_stays_open_and_without_a_key_every_admin_route_is_open(openai_batch_emulator):
+    root = openai_batch_emulator.root
+    assert [requests.request(m, root + p, json=b, timeout=10).status_code for m, p, b in GUARDED[:4]] == [200] * 4
+    openai_batch_emulator.configure(api_key=ADMIN_KEY)
+    assert requests.get(f"{root}/_emulator/health", timeout=10).json() == {"ok": True}
+
+
+def test_the_handle_sends_the_key_it_set_and_a_process_its_pinned_key(openai_batch_emulator):
+    openai_batch_emulator.configure(api_key=ADMIN_KEY)
+    assert openai_batch_emulator.stats()["batches"] == 0  # admin calls carry the key now
+    openai_batch_emulator.reset()
+    assert openai_batch_emulator.configure(api_key=None)["api_key"] is None
+    with run_emulator_process(api_key=ADMIN_KEY) as emulator:
+        assert requests.get(f"{emulator.root}/_emulator/stats", timeout=10).status_code == 401
+        assert emulator.configure(fault_rate=0.0)["api_key"] == "set" and emulator.stats()["batches"] == 0
+        assert emulator.api_key == ADMIN_KEY  # and the connections it builds send it to the API
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [
+        ("127.0.0.1", False),
+        ("127.0.0.2", False),
+        ("localhost", False),
+        ("::1", False),
+        ("[::1]", False),
+        ("0.0.0.0", True),
+        ("::", True),
+        ("192.168.1.20", True),
+        ("emulator.internal", True),
+    ],
+)
+def test_listening_beyond_loopback_without_a_key_is_warned_about(host, warned):
+    from airflow_provider_openai_batch.emulator.__main__ import exposure_warning
+
+    assert (exposure_warning(host, None) is not None) is warned
+    assert exposure_warning(host, "a-key") is None
+
+
+def test_the_cli_prints_the_warning(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    import uvicorn
+
+    from airflow_provider_openai_batch.emulator.__main__ import main
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # parse, build and warn; never bind
+    assert main(["--host", "0.0.0.0", "--port", "8089"]) == 0
+    assert "Warning: listening on 0.0.0.0 without --api-key" in capsys.readouterr().err
+    assert main(["--host", "0.0.0.0", "--port", "8089", "--api-key", ADMIN_KEY]) == 0
+    assert main(["--port", "8089"]) == 0
+    assert "Warning" not in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------ layout
 
 

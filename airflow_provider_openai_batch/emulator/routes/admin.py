@@ -1,6 +1,8 @@
 """``/_emulator``: the controls tests and demos use (settings, statistics, reset, forcing a status, health).
 
-Not part of the emulated API, so its errors are plain ``{"error": {"message"}}`` and it needs no key.
+Not part of the emulated API, so its errors are plain ``{"error": {"message"}}``. When the emulator has a key
+(``--api-key``, or ``api_key`` set here), every route but ``health`` needs it too, or anyone could switch the
+key off: the gateway (:mod:`airflow_provider_openai_batch.emulator.gateway`) checks it before a request gets here.
 """
 
 from __future__ import annotations
