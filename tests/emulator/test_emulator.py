@@ -220,14 +220,19 @@ def test_list_pagination_newest_first(client):
 
 
 def test_cancel_gives_partial_results_and_finished_batches_conflict(client, openai_batch_emulator):
-    openai_batch_emulator.configure(phase_seconds=0.4)
+    # A long phase, and the cancel sent once some requests are done: a busy machine only makes it later, and
+    # it still comes long before the rest are done. Then a short phase, so the cancel takes effect quickly.
+    openai_batch_emulator.configure(phase_seconds=6)
     file_id = client.upload([line(f"r{i}") for i in range(10)])["id"]
     batch_id = client.create(file_id).json()["id"]
-    client.wait(batch_id, ("in_progress",))
-    time.sleep(0.2)
+    deadline = time.monotonic() + 60
+    while client.get(f"/batches/{batch_id}").json()["request_counts"]["completed"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     cancelling = client.http.post(f"{client.base}/batches/{batch_id}/cancel").json()
     check(cancelling, "Batch")
     assert cancelling["status"] == "cancelling" and cancelling["cancelling_at"] is not None
+    openai_batch_emulator.configure(phase_seconds=0.2)
     batch = client.wait(batch_id)
     assert batch["status"] == "cancelled" and batch["cancelled_at"] is not None
     assert 0 < batch["request_counts"]["completed"] < 10
