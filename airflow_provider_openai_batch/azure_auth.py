@@ -17,14 +17,55 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from airflow_provider_openai_batch.connection import KNOWN_AUTHORITY_HOSTS
+from airflow_provider_openai_batch.destinations import KNOWN_AUTHORITY_HOSTS
 from airflow_provider_openai_batch.exceptions import OpenAIBatchError
 
-if TYPE_CHECKING:
-    from airflow_provider_openai_batch.connection import EntraSettings
+#: The Entra ID scope of Azure OpenAI (Cognitive Services) tokens.
+AZURE_TOKEN_SCOPE = "https://cognitiveservices.azure.com/.default"
+#: The scopes extra ``token_scope`` may name: Cognitive Services and Azure AI Foundry's, in the public cloud and
+#: in Azure Government (.us) and Azure China (.cn), whose Azure OpenAI hosts are below. A token for any other
+#: resource (Azure Resource Manager, Key Vault, Graph) would be sent to the connection's host, so another scope
+#: needs extra ``unsafe_allow_any_token_scope``.
+AZURE_TOKEN_SCOPES = (
+    AZURE_TOKEN_SCOPE,
+    "https://ai.azure.com/.default",
+    "https://cognitiveservices.azure.us/.default",
+    "https://cognitiveservices.azure.cn/.default",
+)
+
+
+@dataclass(frozen=True)
+class EntraSettings:
+    """How to get a Microsoft Entra ID token for Azure OpenAI. ``repr`` hides the client secret.
+
+    :param tenant_id: The directory (tenant) of a service principal.
+    :param client_id: The service principal's application id, or a user-assigned managed identity's client id.
+    :param client_secret: The service principal's secret (the connection's password field).
+    :param managed_identity: Use the managed identity of the machine (system-assigned, or user-assigned with
+        ``client_id``).
+    :param authority: The Entra ID host, e.g. ``https://login.microsoftonline.us`` for a sovereign cloud
+        (default: the public cloud's).
+    :param scope: The token scope (default :data:`AZURE_TOKEN_SCOPE`).
+    """
+
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    managed_identity: bool = False
+    authority: str | None = None
+    scope: str = AZURE_TOKEN_SCOPE
+
+    @property
+    def kind(self) -> str:
+        """``service_principal``, ``managed_identity`` or ``default`` (the default credential chain)."""
+        if self.client_secret:
+            return "service_principal"
+        return "managed_identity" if self.managed_identity else "default"
+
 
 #: Refresh a token this many seconds before it expires (azure-identity's own credentials use 5 minutes).
 REFRESH_MARGIN = 300.0

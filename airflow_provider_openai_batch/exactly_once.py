@@ -122,7 +122,7 @@ def batches_with_keys(
             if created_after is not None and batch.created_at is not None and batch.created_at < created_after:
                 return found
             key = (batch.metadata or {}).get(api.IDEMPOTENCY_METADATA_KEY)
-            if key in keys:
+            if key is not None and key in keys:
                 found.setdefault(key, []).append(batch)
         if not page.has_more or not page.data:
             break

@@ -26,7 +26,14 @@ def new_record(key: str, endpoint: str, split: Any, layout: dict[str, Any], now:
         endpoint=endpoint,
         layout=layout,
         shards=[
-            Shard(s.index, s.digest, s.requests, s.bytes, s.tokens, [Attempt(1, FULL, attempt_key(key, s.index, 1), s.requests)])
+            Shard(
+                s.index,
+                s.digest,
+                s.requests,
+                s.bytes,
+                s.tokens,
+                [Attempt(1, FULL, attempt_key(key, s.index, 1), s.requests)],
+            )
             for s in split.shards
         ],
     )

@@ -66,7 +66,9 @@ def legacy_round_key(job: str, number: int) -> str:
     return hashlib.sha256(f"{job}:round:{number}".encode()).hexdigest()
 
 
-def legacy_layout_job_key(ti: Any, input_digest: str, cap: int, max_tokens: int | None, endpoint: str, reattach: str) -> str:
+def legacy_layout_job_key(
+    ti: Any, input_digest: str, cap: int, max_tokens: int | None, endpoint: str, reattach: str
+) -> str:
     """The key the previous release gave a job of several shards: it covered the split settings too."""
     layout = f"{input_digest}:{cap}:{max_tokens}:{endpoint}"
     return job_key(ti, hashlib.sha256(layout.encode()).hexdigest(), reattach)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_provider_openai_batch.jobs.inputs import (
     check_input_expiry,
@@ -145,7 +145,7 @@ def _reattach(task: Any, stored: JobRecord, fresh: JobRecord) -> JobRecord:
     )
 
 
-def _refuse_layout(detail: str) -> Any:
+def _refuse_layout(detail: str) -> NoReturn:
     from airflow.sdk.exceptions import AirflowFailException
 
     raise AirflowFailException(
@@ -172,7 +172,9 @@ def _upload(task: Any, hook: OpenAIBatchHook, store: RecordStore, record: JobRec
         window_seconds=window_seconds(task.completion_window),
     )
     for shard in missing:
-        uploaded = hook.upload_file(split.shards[shard.index].path, purpose="batch", expires_after=task.input_expires_after)
+        uploaded = hook.upload_file(
+            split.shards[shard.index].path, purpose="batch", expires_after=task.input_expires_after
+        )
         for attempt in shard.attempts:
             if attempt.kind == FULL and attempt.file_id is None:
                 attempt.file_id = uploaded.id

@@ -15,6 +15,7 @@ JSON primitives only, versioned by :data:`VERSION`. Import-free beyond the stand
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from itertools import pairwise
 from typing import Any
 
 from airflow_provider_openai_batch.statuses import CANCELLING, FAILED, TERMINAL
@@ -151,7 +152,7 @@ class Shard:
         did not hand on to the next round, and failed what of that it did not complete."""
         chain = self.chain()
         done = failed = 0
-        for attempt, following in zip(chain, chain[1:]):
+        for attempt, following in pairwise(chain):
             done += attempt.requests - following.requests
             failed += attempt.requests - attempt.completed - following.requests
         return done, failed

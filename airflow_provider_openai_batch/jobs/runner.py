@@ -163,7 +163,9 @@ class JobRunner:
         found = claim(self.hook, attempt.key, float(attempt.creating_since or 0) - SKEW_SECONDS)
         attempt.creating_since = None
         if found is not None:
-            self.log.info("Shard %s: re-attaching to batch %s created before the task stopped", self._name(shard), found.id)
+            self.log.info(
+                "Shard %s: re-attaching to batch %s created before the task stopped", self._name(shard), found.id
+            )
             attempt.batch_id = found.id
             self._observe(attempt, found.model_dump(mode="json"))
         elif attempt.file_id is None and attempt.kind == UNFINISHED:
@@ -341,7 +343,8 @@ class JobRunner:
             last = self.seen.get(self.record.final_batch_ids()[-1])
             detail = f"; last batch: {describe(last)}" if last else ""
             fail_for_good(
-                BatchNotSuccessfulError(done.failure + detail, last or {}), "the job's batches ended and will not change"
+                BatchNotSuccessfulError(done.failure + detail, last or {}),
+                "the job's batches ended and will not change",
             )
         ids = self.record.final_batch_ids()
         return ids[0] if len(self.record.shards) == 1 else ids
@@ -399,8 +402,8 @@ class JobRunner:
     def progress_base(self) -> dict[str, Any]:
         """The job's progress outside the batches a wait watches, and each watched batch's expected size (the
         trigger adds what it sees of those)."""
-        base = {"batches_total": len(self.record.shards), "batches_done": 0, "done": 0, "total": 0, "failed": 0}
-        base["tokens"] = 0
+        base: dict[str, Any] = {"batches_total": len(self.record.shards), "batches_done": 0, "done": 0, "total": 0}
+        base.update(failed=0, tokens=0)
         for shard in self.record.shards:
             done, failed = shard.settled()
             last = shard.chain()[-1]
@@ -423,7 +426,12 @@ class JobRunner:
         running = [self.seen.get(str(a.batch_id)) or {} for a in self.record.running()]
         from airflow_provider_openai_batch.progress import snapshot
 
-        return snapshot(running, batches_total=len(self.record.shards) if len(self.record.shards) > 1 else None, base=base, expected=base["expected"])
+        return snapshot(
+            running,
+            batches_total=len(self.record.shards) if len(self.record.shards) > 1 else None,
+            base=base,
+            expected=base["expected"],
+        )
 
 
 def window_seconds(completion_window: Any) -> float:

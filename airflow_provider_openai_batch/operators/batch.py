@@ -338,4 +338,3 @@ class CancelBatchOperator(BaseOperator):
         batch = batch_from_event(event)
         self.log.info("OpenAI %s", describe(batch))
         return batch
-

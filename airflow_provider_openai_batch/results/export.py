@@ -90,11 +90,13 @@ def export(
                     unmatched,
                 )
             if one_file_per_batch:
-                for rank, batch in enumerate(batches):
-                    tally = _write(join.batch_rows(rank), batches, targets[rank], fmt, _Tally(prices), total)
-                    uri = location_uri(given[rank])
-                    files.append({"destination": uri, "batch_id": batch.id, **tally.figures()})
-                    hook.log.info("Exported %d rows of batch %s to %s (%s)", tally.rows, batch.id, uri, fmt)
+                for number, (batch_id, (rank, continued)) in enumerate(zip(ids, firsts, strict=True)):
+                    # A batch that continues earlier attempts: its file holds its shard, each request as it ended.
+                    rows = join.batch_rows(rank, final=continued)
+                    tally = _write(rows, batches, targets[number], fmt, _Tally(prices), total)
+                    uri = location_uri(given[number])
+                    files.append({"destination": uri, "batch_id": batch_id, **tally.figures()})
+                    hook.log.info("Exported %d rows of batch %s to %s (%s)", tally.rows, batch_id, uri, fmt)
             else:
                 _write(join.rows(), batches, targets[0], fmt, total)
         finally:
@@ -182,9 +184,7 @@ def _finished_batch(hook: OpenAIBatchHook, batch_id: str) -> Batch:
     return batch
 
 
-def _with_earlier_attempts(
-    hook: OpenAIBatchHook, given: list[Batch]
-) -> tuple[list[Batch], list[tuple[int, bool]]]:
+def _with_earlier_attempts(hook: OpenAIBatchHook, given: list[Batch]) -> tuple[list[Batch], list[tuple[int, bool]]]:
     """The batches to read, in order: before each given batch, the earlier attempts it continues (a round of
     ``resubmit_unfinished`` names, in its metadata, the batch whose unfinished requests it sends again), oldest
     first, each batch once; and for each given batch, the rank of its first attempt and whether it has earlier

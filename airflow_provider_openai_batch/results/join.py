@@ -230,7 +230,7 @@ class ResultJoin:
             raise RuntimeError("batch_rows needs a ResultJoin made with per_batch=True")
         of = "p.last_rank" if final else "m.rank"
         cursor = self.db.execute(
-            f"SELECT p.idx - 1, p.custom_id, {of}, p.model, r.rank, r.line FROM members m "  # noqa: S608 (a column)
+            f"SELECT p.idx - 1, p.custom_id, {of}, p.model, r.rank, r.line FROM members m "
             "JOIN positions p ON p.idx = m.idx "
             f"LEFT JOIN results r ON r.custom_id = p.custom_id AND r.rank = {of} WHERE m.rank = ? ORDER BY m.idx",
             (rank,),

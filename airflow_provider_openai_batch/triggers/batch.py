@@ -18,13 +18,13 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 # Imported here, not inside run(): an import inside the event loop would stall every other trigger.
 from airflow_provider_openai_batch.events import ERROR, TERMINAL, TIMEOUT, WAKE, event_payload
 from airflow_provider_openai_batch.exceptions import APITimeoutError, OpenAIBatchError
-from airflow_provider_openai_batch.jobs.decide import admission_interval
 from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient, RequestNotSentError, SessionLease
+from airflow_provider_openai_batch.jobs.decide import admission_interval
+from airflow_provider_openai_batch.kill_policy import STATE_LOOKUP_SECONDS, keeps_batch, read_task_state
 from airflow_provider_openai_batch.models import Batch
 from airflow_provider_openai_batch.outcome import describe
 from airflow_provider_openai_batch.progress import ProgressLog, snapshot
 from airflow_provider_openai_batch.retries import is_retryable
-from airflow_provider_openai_batch.kill_policy import STATE_LOOKUP_SECONDS, keeps_batch, read_task_state
 from airflow_provider_openai_batch.statuses import COMPLETED, VALIDATING
 from airflow_provider_openai_batch.triggers.poller import shared_poller
 
@@ -111,7 +111,9 @@ class BatchTrigger(BaseTrigger):
         self.batch_ids = [str(b) for b in batch_ids]
         # A trigger serialized by the previous release may carry its own names for the same choices.
         if wake_on is None:
-            wake_on = "admitted" if earlier.get("wake_when_admitted") else "any" if earlier.get("wake_on_any") else "all"
+            wake_on = (
+                "admitted" if earlier.get("wake_when_admitted") else "any" if earlier.get("wake_on_any") else "all"
+            )
         if wake_on not in WAKE_ON:
             raise ValueError(f"wake_on must be one of {', '.join(WAKE_ON)}; got {wake_on!r}")
         self.wake_on = wake_on

@@ -288,14 +288,18 @@ def test_a_request_counts_as_failed_only_if_its_last_attempt_failed():
     shard.attempts.append(Attempt(2, UNFINISHED, "k2", 2, file_id="file-r2", resubmit_of=shard.last.batch_id))
     run(shard.last, "completed", completed=2)
     assert shard.failed == 8 and shard.succeeded == 2
-    assert "80.0% of the job's 10 requests failed (8," in decide(job, policy(max_failed_fraction=0.1), NOW).outcome.failure
+    assert (
+        "80.0% of the job's 10 requests failed (8," in decide(job, policy(max_failed_fraction=0.1), NOW).outcome.failure
+    )
     # One of 20 failed for good in the end: within 0.5, whatever the last round alone looked like.
     job = record(1, requests=20)
     shard = job.shards[0]
     run(shard.last, "completed", completed=10, failed=10, carried=10)
     shard.attempts.append(Attempt(2, UNFINISHED, "k2", 10, file_id="f", resubmit_of=shard.last.batch_id))
     run(shard.last, "completed", completed=9, failed=1)
-    assert shard.failed == 1 and decide(job, policy(max_failed_fraction=0.5, resubmit_unfinished=1), NOW).outcome == Done()
+    assert (
+        shard.failed == 1 and decide(job, policy(max_failed_fraction=0.5, resubmit_unfinished=1), NOW).outcome == Done()
+    )
 
 
 def test_a_repeat_replaces_the_attempt_it_repeats_in_the_verdict():

@@ -98,7 +98,9 @@ def test_a_request_that_failed_in_its_last_round_is_judged_with_the_whole_job(op
 
     def make() -> CreateBatchOperator:
         last_fails = requests(shards, 20, failing=lambda i: i == 19)
-        return operator(shards, 20, requests=last_fails, resubmit_unfinished=1, max_failed_fraction=0.5, deferrable=True)
+        return operator(
+            shards, 20, requests=last_fails, resubmit_unfinished=1, max_failed_fraction=0.5, deferrable=True
+        )
 
     ids = drive(make, context, between=lambda n: emulator.configure(expire_after_fraction=None))
     summary = context["ti"].xcom["job"]
@@ -217,6 +219,15 @@ def test_every_shard_resubmits_its_unfinished_requests_and_the_export_is_the_who
         (i, f"p{i}", "succeeded") for i in range(PER_SHARD * shards)
     ]
     assert manifest["rows"] == PER_SHARD * shards and len(manifest["batch_ids"]) == 2 * shards
+    # One file per shard: each holds its shard's requests as they finally ended, numbered over the whole job.
+    manifest = BatchResultsOperator(
+        task_id="export", batch_id=made, destination=str(out), one_file_per_batch=True
+    ).execute(ctx())
+    assert [f["rows"] for f in manifest["files"]] == [PER_SHARD] * shards
+    for number in range(1, shards + 1):
+        rows = [json.loads(line) for line in (tmp_path / f"answers-{number:05d}.jsonl").read_text().splitlines()]
+        first = (number - 1) * PER_SHARD
+        assert [(r["index"], r["status"]) for r in rows] == [(i, "succeeded") for i in range(first, first + PER_SHARD)]
 
 
 @SIZES

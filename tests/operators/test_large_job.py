@@ -15,8 +15,8 @@ from airflow_provider_openai_batch.backends import rules_for
 from airflow_provider_openai_batch.emulator.__main__ import parse_args
 from airflow_provider_openai_batch.exceptions import BatchValidationError
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
-from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
 from airflow_provider_openai_batch.jobs.store import STATE_KEY
+from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
 from airflow_provider_openai_batch.operators.results import BatchResultsOperator
 from airflow_provider_openai_batch.split import estimate_tokens, fits_one_batch, split_input
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger

@@ -10,9 +10,9 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+from airflow_provider_openai_batch.jobs.unfinished import is_transient
 from airflow_provider_openai_batch.models import ResultRecord
 from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
-from airflow_provider_openai_batch.jobs.unfinished import is_transient
 from tests.helpers import FakeStateStore, ctx, prompts
 
 

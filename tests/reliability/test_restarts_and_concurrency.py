@@ -17,12 +17,12 @@ import pytest
 from airflow_provider_openai_batch import api
 from airflow_provider_openai_batch.emulator.testing import run_emulator_process
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+from airflow_provider_openai_batch.jobs.keys import attempt_key, job_key
 from airflow_provider_openai_batch.operators.batch import (
     CreateBatchOperator,
     check_input_file,
     write_requests_jsonl,
 )
-from airflow_provider_openai_batch.jobs.keys import attempt_key, job_key
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 from tests.helpers import BOTH_FLAVORS, ENDPOINT, FakeTI, ctx, events, make_batch, prompts
 

@@ -18,7 +18,6 @@ def test_serialization_round_trip_is_json_primitives():
     path, kwargs = trigger.serialize()
     assert path == "airflow_provider_openai_batch.triggers.batch.BatchTrigger"
 
-
     def primitive(value: object) -> bool:
         if isinstance(value, list):
             return all(map(primitive, value))
