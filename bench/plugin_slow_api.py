@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -114,8 +115,8 @@ def measure(url: str, token: str, count: int, interval: float) -> dict[str, Any]
                 timeout=300,
             )
             status: int | str = answer.status_code
-            if not answer.ok:
-                details[f"{status}: {answer.json().get('detail')}".replace(f"{index:04d}", "NNNN")] += 1
+            detail = str(answer.json().get("detail", "")) if not answer.ok else ""
+            details[f"{status}: {re.sub(r'req_[0-9a-f]+|bench[0-9]+', '...', detail)}"] += 1
         except requests.RequestException as err:
             status = type(err).__name__
         outcomes.append((status, time.perf_counter() - started))
