@@ -1,8 +1,8 @@
 """The provider's Airflow UI plugin in a real browser (``make e2e``): the "OpenAI Batches" page lists the example
 run's batch with its progress and a working link to its task instance, the task tab shows the batch, a viewer
 (who may not read connections) sees no batch and cannot cancel, an admin cancels a running batch, a
-``<script>`` in metadata stays text, and the endpoints answer 401 without a session. Screenshots go to ``docs/images/`` (batches-page.png,
-batch-tab.png).
+``<script>`` in metadata stays text, and the endpoints answer 401 without a session. Screenshots go to
+``docs/images/`` (batches-page.png, batch-tab.png).
 
 Skipped unless ``OPENAI_BATCH_E2E=1``; see ``conftest.py`` for how Airflow and Chromium are started.
 """
