@@ -56,7 +56,7 @@ export AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=${AIRFLOW__CORE__MAX_ACTIVE_TASKS
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
 export AIRFLOW__CORE__TEST_CONNECTION=Enabled
 export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
-# viewer: the role that may read DAGs but not edit them (the batches page shows it no working Cancel).
+# viewer: the role that may read DAGs but not edit them, nor read connections (the batches page shows it no batch).
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin,viewer:viewer
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=False
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$AIRFLOW_HOME/simple_auth_manager_passwords.json
@@ -185,7 +185,7 @@ done
 cat <<EOF
 
   Airflow is ready: $URL
-  Login:            admin / $ADMIN_PASSWORD (or viewer / $VIEWER_PASSWORD: may read, not edit)
+  Login:            admin / $ADMIN_PASSWORD (or viewer / $VIEWER_PASSWORD: reads DAGs, not connections)
   OpenAI Batches:   $URL/plugin/openai-batches (Browse menu), and the "Batch status" tab of a task
   DAGs:             $AIRFLOW__CORE__DAGS_FOLDER (trigger openai_batch_example)
   Connection:       openai_default -> http://$HOST:$EMULATOR_PORT/v1 (OpenAI Batch emulator, fake key)

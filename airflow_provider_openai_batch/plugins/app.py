@@ -3,13 +3,14 @@
 Every route, the HTML pages and their script included, needs an authenticated Airflow user: the app-wide
 dependency is Airflow's own ``get_user`` (the UI's session cookie or a ``Bearer`` token), which answers 401
 without a credential and 403 for an invalid one. What a user then sees and may do is the auth manager's
-answer for the DAG that created each batch (:class:`~airflow_provider_openai_batch.plugins.service.Access`).
+answer for the connection and for the DAG that created each batch
+(:class:`~airflow_provider_openai_batch.plugins.service.Access`).
 
 Routes (below ``/openai-batches``):
 
 - ``GET /`` the "OpenAI Batches" page; ``GET /task`` the task instance tab; ``GET /static/...`` their
   script and style.
-- ``GET /api/connections``: ids of the connections of type ``openai_batch``.
+- ``GET /api/connections``: ids of the connections of type ``openai_batch`` the user may read.
 - ``GET /api/batches?conn_id=&status=&dag_id=&after=&limit=``: a page of batches, newest first
   (``&batch_id=`` instead: that batch alone, where the task's extra link points).
 - ``GET /api/task-batches?dag_id=&run_id=&task_id=&map_index=[&conn_id=]``: the batches of a task instance
@@ -18,6 +19,10 @@ Routes (below ``/openai-batches``):
   must carry the header ``X-OpenAI-Batches: cancel`` (a cross-site form cannot set it, so the session cookie
   alone cannot be used to cancel). Every cancel that was allowed is written to Airflow's audit log (the
   ``log`` table, event ``openai_batch.cancel``, shown under Browse → Audit Log), with the outcome.
+
+Routes that call the Batch API are coroutines: they await the API on the event loop and hand only short
+blocking work to the thread pool (see :mod:`~airflow_provider_openai_batch.plugins.service`), so no wait on
+the API holds a thread Airflow's own routes need.
 
 The HTML pages are static files: all data arrives as JSON and is put into the page with ``textContent``,
 and a Content-Security-Policy allowing only the app's own script makes an injected ``<script>`` inert.
@@ -97,11 +102,12 @@ def create_app() -> FastAPI:
         return page(name, types[name])
 
     @app.get("/api/connections")
-    def connections() -> dict[str, Any]:
-        return {"connections": service.connection_ids(), "default": service.DEFAULT_CONN_ID}
+    def connections(user: User) -> dict[str, Any]:  # the database and the auth manager: in the thread pool
+        ids = service.connection_ids(service.Access(user))
+        return {"connections": ids, "default": ids[0] if ids else None}
 
     @app.get("/api/batches")
-    def batches(
+    async def batches(
         user: User,
         conn_id: str = service.DEFAULT_CONN_ID,
         status: str | None = None,
@@ -112,15 +118,15 @@ def create_app() -> FastAPI:
     ) -> dict[str, Any]:
         if batch_id:  # one batch, as the extra link asks for
             _check_batch_id(batch_id)
-            return service.one(conn_id, batch_id, service.Access(user))
+            return await service.one(conn_id, batch_id, service.Access(user))
         if after:
             _check_batch_id(after)
-        return service.search(
+        return await service.search(
             conn_id, service.Access(user), status=status or None, dag_id=dag_id or None, after=after, limit=limit
         )
 
     @app.get("/api/task-batches")
-    def task_batches(
+    async def task_batches(
         user: User,
         dag_id: str,
         run_id: str,
@@ -129,15 +135,15 @@ def create_app() -> FastAPI:
         conn_id: str | None = None,
     ) -> dict[str, Any]:
         access = service.Access(user)
-        if not access.can_read(dag_id):
+        if not await service.in_thread(access.can_read, dag_id):
             raise UIError(403, f"You may not read DAG {dag_id!r}")
         index = int(map_index) if map_index.lstrip("-").isdigit() else -1  # "{MAP_INDEX}" for unmapped tasks
-        ids = service.task_batch_ids(dag_id, run_id, task_id, index)
-        answer = service.task_batches(conn_id or None, ids, access)
+        ids = await service.in_thread(service.task_batch_ids, dag_id, run_id, task_id, index)
+        answer = await service.task_batches(conn_id or None, ids, access)
         return {**answer, "task": {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": index}}
 
     @app.post("/api/batches/{batch_id}/cancel")
-    def cancel(
+    async def cancel(
         user: User,
         batch_id: str,
         conn_id: str = service.DEFAULT_CONN_ID,
@@ -147,18 +153,23 @@ def create_app() -> FastAPI:
             raise UIError(400, f"Send the header {CANCEL_HEADER}: cancel with a cancel request")
         _check_batch_id(batch_id)
         access = service.Access(user)
+        await service.require_connection(conn_id, access)
         # Permission from the cached read (the creating DAG is in the metadata, fixed at creation), so that a
         # refused cancel costs no call to the API; only an allowed one re-reads the batch as it is now.
-        _check_can_cancel(access, service.get_batch(conn_id, batch_id))
-        batch = service.get_batch(conn_id, batch_id, fresh=True)
-        _check_can_cancel(access, batch)  # the auth manager's answer is kept by Access: no second question
+        async with service.answer_deadline(conn_id):
+            cached = await service.get_batch(conn_id, batch_id)
+        await service.in_thread(_check_can_cancel, access, cached)
+        async with service.answer_deadline(conn_id):
+            batch = await service.get_batch(conn_id, batch_id, fresh=True)
+        await service.in_thread(_check_can_cancel, access, batch)  # Access keeps the answer: no second question
         try:
-            cancelled = service.cancel_batch(conn_id, batch_id)
+            async with service.answer_deadline(conn_id):
+                cancelled = await service.cancel_batch(conn_id, batch_id)
         except UIError as err:
-            _audit(user, batch, conn_id, f"refused: {err.message}")
+            await service.in_thread(_audit, user, batch, conn_id, f"refused: {err.message}")
             raise err from None
-        _audit(user, cancelled, conn_id, str(cancelled.get("status")))
-        return service.summary(cancelled, access)
+        await service.in_thread(_audit, user, cancelled, conn_id, str(cancelled.get("status")))
+        return await service.in_thread(service.summary, cancelled, access)
 
     return app
 
@@ -180,19 +191,31 @@ def _check_batch_id(batch_id: str) -> None:
 
 
 def _audit(user: Any, batch: dict[str, Any], conn_id: str, outcome: str) -> None:
-    """A row in Airflow's audit log (``log`` table), as Airflow's own API writes one for a user's action."""
-    from airflow.models import Log
+    """A row in Airflow's audit log (``log`` table), as Airflow's own API writes one for a user's action.
+
+    The batch's creating DAG, task, run and map index go into the row's columns only when Airflow knows that
+    DAG: its event log API shows a row with a ``dag_id`` only to users who may read that DAG, and one naming
+    a DAG it does not know (deleted, renamed, or metadata written outside Airflow) to nobody. Such a row keeps
+    no ``dag_id`` (shown to whoever may read the audit log, as Airflow's own rows without a DAG) and names the
+    creator in ``extra`` instead.
+    """
+    from airflow.models import DagModel, Log
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     from airflow_provider_openai_batch.task_metadata import creator
 
     made_by = creator(batch.get("metadata")) or {}
-    extra = {"batch_id": batch.get("id"), "conn_id": conn_id, "outcome": outcome, "method": "POST"}
-    fields: dict[str, Any] = {}
+    extra: dict[str, Any] = {"batch_id": batch.get("id"), "conn_id": conn_id, "outcome": outcome, "method": "POST"}
+    named: dict[str, Any] = {}
     if made_by.get("dag_id_complete"):
-        fields["dag_id"] = made_by["dag_id"]
+        named["dag_id"] = made_by["dag_id"]
         if made_by.get("linkable"):
-            fields.update(task_id=made_by["task_id"], run_id=made_by["run_id"], map_index=made_by["map_index"])
+            named.update(task_id=made_by["task_id"], run_id=made_by["run_id"], map_index=made_by["map_index"])
     name = user.get_name()
     with create_session() as session:
+        known = bool(named) and session.scalar(select(DagModel.dag_id).where(DagModel.dag_id == named["dag_id"]))
+        fields = named if known else {}
+        if named and not known:
+            extra["creator"] = named
         session.add(Log(event=AUDIT_EVENT, owner=name, owner_display_name=name, extra=json.dumps(extra), **fields))

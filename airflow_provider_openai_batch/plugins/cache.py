@@ -2,18 +2,25 @@
 
 Many users may leave the "OpenAI Batches" page open; each refreshes every few seconds. With this cache,
 identical questions (same connection, same page cursor, same batch) within :attr:`TTLCache.ttl` seconds are
-answered from memory, and concurrent identical questions wait for the one request already under way instead
-of sending their own. Failures are not cached (the next caller tries again) and leave nothing behind. One
-cache per api-server process: with several workers each keeps its own.
+answered from memory, and concurrent identical questions await the one request already under way instead
+of sending their own. A failure is handed to the callers already waiting for that request and then
+forgotten (the next caller tries again); it leaves nothing behind. One cache per api-server process: with
+several workers each keeps its own.
+
+The fetches are coroutines awaited on the api-server's event loop, so a caller waiting on a slow API holds
+no thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class TTLCache:
@@ -28,9 +35,11 @@ class TTLCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._clock = clock
+        # The api-server has one event loop per process, but a test client may run each request in a loop of
+        # its own thread: the lock keeps the dictionaries whole, and is never held across an await.
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
-        self._inflight: dict[Hashable, threading.Lock] = {}
+        self._inflight: dict[Hashable, asyncio.Task[Any]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -40,33 +49,40 @@ class TTLCache:
             return True, entry[1]
         return False, None
 
-    def get_or_fetch(self, key: Hashable, fetch: Callable[[], Any]) -> Any:
-        """The cached value of ``key``, or ``fetch()`` (called by one caller at a time per key) stored."""
+    async def get_or_fetch(self, key: Hashable, fetch: Callable[[], Awaitable[T]]) -> T:
+        """The cached value of ``key``, or the result of ``fetch()``, stored. Concurrent callers of one key in
+        one event loop await a single ``fetch()``; one of them giving up (cancelled, its deadline passed)
+        does not cancel it for the others."""
+        loop = asyncio.get_running_loop()
         with self._lock:
             found, value = self._fresh(key)
-            if found:
+            task = self._inflight.get(key)
+            if found or (task is not None and task.get_loop() is loop):
                 self.hits += 1
-                return value
-            key_lock = self._inflight.setdefault(key, threading.Lock())
-        with key_lock:
-            with self._lock:  # another caller may have fetched it while we waited
-                found, value = self._fresh(key)
-                if found:
-                    self.hits += 1
-                    return value
+            else:
                 self.misses += 1
-            try:
-                value = fetch()
-                with self._lock:
-                    self._entries[key] = (self._clock(), value)
-                    self._entries.move_to_end(key)
-                    while len(self._entries) > self.max_entries:
-                        self._entries.popitem(last=False)
-            finally:
-                # Also when fetch raises: else every distinct failing key (a made-up batch id) keeps a lock.
-                with self._lock:
-                    self._inflight.pop(key, None)
+                task = loop.create_task(self._fetch(key, fetch))
+                task.add_done_callback(_retrieved)
+                self._inflight[key] = task
+        if found:
+            return value  # type: ignore[no-any-return]
+        assert task is not None
+        return await asyncio.shield(task)  # type: ignore[no-any-return]
+
+    async def _fetch(self, key: Hashable, fetch: Callable[[], Awaitable[T]]) -> T:
+        try:
+            value = await fetch()
+            with self._lock:
+                self._entries[key] = (self._clock(), value)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
             return value
+        finally:
+            # Also when fetch raises: else every distinct failing key (a made-up batch id) stays in flight.
+            with self._lock:
+                if self._inflight.get(key) is asyncio.current_task():
+                    del self._inflight[key]
 
     def invalidate(self, predicate: Callable[[Hashable], bool]) -> None:
         """Forget every key for which ``predicate`` is true (e.g. a connection's pages after a cancel)."""
@@ -78,3 +94,9 @@ class TTLCache:
         with self._lock:
             self._entries.clear()
             self.hits = self.misses = 0
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark a failure as seen: when every waiter gave up first, nobody else reads it."""
+    if not task.cancelled():
+        task.exception()

@@ -1,39 +1,70 @@
 """What the "OpenAI Batches" page and the task tab show, and who may do what: no HTTP routing here.
 
-Calls to the Batch API are bounded: every request times out after :data:`REQUEST_TIMEOUT` seconds and is
-retried at most :data:`MAX_RETRIES` time (the hook's policy, for transient failures only); a list asks for
-:data:`API_PAGE_SIZE` batches per call and reads at most :data:`MAX_API_PAGES` calls per answer, however
-selective the filters; every answer is cached for :data:`CACHE_SECONDS` per connection and question
-(:mod:`~airflow_provider_openai_batch.plugins.cache`). The connection's API key stays in the api-server:
-only ids, statuses, counts, usage, metadata and error messages go to the browser.
+Calls to the Batch API are coroutines on the api-server's event loop, sent with the aiohttp client the
+trigger uses (:class:`~airflow_provider_openai_batch.hooks.async_client.AsyncBatchClient`): a page load
+waiting on a slow or dead API holds no thread, so Airflow's own routes, which run in the api-server's shared
+thread pool, never queue behind it. The rest (the auth manager's answers, the metadata database, reading a
+connection) is short and may block, so it runs in that pool through :func:`in_thread`, as Airflow's own
+synchronous routes do.
+
+Calls to the API are bounded: every request times out after :data:`REQUEST_TIMEOUT` seconds (connect, and
+each read) and is retried at most :data:`MAX_RETRIES` time (the hook's policy, for transient failures only);
+one answer of the page waits at most :data:`ANSWER_SECONDS` for the API in all (:func:`answer_deadline`), and
+then says so with a 504; a list asks for :data:`API_PAGE_SIZE` batches per call and reads at most
+:data:`MAX_API_PAGES` calls per answer, however selective the filters; every answer is cached for
+:data:`CACHE_SECONDS` per connection and question (:mod:`~airflow_provider_openai_batch.plugins.cache`).
+
+A connection is used only for a user who may read it (:meth:`Access.can_use_connection`); an unknown id, a
+connection of another type and a forbidden one get the same 404 (:func:`not_usable`), so the page tells
+nobody which connections exist or what they are. The connection's API key stays in the api-server: only ids,
+statuses, counts, usage, metadata and error messages go to the browser, and error messages name no host and
+no URL (:func:`describe`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import re
 import time
-from collections.abc import Callable
-from typing import Any
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow_provider_openai_batch.plugins.cache import TTLCache
 from airflow_provider_openai_batch.statuses import CANCELLING, TERMINAL, BatchStatus
 from airflow_provider_openai_batch.task_metadata import creator
 
+if TYPE_CHECKING:
+    from airflow_provider_openai_batch.api import ApiCall
+    from airflow_provider_openai_batch.connection import ClientSettings
+    from airflow_provider_openai_batch.models import ApiModel
+
+T = TypeVar("T")
+M = TypeVar("M", bound="ApiModel")
+
 CONN_TYPE = "openai_batch"
 DEFAULT_CONN_ID = "openai_default"
 #: Seconds an answer of the Batch API is reused (``OPENAI_BATCH_UI_CACHE_SECONDS`` overrides).
 CACHE_SECONDS = float(os.environ.get("OPENAI_BATCH_UI_CACHE_SECONDS", "5"))
-#: Seconds one request to the Batch API may take, and how often a transient failure is retried.
+#: Seconds one request to the Batch API may take to connect and between reads, and how often a transient
+#: failure is retried.
 REQUEST_TIMEOUT = 10.0
 MAX_RETRIES = 1
+#: Seconds one answer of the page waits for the Batch API in all, every call and retry included: a read
+#: time-out alone never ends a request whose answer trickles in.
+ANSWER_SECONDS = 15.0
 #: Batches per list call (the API's maximum), and most list calls behind one answer of the page.
 API_PAGE_SIZE = 100
 MAX_API_PAGES = 5
 #: Batches per page of the UI: default and most.
 PAGE_SIZE = 20
 MAX_PAGE_SIZE = 50
-#: Most batches the task tab shows (a job of many shards lists its first ones, and says how many more).
+#: Most batches the task tab shows (a job of many shards lists its first ones, and says how many more), and
+#: how many of them it reads from the API at once.
 MAX_TASK_BATCHES = 50
+TASK_BATCH_READS = 8
 #: Statuses a cancel can still change (not ended, not already cancelling).
 CANCELLABLE = frozenset(s.value for s in BatchStatus) - TERMINAL - {CANCELLING}
 
@@ -41,12 +72,20 @@ cache = TTLCache(CACHE_SECONDS)
 
 
 class UIError(Exception):
-    """A refusal or failure to show the user, with its HTTP status (never carrying a secret)."""
+    """A refusal or failure to show the user, with its HTTP status (never carrying a secret or a host)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+async def in_thread(func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` in the api-server's thread pool: short work that may block (the metadata database, the
+    auth manager, a secrets backend), never a wait on the Batch API."""
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(func, *args)
 
 
 # --------------------------------------------------------------------------------------------- the API
@@ -58,82 +97,176 @@ def check_conn_id(conn_id: Any) -> str:
     return conn_id
 
 
-def open_hook(conn_id: str) -> Any:
-    """A hook for ``conn_id`` with the page's short time-out and retries, refusing any connection that is not
-    of type ``openai_batch`` (its password must never be sent as an OpenAI key to its host)."""
+def not_usable(conn_id: str) -> UIError:
+    """The one answer for a connection id the page will not use: unknown, of another type, or not readable by
+    the user (telling these apart would tell who may not read connections which ids exist and their type)."""
+    return UIError(
+        404,
+        f"Connection {conn_id!r} was not found or is not allowed: the page uses only connections of type "
+        f"{CONN_TYPE} that you may read",
+    )
+
+
+async def require_connection(conn_id: Any, access: Access) -> str:
+    """``conn_id``, checked, when the user may use it; else :func:`not_usable`. Asked on every request, before
+    the cache, so a cached answer never reaches a user who may not read its connection."""
+    check_conn_id(conn_id)
+    if not await in_thread(access.can_use_connection, conn_id):
+        raise not_usable(conn_id)
+    return str(conn_id)
+
+
+def client_settings(conn_id: str) -> ClientSettings:
+    """The settings of connection ``conn_id`` with the page's time-out and retries, refusing (as
+    :func:`not_usable`) an unknown connection or one that is not of type ``openai_batch``: its password must
+    never be sent as an OpenAI key to its host. Call it only after :func:`require_connection`."""
     from airflow.sdk import BaseHook
 
     from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 
-    check_conn_id(conn_id)
     try:
         conn = BaseHook.get_connection(conn_id)
     except Exception:  # not found, or a secrets back end failing: the message could name more than we want
-        raise UIError(404, f"There is no connection {conn_id!r}") from None
+        raise not_usable(conn_id) from None
     if conn.conn_type != CONN_TYPE:
-        raise UIError(400, f"Connection {conn_id!r} is not of type {CONN_TYPE} (it is {conn.conn_type!r})")
-    return OpenAIBatchHook(conn_id, timeout=REQUEST_TIMEOUT, max_retries=MAX_RETRIES)
+        raise not_usable(conn_id)
+    try:
+        return OpenAIBatchHook(conn_id, timeout=REQUEST_TIMEOUT, max_retries=MAX_RETRIES).settings
+    except ValueError as err:  # a connection value the client refuses; the message names the field
+        raise UIError(502, f"Connection {conn_id!r} cannot be used: {without_hosts(str(err))}") from None
 
 
-def _call(conn_id: str, action: Callable[[Any], Any]) -> Any:
-    from airflow_provider_openai_batch.exceptions import ConflictError, NotFoundError, OpenAIBatchError
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()]*")
+_IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
 
-    with open_hook(conn_id) as hook:
+
+def without_hosts(text: str, base_url: str | None = None) -> str:
+    """``text`` with every URL, IPv4 address and the host of ``base_url`` replaced by a placeholder."""
+    text = _URL.sub("<URL>", text)
+    if base_url:
+        from urllib.parse import urlsplit
+
         try:
-            return action(hook)
-        except ConflictError as err:  # e.g. a cancel of a batch that has just ended
-            raise UIError(409, f"The API refused: {err}") from None
-        except NotFoundError as err:
-            raise UIError(404, f"Not found at the API: {err}") from None
-        except (OpenAIBatchError, ValueError) as err:
-            raise UIError(502, f"The Batch API of connection {conn_id!r} did not answer as expected: {err}") from None
+            host = urlsplit(base_url).hostname
+        except ValueError:
+            host = None
+        if host:
+            text = re.sub(re.escape(host) + r"(?::\d+)?", "<host>", text, flags=re.IGNORECASE)
+    return _IPV4.sub("<host>", text)
 
 
-def list_page(conn_id: str, after: str | None) -> dict[str, Any]:
+def describe(err: Exception, settings: ClientSettings) -> str:
+    """What went wrong with a call, for the user, naming no host or URL: the client's own messages name the
+    base URL; the API's error object is kept (its message, status, code and request id); any other answer
+    (a proxy's page, a redirect, JSON of the wrong shape) is described by its status alone, as its text may
+    name anything."""
+    from airflow_provider_openai_batch.exceptions import APIConnectionError, APIError
+
+    if isinstance(err, APIError) and not isinstance(err.body, dict):
+        text = f"an answer that is not the Batch API's (HTTP {err.status_code})"
+    elif isinstance(err, (APIError, APIConnectionError)):
+        text = str(err)
+    else:
+        text = f"an answer the page cannot read ({type(err).__name__})"
+    return without_hosts(text, settings.base_url)
+
+
+def _too_slow(conn_id: str) -> UIError:
+    return UIError(504, f"The Batch API of connection {conn_id!r} did not answer within {ANSWER_SECONDS:g} s")
+
+
+@contextlib.asynccontextmanager
+async def answer_deadline(conn_id: str) -> AsyncIterator[None]:
+    """Everything one answer of the page waits for the API, within :data:`ANSWER_SECONDS` (then a 504)."""
+    import anyio
+
+    try:
+        with anyio.fail_after(ANSWER_SECONDS):
+            yield
+    except TimeoutError:
+        raise _too_slow(conn_id) from None
+
+
+async def _call(conn_id: str, call: ApiCall[M]) -> M:
+    """One call of the API through ``conn_id``, awaited on the event loop and bounded by
+    :data:`ANSWER_SECONDS` itself: a cached fetch goes on for its other waiters when one gives up."""
+    from airflow_provider_openai_batch.exceptions import ConflictError, NotFoundError, OpenAIBatchError
+    from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient
+
+    settings = await in_thread(client_settings, conn_id)
+    try:
+        return await asyncio.wait_for(AsyncBatchClient(settings).request(call), ANSWER_SECONDS)
+    except asyncio.TimeoutError:  # TimeoutError on Python 3.11+, its own class on 3.10
+        raise _too_slow(conn_id) from None
+    except ConflictError as err:  # e.g. a cancel of a batch that has just ended
+        raise UIError(409, f"The API refused: {describe(err, settings)}") from None
+    except NotFoundError as err:
+        raise UIError(404, f"Not found at the API: {describe(err, settings)}") from None
+    except (OpenAIBatchError, ValueError) as err:
+        raise UIError(
+            502, f"The Batch API of connection {conn_id!r} did not answer as expected: {describe(err, settings)}"
+        ) from None
+
+
+async def list_page(conn_id: str, after: str | None) -> dict[str, Any]:
     """One page of the API's list (newest first), cached."""
+    from airflow_provider_openai_batch import api
 
-    def fetch() -> dict[str, Any]:
-        page = _call(conn_id, lambda hook: hook.list_batches(after=after, limit=API_PAGE_SIZE))
+    async def fetch() -> dict[str, Any]:
+        page = await _call(conn_id, api.list_batches(after=after, limit=API_PAGE_SIZE))
         return {"data": [b.model_dump(mode="json") for b in page.data], "has_more": bool(page.has_more)}
 
-    return cache.get_or_fetch(("list", conn_id, after), fetch)  # type: ignore[no-any-return]
+    return await cache.get_or_fetch(("list", conn_id, after), fetch)
 
 
-def get_batch(conn_id: str, batch_id: str, *, fresh: bool = False) -> dict[str, Any]:
+async def get_batch(conn_id: str, batch_id: str, *, fresh: bool = False) -> dict[str, Any]:
     """One batch, cached unless ``fresh`` (a cancel decides on the batch as it is now)."""
+    from airflow_provider_openai_batch import api
 
-    def fetch() -> dict[str, Any]:
-        return _call(conn_id, lambda hook: hook.retrieve_batch(batch_id)).model_dump(mode="json")  # type: ignore[no-any-return]
+    async def fetch() -> dict[str, Any]:
+        return (await _call(conn_id, api.retrieve_batch(batch_id))).model_dump(mode="json")
 
     if fresh:
-        return fetch()
-    return cache.get_or_fetch(("batch", conn_id, batch_id), fetch)  # type: ignore[no-any-return]
+        return await fetch()
+    return await cache.get_or_fetch(("batch", conn_id, batch_id), fetch)
 
 
-def cancel_batch(conn_id: str, batch_id: str) -> dict[str, Any]:
-    batch = _call(conn_id, lambda hook: hook.cancel_batch(batch_id)).model_dump(mode="json")
+async def cancel_batch(conn_id: str, batch_id: str) -> dict[str, Any]:
+    from airflow_provider_openai_batch import api
+
+    batch = (await _call(conn_id, api.cancel_batch(batch_id))).model_dump(mode="json")
     cache.invalidate(lambda key: isinstance(key, tuple) and len(key) > 1 and key[1] == conn_id)
-    return batch  # type: ignore[no-any-return]
+    return batch
 
 
-def connection_ids() -> list[str]:
-    """Ids of the connections of type ``openai_batch`` in Airflow's database (``openai_default`` first); the
-    ids only, never a host or key."""
+def connection_ids(access: Access) -> list[str]:
+    """Ids of the connections of type ``openai_batch`` in Airflow's database that the user may read
+    (``openai_default`` first, also when only a secrets backend holds it); the ids only, never a host or key.
+    The rest of the list is what Airflow's own list of connections would show the user, filtered by type."""
     from airflow.models import Connection
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
-        ids = sorted(session.scalars(select(Connection.conn_id).where(Connection.conn_type == CONN_TYPE)))
-    return [DEFAULT_CONN_ID, *(i for i in ids if i != DEFAULT_CONN_ID)]
+        rows = session.execute(
+            select(Connection.conn_id, Connection.team_name).where(Connection.conn_type == CONN_TYPE)
+        ).all()
+    teams: dict[str, str | None] = {DEFAULT_CONN_ID: None}
+    teams.update({conn_id: team for conn_id, team in rows})
+    allowed = access.usable_connections(teams)
+    ids = sorted(i for i in allowed if i != DEFAULT_CONN_ID)
+    return [DEFAULT_CONN_ID, *ids] if DEFAULT_CONN_ID in allowed else ids
 
 
 # ------------------------------------------------------------------------------------------ who may do what
 
 
 class Access:
-    """The auth manager's answers for one user, asked once per DAG id per request.
+    """The auth manager's answers for one user, asked once per DAG id and connection id per request. Its
+    methods may block (an auth manager may ask a database or a server): call them through :func:`in_thread`.
 
+    Using a connection (listing, reading or cancelling its batches) needs read access to it, as Airflow's
+    ``GET /api/v2/connections/{connection_id}`` does: the page acts with the connection's key for the user.
     Reading a batch needs read access to the DAG that created it; cancelling needs edit access (``PUT``).
     A batch without a (complete) creating DAG id in its metadata is treated as belonging to every DAG: it is
     shown to users who may read all DAGs and may be cancelled only by users who may edit all DAGs.
@@ -147,6 +280,7 @@ class Access:
             auth_manager = get_auth_manager()
         self.auth_manager = auth_manager
         self._answers: dict[tuple[str, str | None], bool] = {}
+        self._connections: dict[str, bool] = {}
 
     def _allowed(self, method: str, dag_id: str | None) -> bool:
         key = (method, dag_id)
@@ -167,11 +301,50 @@ class Access:
     def can_edit(self, dag_id: str | None) -> bool:
         return self._allowed("PUT", dag_id)
 
+    def can_use_connection(self, conn_id: str) -> bool:
+        """Whether the user may read connection ``conn_id``, asked as Airflow's own connection routes ask."""
+        if conn_id not in self._connections:
+            from airflow.api_fastapi.auth.managers.models.resource_details import ConnectionDetails
 
-def _team_of(dag_id: str) -> str | None:
+            details = ConnectionDetails(conn_id=conn_id, team_name=_connection_team(conn_id))
+            self._connections[conn_id] = bool(
+                self.auth_manager.is_authorized_connection(method="GET", details=details, user=self.user)
+            )
+        return self._connections[conn_id]
+
+    def usable_connections(self, teams: dict[str, str | None]) -> set[str]:
+        """The ids of ``teams`` (connection id: its team) the user may read, asked as Airflow's list of
+        connections asks (``filter_authorized_connections``, one question per team)."""
+        by_team: dict[str | None, set[str]] = defaultdict(set)
+        for conn_id, team in teams.items():
+            by_team[team if _multi_team() else None].add(conn_id)
+        allowed: set[str] = set()
+        for team, conn_ids in by_team.items():
+            allowed |= self.auth_manager.filter_authorized_connections(
+                conn_ids=conn_ids, user=self.user, method="GET", team_name=team
+            )
+        self._connections.update({conn_id: conn_id in allowed for conn_id in teams})
+        return allowed & set(teams)
+
+
+def _multi_team() -> bool:
     from airflow.configuration import conf
 
-    if not conf.getboolean("core", "multi_team", fallback=False):
+    return conf.getboolean("core", "multi_team", fallback=False)
+
+
+def _connection_team(conn_id: str) -> str | None:
+    """The team of a connection in the database (``None`` outside multi-team mode, and for connections only a
+    secrets backend holds), as Airflow's connection routes look it up."""
+    if not _multi_team():
+        return None
+    from airflow.models import Connection
+
+    return Connection.get_team_name(conn_id)  # type: ignore[no-any-return]
+
+
+def _team_of(dag_id: str) -> str | None:
+    if not _multi_team():
         return None
     from airflow.models import DagModel
 
@@ -237,7 +410,7 @@ def summary(batch: dict[str, Any], access: Access, now: float | None = None) -> 
     }
 
 
-def search(
+async def search(
     conn_id: str,
     access: Access,
     *,
@@ -252,29 +425,26 @@ def search(
     batches match or :data:`MAX_API_PAGES` were read. ``next_after`` is the cursor of the following page
     (``None`` at the end), ``scanned`` how many batches were looked at.
     """
-    check_conn_id(conn_id)
+    await require_connection(conn_id, access)
     limit = max(1, min(int(limit), MAX_PAGE_SIZE))
     found: list[dict[str, Any]] = []
     cursor, scanned, next_after = after, 0, None
-    for _ in range(MAX_API_PAGES):
-        page = list_page(conn_id, cursor)
-        data, rest = page["data"], 0
-        for index, batch in enumerate(data):
-            scanned += 1
-            cursor = batch["id"]
-            owner = owner_dag(batch)
-            if (status and batch.get("status") != status) or (dag_id and owner != dag_id) or not access.can_read(owner):
-                continue
-            found.append(summary(batch, access))
-            if len(found) == limit:
-                rest = len(data) - index - 1
+    async with answer_deadline(conn_id):
+        for _ in range(MAX_API_PAGES):
+            page = await list_page(conn_id, cursor)
+            data = page["data"]
+            picked, looked_at = await in_thread(_matching, data, access, status, dag_id, limit - len(found))
+            found += picked
+            scanned += looked_at
+            if looked_at:
+                cursor = data[looked_at - 1]["id"]
+            rest = len(data) - looked_at
+            if not data or (not page["has_more"] and (len(found) < limit or rest == 0)):
+                next_after = None  # the end of the list
                 break
-        if not data or (not page["has_more"] and (len(found) < limit or rest == 0)):
-            next_after = None  # the end of the list
-            break
-        next_after = cursor
-        if len(found) == limit:
-            break
+            next_after = cursor
+            if len(found) == limit:
+                break
     return {
         "conn_id": conn_id,
         "batches": found,
@@ -284,11 +454,40 @@ def search(
     }
 
 
-def one(conn_id: str, batch_id: str, access: Access) -> dict[str, Any]:
+def _matching(
+    data: list[dict[str, Any]], access: Access, status: str | None, dag_id: str | None, wanted: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The summaries of the first ``wanted`` batches of ``data`` that match the filters and that the user may
+    read, and how many batches of ``data`` were looked at to find them."""
+    picked: list[dict[str, Any]] = []
+    for index, batch in enumerate(data):
+        owner = owner_dag(batch)
+        if (status and batch.get("status") != status) or (dag_id and owner != dag_id) or not access.can_read(owner):
+            continue
+        picked.append(summary(batch, access))
+        if len(picked) == wanted:
+            return picked, index + 1
+    return picked, len(data)
+
+
+def _visible(batch: dict[str, Any], access: Access) -> dict[str, Any] | None:
+    """The summary of ``batch`` when the user may read the DAG that created it."""
+    return summary(batch, access) if access.can_read(owner_dag(batch)) else None
+
+
+async def one(conn_id: str, batch_id: str, access: Access) -> dict[str, Any]:
     """The answer of :func:`search` for one batch (empty when the user may not read its DAG)."""
-    batch = get_batch(check_conn_id(conn_id), batch_id)
-    shown = [summary(batch, access)] if access.can_read(owner_dag(batch)) else []
-    return {"conn_id": conn_id, "batches": shown, "next_after": None, "scanned": 1, "refresh_seconds": CACHE_SECONDS}
+    await require_connection(conn_id, access)
+    async with answer_deadline(conn_id):
+        batch = await get_batch(conn_id, batch_id)
+    shown = await in_thread(_visible, batch, access)
+    return {
+        "conn_id": conn_id,
+        "batches": [shown] if shown else [],
+        "next_after": None,
+        "scanned": 1,
+        "refresh_seconds": CACHE_SECONDS,
+    }
 
 
 def task_batch_ids(dag_id: str, run_id: str, task_id: str, map_index: int) -> list[str]:
@@ -356,9 +555,10 @@ def _ids_from(value: Any) -> list[str]:
     return ids
 
 
-def task_batches(conn_id: str | None, ids: list[str], access: Access) -> dict[str, Any]:
+async def task_batches(conn_id: str | None, ids: list[str], access: Access) -> dict[str, Any]:
     """The batches of a task, each with its progress, errors and files. Without ``conn_id`` the connections
-    of type ``openai_batch`` are tried in turn (``openai_default`` first) until one knows the first batch.
+    of type ``openai_batch`` the user may read are tried in turn (``openai_default`` first) until one knows
+    the first batch.
 
     Read access to the task's DAG is not enough: each batch is shown only to a user who may read the DAG that
     created it, the rule of :func:`search` and :func:`one` (a sensor in one DAG may wait on another DAG's
@@ -368,27 +568,20 @@ def task_batches(conn_id: str | None, ids: list[str], access: Access) -> dict[st
     read is shown as such (its id and the error), which carries nothing of the batch itself.
     """
     shown = ids[:MAX_TASK_BATCHES]
-    candidates = [check_conn_id(conn_id)] if conn_id else connection_ids()
+    if conn_id:
+        candidates = [await require_connection(conn_id, access)]
+    else:
+        candidates = await in_thread(connection_ids, access)
     last_error: UIError | None = None
     for candidate in candidates:
-        try:
-            first = get_batch(candidate, shown[0]) if shown else None
-        except UIError as err:
-            last_error = err
-            continue
-        visible: list[dict[str, Any]] = []
-        hidden = 0
-        for index, batch_id in enumerate(shown):
+        async with answer_deadline(candidate):
             try:
-                batch = first if index == 0 and first is not None else get_batch(candidate, batch_id)
+                first = await get_batch(candidate, shown[0]) if shown else None
             except UIError as err:
-                unread = {"id": batch_id, "status": "unknown", "errors": {"data": [{"message": err.message}]}}
-                visible.append(summary(unread, access))
+                last_error = err
                 continue
-            if access.can_read(owner_dag(batch)):
-                visible.append(summary(batch, access))
-            else:
-                hidden += 1
+            batches = [first, *await _read_each(candidate, shown[1:])] if first is not None else []
+        visible, hidden = await in_thread(_task_view, shown, batches, access)
         return {
             "conn_id": candidate,
             "batch_ids": ids,
@@ -406,4 +599,36 @@ def task_batches(conn_id: str | None, ids: list[str], access: Access) -> dict[st
             "more": 0,
             "refresh_seconds": CACHE_SECONDS,
         }
-    raise last_error or UIError(404, "No connection of type openai_batch knows this task's batch")
+    raise last_error or UIError(404, f"No connection of type {CONN_TYPE} that you may read knows this task's batch")
+
+
+async def _read_each(conn_id: str, batch_ids: list[str]) -> list[dict[str, Any] | UIError]:
+    """Each batch of ``batch_ids``, or the error reading it, :data:`TASK_BATCH_READS` at a time."""
+    limit = asyncio.Semaphore(TASK_BATCH_READS)
+
+    async def read(batch_id: str) -> dict[str, Any] | UIError:
+        async with limit:
+            try:
+                return await get_batch(conn_id, batch_id)
+            except UIError as err:
+                return err
+
+    return list(await asyncio.gather(*(read(batch_id) for batch_id in batch_ids)))
+
+
+def _task_view(
+    batch_ids: list[str], batches: list[dict[str, Any] | UIError], access: Access
+) -> tuple[list[dict[str, Any]], int]:
+    """The summaries the user may see of a task's batches (a batch that could not be read as its id and the
+    error), and how many were hidden."""
+    visible: list[dict[str, Any]] = []
+    hidden = 0
+    for batch_id, batch in zip(batch_ids, batches, strict=True):
+        if isinstance(batch, UIError):
+            unread = {"id": batch_id, "status": "unknown", "errors": {"data": [{"message": batch.message}]}}
+            visible.append(summary(unread, access))
+        elif access.can_read(owner_dag(batch)):
+            visible.append(summary(batch, access))
+        else:
+            hidden += 1
+    return visible, hidden

@@ -1,9 +1,15 @@
 """The plugin's endpoints over HTTP, as the api-server mounts them, against the emulator and a real Airflow
 database and auth manager: authentication on every route, who may read and cancel, the audit log, no API key
-in any answer, pagination, filters and the cache that keeps many open pages from multiplying API calls."""
+in any answer, pagination, filters and the cache that keeps many open pages from multiplying API calls.
+
+Every user here may read every connection (:func:`every_user_may_read_connections`): an auth manager with
+per-resource rights (FAB, Keycloak) can grant that to a viewer, the simple auth manager only to its Op and
+Admin roles. ``test_api_server.py`` checks the simple auth manager's own refusals in a real api-server.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -51,6 +57,15 @@ def made_by(dag_id: str, task_id: str = "create", run_id: str = "manual__1", map
     }
 
 
+@pytest.fixture(autouse=True)
+def every_user_may_read_connections(tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.api_fastapi.app import get_auth_manager
+
+    monkeypatch.setattr(
+        get_auth_manager(), "is_authorized_connection", lambda *, method, user, details=None: method == "GET"
+    )
+
+
 @pytest.fixture
 def emulator(openai_batch_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The emulator, slow enough that batches stay running, behind ``openai_default`` with a canary key."""
@@ -60,6 +75,20 @@ def emulator(openai_batch_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Any
     conn = json.loads(openai_batch_emulator.connection_json())
     assert conn["password"] == KEY
     return openai_batch_emulator
+
+
+def add_dag(dag_id: str) -> None:
+    """A DAG Airflow knows (its row in ``dag``, as the dag-processor writes it); nothing is parsed."""
+    from airflow.models import DagModel
+    from airflow.models.dagbundle import DagBundleModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        if session.get(DagBundleModel, "plugin-tests") is None:
+            session.add(DagBundleModel(name="plugin-tests"))
+            session.flush()
+        if session.get(DagModel, dag_id) is None:
+            session.add(DagModel(dag_id=dag_id, bundle_name="plugin-tests"))
 
 
 def api_calls(handle: Any, route: str) -> int:
@@ -124,6 +153,7 @@ def test_an_editor_cancels_and_the_audit_log_records_it(client: Any, emulator: A
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
+    add_dag("reports")
     batch_id = create(emulator, made_by("reports", "create", "manual__7", 3))
     listed = client.get("/api/batches", user="editor").json()["batches"]
     assert listed[0]["can_cancel"] is True
@@ -231,13 +261,74 @@ def test_a_batch_shows_progress_usage_age_and_its_task(client: Any, emulator: An
     assert batch["can_cancel"] is False and batch["terminal"] is True
 
 
-def test_unknown_and_foreign_connections_are_refused(
+def test_unknown_foreign_and_forbidden_connections_get_one_answer_without_a_call(
     client: Any, emulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_SOME_DB", json.dumps({"conn_type": "postgres", "host": "db", "password": "pw"}))
-    assert client.get("/api/batches?conn_id=some_db").status_code == 400
-    assert client.get("/api/batches?conn_id=nope").status_code == 404
+    """The auth manager is asked as Airflow's own connection routes ask it (``GET`` with the connection's
+    ``ConnectionDetails``), before the connection is read; an unknown id, one of another type (a secrets
+    backend's ``postgres`` here) and a forbidden one get the same 404, naming neither type nor host."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import ConnectionDetails
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SOME_DB", json.dumps({"conn_type": "postgres", "host": "db.internal.example", "password": "pw"})
+    )
+    asked: list[tuple[str, Any]] = []
+
+    def is_authorized_connection(*, method: str, user: Any, details: Any = None) -> bool:
+        asked.append((method, details))
+        return details.conn_id != "openai_default"
+
+    monkeypatch.setattr(get_auth_manager(), "is_authorized_connection", is_authorized_connection)
+    answers = {c: client.get(f"/api/batches?conn_id={c}", user="viewer") for c in ("some_db", "nope", "openai_default")}
+    shapes = {(a.status_code, a.json()["detail"].replace(repr(c), "<id>")) for c, a in answers.items()}
+    assert len(shapes) == 1 and next(iter(shapes))[0] == 404, shapes
+    assert all("postgres" not in a.text and "db.internal.example" not in a.text for a in answers.values())
+    assert ("GET", ConnectionDetails(conn_id="openai_default", team_name=None)) in asked
+    assert {method for method, _ in asked} == {"GET"}
     assert client.get("/api/batches?after=../x").status_code == 400
+    assert api_calls(emulator, "GET /v1/batches") == 0
+
+
+def test_only_connections_the_user_may_read_are_listed_or_tried(
+    client: Any, emulator: Any, monkeypatch: pytest.MonkeyPatch, unused_port: int
+) -> None:
+    """The list is Airflow's list of connections the user may read (``filter_authorized_connections``),
+    filtered by type; the task tab without a connection tries only those, never another team's."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.models import Connection
+    from airflow.utils.session import create_session
+
+    monkeypatch.setenv("_AIRFLOW_PROCESS_CONTEXT", "server")  # connections from the database, as the api-server
+    with create_session() as session:
+        for conn_id in ("team_a_batches", "team_b_batches"):
+            if session.get(Connection, conn_id) is None:  # type: ignore[arg-type]
+                host = f"http://127.0.0.1:{unused_port}/v1"
+                session.add(Connection(conn_id=conn_id, conn_type="openai_batch", host=host, password="k"))
+    allowed = {"team_a_batches", "team_b_batches", "openai_default"}
+    monkeypatch.setattr(
+        get_auth_manager(),
+        "is_authorized_connection",
+        lambda *, method, user, details=None: (
+            details.conn_id in allowed if user.get_name() != "viewer" else (details.conn_id == "team_a_batches")
+        ),
+    )
+    assert client.get("/api/connections").json() == {
+        "connections": ["openai_default", "team_a_batches", "team_b_batches"],
+        "default": "openai_default",
+    }
+    assert client.get("/api/connections", user="viewer").json() == {
+        "connections": ["team_a_batches"],
+        "default": "team_a_batches",
+    }
+    batch_id = create(emulator, made_by("reports"))  # known only behind openai_default
+    xcom("create_other_team", "batch_ids", [batch_id])
+    tab = "/api/task-batches?dag_id=reports&run_id=manual__1&task_id=create_other_team"
+    assert client.get(tab).json()["batches"][0]["id"] == batch_id  # the admin's openai_default knows it
+    refused = client.get(tab, user="viewer")
+    assert refused.status_code == 502, refused.text  # team_a_batches was tried, and answers nothing
+    assert api_calls(emulator, "GET /v1/batches/{id}") == 1  # the admin's read only
+    assert str(unused_port) not in refused.text and "127.0.0.1" not in refused.text
 
 
 # ------------------------------------------------------------------------------- paging, filters, cache
@@ -274,15 +365,16 @@ def test_many_open_pages_cost_one_api_call_per_cache_period(client: Any, emulato
 
 
 def test_concurrent_identical_questions_share_one_api_call(client: Any, emulator: Any) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     from airflow_provider_openai_batch.plugins import service
 
     create(emulator, made_by("reports"))
     emulator.configure(latency_ms=300)  # the first call is still under way when the others arrive
     before = api_calls(emulator, "GET /v1/batches")
-    with ThreadPoolExecutor(8) as pool:
-        pages = list(pool.map(lambda _: service.list_page("openai_default", None), range(8)))
+
+    async def eight() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(service.list_page("openai_default", None) for _ in range(8)))
+
+    pages = asyncio.run(eight())
     assert all(page == pages[0] for page in pages)
     assert api_calls(emulator, "GET /v1/batches") - before == 1
 

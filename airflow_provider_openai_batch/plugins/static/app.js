@@ -167,9 +167,18 @@
     select.value = current;
   }
 
+  // The server's choice among the connections this user may read: openai_default, else the first one.
+  async function defaultConnection() {
+    try {
+      return (await getJSON("api/connections")).default || "openai_default";
+    } catch (err) {
+      return "openai_default";
+    }
+  }
+
   // ---------------------------------------------------------------------------------------- batches page
   async function batchesView() {
-    const connId = params.get("conn_id") || "openai_default";
+    const connId = params.get("conn_id") || (await defaultConnection());
     const single = params.get("batch_id");
     const cursors = [null]; // the "after" of every page seen, for "Newer"
     document.getElementById("status").value = params.get("status") || "";
@@ -255,10 +264,10 @@
         message("");
       } catch (err) {
         message(`Could not show this task's batches: ${err.message}`);
-        await fillConnections(chosen || "openai_default");
+        await fillConnections(chosen || (await defaultConnection()));
         return;
       }
-      await fillConnections(answer.conn_id || chosen || "openai_default");
+      await fillConnections(answer.conn_id || chosen || (await defaultConnection()));
       // Batches of DAGs this user may not read are left out by the server and only counted.
       const hidden = answer.hidden ? `${answer.hidden} batch(es) hidden: created by a DAG you may not read` : "";
       if (!answer.batches.length) {
