@@ -1,7 +1,8 @@
-"""``OpenAIBatchHook``: the Batch and Files APIs over ``requests``.
+"""``OpenAIBatchHook``: the Batch API (here) and the Files API (:mod:`.files`) over ``requests``.
 
 All request building, validation, parsing, error mapping and retry policy lives in
-:mod:`airflow_provider_openai_batch.api`; this module only moves bytes over HTTP.
+:mod:`airflow_provider_openai_batch.api`, the HTTP exchange in :mod:`.sync_transport`; the hook only moves
+bytes.
 """
 
 from __future__ import annotations
@@ -24,44 +25,22 @@ from airflow_provider_openai_batch.connection import (
     settings_from_connection,
 )
 from airflow_provider_openai_batch.exceptions import (
-    APIConnectionError,
-    APITimeoutError,
     OpenAIBatchError,
-    ResultsParseError,
 )
-from airflow_provider_openai_batch.hooks.transfer import (
-    MultipartBody,
-    check_binary_handle,
-    checked_chunks,
-    iter_lines,
-    reopenable,
-    seekable,
-    tagged_name,
-    upload_source,
-    write_destination,
-)
-from airflow_provider_openai_batch.locations import destination_location
+from airflow_provider_openai_batch.hooks.files import FilesApi
+from airflow_provider_openai_batch.hooks.sync_transport import new_session, send
 from airflow_provider_openai_batch.models import (
     ApiModel,
     Batch,
     BatchPage,
-    DownloadedFile,
-    FileDeleted,
-    FileObject,
-    FilePage,
     HttpInfo,
-    ResultRecord,
 )
-from airflow_provider_openai_batch.retries import policy_for, retry_policy
+from airflow_provider_openai_batch.retries import policy_for
 
 T = TypeVar("T", bound=ApiModel)
 
-#: The Files API refuses uploads over 512 MB, and batch input files over 200 MB.
-MAX_UPLOAD_BYTES = 512 * 1024 * 1024
-MAX_BATCH_INPUT_BYTES = 200 * 1024 * 1024
 
-
-class OpenAIBatchHook(BaseHook):
+class OpenAIBatchHook(FilesApi, BaseHook):
     """Talk to the OpenAI Batch and Files APIs with the credentials of an Airflow connection.
 
     The connection (type ``openai_batch``) holds the API key in *password*, an optional OpenAI-compatible
@@ -164,10 +143,7 @@ class OpenAIBatchHook(BaseHook):
     @cached_property
     def session(self) -> requests.Session:
         """One keep-alive session per hook; it carries the auth headers and never follows a redirect."""
-        session = _NoRedirectSession()
-        session.headers.update(self.settings.headers())
-        session.headers["User-Agent"] = "airflow-provider-openai-batch"
-        return session
+        return new_session(self.settings)
 
     def get_conn(self) -> requests.Session:
         return self.session
@@ -341,156 +317,6 @@ class OpenAIBatchHook(BaseHook):
             pause = poll_interval if deadline is None else min(poll_interval, max(0.0, deadline - time.monotonic()))
             time.sleep(pause)
 
-    # -------------------------------------------------------------------------------------------- files
-
-    def upload_file(
-        self,
-        source: Any,
-        purpose: str = "batch",
-        filename: str | None = None,
-        expires_after: int | Mapping[str, Any] | None = None,
-    ) -> FileObject:
-        """Upload a file, streaming it (memory does not grow with its size).
-
-        :param source: A local path, a URI string (``file:///abs/path``, ``s3://bucket/key``), an
-            ``ObjectStoragePath``, ``bytes``, or a binary file object.
-        :param purpose: ``"batch"`` for batch input files.
-        :param filename: The name the API records. By default the source's name (or ``batch_input.jsonl``)
-            with a short random tag, ``data-1a2b3c4d.jsonl``: the Files API has no idempotency key, so after
-            an ambiguous failure (timeout, reset, 5xx) the retry looks for a file of that exact name among the
-            newest 100 and returns it rather than uploading a second copy. An explicit name is used as is,
-            and then a retry may leave a duplicate behind.
-        :param expires_after: Seconds (3600..2592000) after which the API deletes the file itself, so a busy
-            account does not fill its file storage with inputs nobody needs after their batch.
-        """
-        call = api.upload_file(purpose, expires_after)
-        opener, name, size = upload_source(source)
-        limit = self.rules.max_bytes_per_file if purpose == "batch" else MAX_UPLOAD_BYTES
-        if size is not None and size > limit:
-            raise ValueError(
-                f"source is {size} bytes; the API accepts at most {limit} bytes for purpose {purpose!r}: "
-                "split the requests into several batches"
-            )
-        form = call.form or {}
-        recognisable = filename is None
-        filename = filename or tagged_name(name)
-        attempts = 0
-
-        def attempt() -> FileObject:
-            nonlocal attempts
-            attempts += 1
-            if attempts > 1 and recognisable:
-                earlier = next((f for f in self.list_files(purpose, limit=100).data if f.filename == filename), None)
-                if earlier is not None:
-                    self.log.info("Found file %s from an earlier attempt; not uploading again", earlier.id)
-                    return earlier
-            with opener() as stream:
-                body = MultipartBody(form, "file", filename, stream)
-                return self._send(call, data=body, headers={"Content-Type": body.content_type})
-
-        policy = retry_policy(self.settings.max_retries if reopenable(source) else 0)
-        uploaded: FileObject = tenacity.Retrying(**policy)(attempt)
-        self.log.info("Uploaded %s as file %s (%s bytes, purpose %s)", filename, uploaded.id, uploaded.bytes, purpose)
-        return uploaded
-
-    def retrieve_file(self, file_id: str) -> FileObject:
-        """Get a file's metadata (name, size, purpose).
-
-        :param file_id: The file, e.g. ``file-abc123``.
-        """
-        return self._request(api.retrieve_file(file_id))
-
-    def list_files(self, purpose: str | None = None, after: str | None = None, limit: int = 100) -> FilePage:
-        """One page of files, newest first.
-
-        :param purpose: Only files of this purpose, e.g. ``batch`` or ``batch_output``.
-        :param after: A file id: the page starts after it.
-        :param limit: Files per page.
-        """
-        return self._request(api.list_files(purpose, after, limit))
-
-    def delete_file(self, file_id: str) -> FileDeleted:
-        """Delete a file, e.g. an input file once its batch ended.
-
-        :param file_id: The file to delete.
-        """
-        return self._request(api.delete_file(file_id))
-
-    def download_file(self, file_id: str, destination: Any) -> DownloadedFile:
-        """Stream a file's content to ``destination`` in 1 MiB chunks; memory does not grow with its size.
-
-        A local destination is written to a temporary file beside it and renamed into place only once the
-        whole content arrived, so a failed or truncated download never leaves a partial file behind. A file
-        object is written from its current position, so bytes already written to it stay; a transient failure
-        is retried only when the handle can seek back to that position.
-
-        :param file_id: The file to download (e.g. ``batch.output_file_id``).
-        :param destination: A local path (relative to the working directory, or absolute), a URI string
-            (``file:///abs/path``, ``s3://bucket/key``), an ``ObjectStoragePath``, or a writable binary file object.
-        """
-        call = api.file_content(file_id)
-        if hasattr(destination, "write"):
-            check_binary_handle(destination, "destination", "wb")
-        else:  # refused before the download starts, not once the bytes arrive
-            destination = destination_location(destination, "destination", relative_ok=True)
-        # A file object is written from where its handle stands; a retry rewinds to there, never further.
-        start = destination.tell() if hasattr(destination, "write") and seekable(destination) else None
-
-        def attempt() -> DownloadedFile:
-            if start is not None:
-                destination.seek(start)
-                destination.truncate()
-            with self._stream(call) as response:
-                http = api.http_info(response.status_code, response.headers)
-                written = write_destination(destination, checked_chunks(response, file_id))
-            result = DownloadedFile(file_id=file_id, destination=str(destination), bytes=written)
-            result.with_http(http)
-            return result
-
-        retry_all = not hasattr(destination, "write") or seekable(destination)
-        policy = retry_policy(self.settings.max_retries if retry_all else 0)
-        downloaded: DownloadedFile = tenacity.Retrying(**policy)(attempt)
-        self.log.info("Downloaded file %s (%d bytes) to %s", file_id, downloaded.bytes, destination)
-        return downloaded
-
-    def iter_file_records(self, file_id: str, source: str | None = None) -> Iterator[ResultRecord]:
-        """Yield the lines of an output or error file as :class:`ResultRecord`, streaming.
-
-        A transient failure mid-stream re-opens the file and skips the records already yielded.
-
-        :raises ResultsParseError: a line is not a JSON record, or the download was truncated.
-        """
-        call = api.file_content(file_id)
-        done = 0
-        retrying = tenacity.Retrying(**retry_policy(self.settings.max_retries))
-        for attempt in retrying:
-            with attempt, self._stream(call) as response:
-                for number, line in enumerate(iter_lines(checked_chunks(response, file_id)), start=1):
-                    if number <= done:
-                        continue
-                    done = number
-                    yield _parse_record(line, file_id, number, source)
-
-    def iter_results(self, batch: Batch | str) -> Iterator[ResultRecord]:
-        """Yield every result of a batch: the output file's records, then the error file's.
-
-        Each record has ``custom_id`` (to match it to its input), ``ok``, ``body``, ``error_message`` and
-        ``source`` (``"output"`` or ``"error"``). Lines arrive in no particular order.
-
-        :param batch: A :class:`Batch` or a batch id.
-        """
-        if isinstance(batch, str):
-            batch = self.retrieve_batch(batch)
-        if batch.output_file_id:
-            yield from self.iter_file_records(batch.output_file_id, "output")
-        if batch.error_file_id:
-            yield from self.iter_file_records(batch.error_file_id, "error")
-
-    def get_results(self, batch: Batch | str) -> dict[str, ResultRecord]:
-        """All results of a batch keyed by ``custom_id`` (holds them all in memory; prefer
-        :meth:`iter_results` for very large batches)."""
-        return {record.custom_id: record for record in self.iter_results(batch)}
-
     # ---------------------------------------------------------------------------------------- transport
 
     def _request(self, call: api.ApiCall[T]) -> T:
@@ -516,59 +342,7 @@ class OpenAIBatchHook(BaseHook):
             response.close()
 
     def _http(self, call: api.ApiCall[Any], *, stream: bool, **kwargs: Any) -> requests.Response:
-        settings = self.settings
-        url = call.url(settings.base_url)
-        auth = self._auth_headers()
-        if auth:
-            kwargs["headers"] = {**kwargs.get("headers", {}), **auth}
-        try:
-            return self.session.request(
-                call.method,
-                url,
-                params=call.query(settings.api_version),
-                json=call.json,
-                timeout=settings.timeout,
-                stream=stream,
-                # The API never redirects, and requests would send Azure's api-key along to another host.
-                allow_redirects=False,
-                **kwargs,
-            )
-        except requests.exceptions.ConnectTimeout:
-            raise APITimeoutError(
-                f"{call.method} {call.path}: could not connect to {settings.base_url} within {settings.timeout:g}s",
-                maybe_processed=False,
-            ) from None
-        except requests.exceptions.Timeout:
-            raise APITimeoutError(
-                f"{call.method} {call.path}: no answer from {settings.base_url} within {settings.timeout:g}s"
-            ) from None
-        except requests.exceptions.ConnectionError as err:
-            raise _connection_error(call, settings.base_url, err) from None
-        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as err:
-            # The answer started and broke off: the request was delivered, so it may have been acted on.
-            raise APIConnectionError(
-                f"{call.method} {call.path}: the answer from {settings.base_url} broke off ({type(err).__name__})"
-            ) from None
-        except (requests.exceptions.RequestException, ValueError, UnicodeError) as err:
-            # Anything else the HTTP stack raises (a URL or header value it cannot send, too many redirects) may
-            # quote a header or URL in its message: only its type is kept, never its text.
-            before_sending = isinstance(
-                err,
-                (
-                    requests.exceptions.InvalidURL,
-                    requests.exceptions.InvalidHeader,
-                    requests.exceptions.MissingSchema,
-                    requests.exceptions.InvalidSchema,
-                    ValueError,
-                    UnicodeError,
-                ),
-            )
-            raise APIConnectionError(
-                f"{call.method} {call.path}: the request to {settings.base_url} could not be sent "
-                f"({type(err).__name__}); check the connection's base URL and header fields",
-                maybe_processed=not before_sending,
-                transient=not before_sending,
-            ) from None
+        return send(self.session, call, self.settings, self._auth_headers(), stream=stream, **kwargs)
 
     # ------------------------------------------------------------------------------------------ export
 
@@ -620,56 +394,6 @@ class OpenAIBatchHook(BaseHook):
             work_dir=work_dir,
             one_file_per_batch=one_file_per_batch,
         )
-
-
-# ------------------------------------------------------------------------------------------ helpers
-
-
-class _NoRedirectSession(requests.Session):
-    """A session that sees no redirect target in any answer, so a 3xx comes back as it is (and becomes an
-    :class:`APIError`). ``allow_redirects=False`` alone is not enough: requests still prepares the next
-    request of a redirect for ``Response.next``, which rewinds a streamed upload body and fails on it."""
-
-    def get_redirect_target(self, resp: requests.Response) -> None:
-        return None
-
-
-def _connection_error(
-    call: api.ApiCall[Any], base_url: str, err: requests.exceptions.ConnectionError
-) -> APIConnectionError:
-    reason = err.args[0] if err.args else err
-    underlying = getattr(reason, "reason", reason)
-    # A connection that was never established cannot have delivered the request.
-    refused = type(underlying).__name__ in {
-        "NewConnectionError",
-        "NameResolutionError",
-        "ConnectTimeoutError",
-    }
-    if type(underlying).__name__ == "SSLError" or isinstance(err, requests.exceptions.SSLError):
-        return APIConnectionError(
-            f"{call.method} {call.path}: the TLS handshake with {base_url} failed (SSLError); if the server "
-            "speaks plain HTTP, make the connection's Base URL start with http://",
-            maybe_processed=False,
-        )
-    kind = "could not connect to" if refused else "connection to"
-    tail = "" if refused else " broke before an answer arrived"
-    return APIConnectionError(
-        f"{call.method} {call.path}: {kind} {base_url}{tail} ({type(underlying).__name__})",
-        maybe_processed=not refused,
-    )
-
-
-def _parse_record(line: bytes, file_id: str, number: int, source: str | None) -> ResultRecord:
-    try:
-        record = ResultRecord.model_validate_json(line)
-    except ValueError as err:
-        preview = line[:80].decode("utf-8", "replace")
-        first_error = str(err).splitlines()[0]
-        raise ResultsParseError(
-            f"file {file_id} line {number} is not a batch result record ({first_error}): {preview!r}"
-        ) from None
-    record.source = source
-    return record
 
 
 __all__ = ["HttpInfo", "OpenAIBatchHook"]
