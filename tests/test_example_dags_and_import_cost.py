@@ -103,12 +103,15 @@ def test_airflow_dags_test_runs_the_example_end_to_end(tmp_path, flavor):
 
 @pytest.mark.slow
 def test_airflow_dags_test_runs_the_large_job_example(tmp_path):
-    """The path a 120,000-request run takes (split, queue, one deferral per wake, merged export), at a size the
-    suite can afford: 25 requests in batches of 10 make 3 batches and one file of 25 rows in input order. The
-    full 120,000 is run by ``bench/large_job.py --dag`` (figures in bench/README.md)."""
+    """The path a 120,000-request run takes (split, queue, one deferral per wake, rounds of unfinished requests,
+    merged export), at a size the suite can afford: 25 requests in batches of 10 make 3 batches, every request
+    fails transiently on its first attempt, so each batch has a round (6 batches), each request is billed once,
+    and the export of the task's return value is one file of 25 rows in input order. ``airflow dags test`` hands
+    a resumed task only the trigger's event: the job record carries the rest. The full 120,000 is run by
+    ``bench/large_job.py --dag`` (figures in bench/README.md)."""
     from airflow_provider_openai_batch.emulator.testing import run_emulator_process
 
-    with run_emulator_process(phase_seconds=0.5) as emulator:
+    with run_emulator_process(phase_seconds=0.5, transient_failure_attempts=1) as emulator:
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(tmp_path),
@@ -127,7 +130,8 @@ def test_airflow_dags_test_runs_the_large_job_example(tmp_path):
         log = result.stdout + result.stderr
         assert result.returncode == 0, log[-3000:]
         assert "deferred" in log and "Job: 25 requests in 3 shards" in log
-        assert emulator.stats()["batches_created"] == 3
+        stats = emulator.stats()
+        assert stats["batches_created"] == 6 and stats["requests_completed"] == 25
         rows = [
             json.loads(line)
             for line in (tmp_path / "results" / "openai_batch_large_job.jsonl").read_text().splitlines()
