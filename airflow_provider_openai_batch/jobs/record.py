@@ -165,8 +165,9 @@ class Shard:
 
     @property
     def rounds(self) -> int:
-        """Attempts that sent only the unfinished lines (``resubmit_unfinished`` counts these)."""
-        return sum(1 for a in self.attempts if a.kind == UNFINISHED)
+        """Rounds of ``resubmit_unfinished``: attempts that continue the attempt before them (a repeat of a round
+        after a refusal is the same round)."""
+        return sum(1 for before, after in pairwise(self.attempts) if after.resubmit_of == before.batch_id)
 
     @property
     def token_refusals(self) -> int:
@@ -204,9 +205,7 @@ class JobRecord:
 
     def final_batch_ids(self) -> list[str]:
         """Each shard's latest batch, in shard order: what the task returns."""
-        return [str(s.last.batch_id) for s in self.shards if s.last.batch_id] or [
-            b for s in self.shards for b in s.batch_ids()[-1:]
-        ]
+        return [s.batch_ids()[-1] for s in self.shards if s.batch_ids()]
 
     def running(self) -> list[Attempt]:
         return [s.last for s in self.shards if s.last.running]

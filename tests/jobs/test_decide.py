@@ -309,3 +309,16 @@ def test_a_repeat_replaces_the_attempt_it_repeats_in_the_verdict():
     shard.attempts.append(Attempt(2, FULL, "k2", 10, file_id="file-0"))  # rebill_completed_requests
     run(shard.last, "completed", completed=10)
     assert [a.n for a in shard.chain()] == [2] and shard.succeeded == 10 and shard.failed == 0
+
+
+def test_a_round_refused_for_tokens_and_repeated_is_still_one_round():
+    job = record(1)
+    shard = job.shards[0]
+    run(shard.last, "expired", completed=6, carried=4)
+    shard.attempts.append(Attempt(2, UNFINISHED, "k2", 4, file_id="f", resubmit_of=shard.last.batch_id))
+    run(shard.last, "failed", error_codes=["token_limit_exceeded"])
+    shard.attempts.append(Attempt(3, UNFINISHED, "k3", 4, file_id="f", resubmit_of=shard.attempts[0].batch_id))
+    run(shard.last, "expired", completed=2)
+    assert shard.rounds == 1 and [a.n for a in shard.chain()] == [1, 3]
+    assert [a.kind for a in decide(job, policy(resubmit_unfinished=2), NOW).actions] == [RESUBMIT]
+    assert isinstance(decide(job, policy(resubmit_unfinished=1), NOW).outcome, Stop)
