@@ -18,7 +18,6 @@ The emulator runs as a separate process (its files live in its memory, not ours)
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
