@@ -16,6 +16,28 @@ from tests.helpers import datasets, lineage_env, lineage_events
 ROOT = Path(__file__).parents[1]
 
 
+def dags_test(tmp_path: Path, emulator, dag_id: str, env: dict[str, str] | None = None) -> str:
+    """``airflow dags test dag_id`` of the example DAGs against ``emulator`` (polling every 0.5 s) in a fresh
+    Airflow home; asserts it passed and returns its log."""
+    environment = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
+        "AIRFLOW_CONN_OPENAI_DEFAULT": emulator.connection_json(),
+        "OPENAI_BATCH_POLL_INTERVAL": "0.5",
+        **(env or {}),
+    }
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], env=environment, capture_output=True, check=True, timeout=300)
+    result = subprocess.run(
+        [airflow, "dags", "test", dag_id], env=environment, capture_output=True, text=True, timeout=300
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    return log
+
+
 def test_example_dags_import_without_errors():
     from airflow.dag_processing.dagbag import DagBag
 
@@ -68,22 +90,7 @@ def test_airflow_dags_test_runs_the_example_end_to_end(tmp_path, flavor):
     from airflow_provider_openai_batch.emulator.testing import run_emulator_process
 
     with run_emulator_process(phase_seconds=0.5, flavor=flavor) as emulator:
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": str(tmp_path),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
-            "AIRFLOW_CONN_OPENAI_DEFAULT": emulator.connection_json(),
-            "OPENAI_BATCH_POLL_INTERVAL": "0.5",
-            **lineage_env(tmp_path / "lineage.jsonl"),
-        }
-        airflow = str(Path(sys.executable).parent / "airflow")
-        subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=300)
-        result = subprocess.run(
-            [airflow, "dags", "test", "openai_batch_example"], env=env, capture_output=True, text=True, timeout=300
-        )
-        log = result.stdout + result.stderr
-        assert result.returncode == 0, log[-3000:]
+        log = dags_test(tmp_path, emulator, "openai_batch_example", lineage_env(tmp_path / "lineage.jsonl"))
         assert "deferred" in log  # the sensor left the worker and resumed from the trigger
         assert "SUMMARY {" in log and "'status': 'completed'" in log and "'failed': 0, 'total': 5" in log
         stats = emulator.stats()
@@ -133,23 +140,12 @@ def test_airflow_dags_test_runs_the_large_job_example(tmp_path):
     from airflow_provider_openai_batch.emulator.testing import run_emulator_process
 
     with run_emulator_process(phase_seconds=0.5) as emulator:
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": str(tmp_path),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
-            "AIRFLOW_CONN_OPENAI_DEFAULT": emulator.connection_json(),
-            "OPENAI_BATCH_POLL_INTERVAL": "0.5",
-            "OPENAI_BATCH_EXAMPLE_REQUESTS": "25",
-            "OPENAI_BATCH_MAX_REQUESTS_PER_BATCH": "10",
-        }
-        airflow = str(Path(sys.executable).parent / "airflow")
-        subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=300)
-        result = subprocess.run(
-            [airflow, "dags", "test", "openai_batch_large_job"], env=env, capture_output=True, text=True, timeout=300
+        log = dags_test(
+            tmp_path,
+            emulator,
+            "openai_batch_large_job",
+            {"OPENAI_BATCH_EXAMPLE_REQUESTS": "25", "OPENAI_BATCH_MAX_REQUESTS_PER_BATCH": "10"},
         )
-        log = result.stdout + result.stderr
-        assert result.returncode == 0, log[-3000:]
         assert "deferred" in log and "Job: 25 requests in 3 shards" in log
         assert emulator.stats()["batches_created"] == 3
         rows = [
@@ -170,22 +166,7 @@ def test_airflow_dags_test_runs_the_taskflow_example_and_emits_its_lineage(tmp_p
     from airflow_provider_openai_batch.emulator.testing import run_emulator_process
 
     with run_emulator_process(phase_seconds=0.5) as emulator:
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": str(tmp_path),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
-            "AIRFLOW_CONN_OPENAI_DEFAULT": emulator.connection_json(),
-            "OPENAI_BATCH_POLL_INTERVAL": "0.5",
-            **lineage_env(tmp_path / "lineage.jsonl"),
-        }
-        airflow = str(Path(sys.executable).parent / "airflow")
-        subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=300)
-        result = subprocess.run(
-            [airflow, "dags", "test", "openai_batch_taskflow"], env=env, capture_output=True, text=True, timeout=300
-        )
-        log = result.stdout + result.stderr
-        assert result.returncode == 0, log[-3000:]
+        log = dags_test(tmp_path, emulator, "openai_batch_taskflow", lineage_env(tmp_path / "lineage.jsonl"))
         assert "new_state=deferred" in log and emulator.stats()["batches_created"] == 1
         assert "MANIFEST {" in log and "'invalid_output': 0" in log and log.count("ROW request-") == 2
         destination = tmp_path / "results" / "openai_batch_taskflow.jsonl"
