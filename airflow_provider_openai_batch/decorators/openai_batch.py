@@ -143,14 +143,18 @@ class OpenAIBatchDecoratedOperator(DecoratedOperator, CreateBatchOperator):
         self.manifest: dict[str, Any] | None = None
 
     def _check_endpoint_options(self) -> None:
-        """Refuse, at parse time, options the endpoint has no use for (a templated endpoint is checked when
-        the lines are built)."""
+        """Refuse, at parse time, options the endpoint has no use for: ``output_type`` and ``system_prompt``
+        need chat completions or responses (a templated endpoint is checked when the lines are built)."""
         endpoint = str(self.endpoint)
-        if "{{" in endpoint or not endpoint.rstrip("/").endswith("embeddings"):
+        path = endpoint if endpoint.startswith("/v1/") else "/v1" + endpoint  # Azure writes no /v1
+        if "{{" in endpoint or path in ("/v1/chat/completions", "/v1/responses"):
             return
         for name in ("output_type", "system_prompt"):
             if getattr(self, name) is not None:
-                raise ValueError(f"{self.task_id}: {name} has no meaning for {endpoint}: leave it out")
+                raise ValueError(
+                    f"{self.task_id}: {name} needs /v1/chat/completions or /v1/responses; {endpoint} has no use "
+                    "for it: leave it out"
+                )
 
     def execute(self, context: Context) -> dict[str, Any]:  # type: ignore[override]  # the manifest, not batch ids
         from airflow_provider_openai_batch import api

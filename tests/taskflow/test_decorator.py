@@ -250,8 +250,9 @@ def test_a_retry_calls_the_function_again_and_reattaches_to_the_same_input(opena
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"endpoint": "/v1/embeddings", "output_type": Review}, "output_type has no meaning for /v1/embeddings"),
-        ({"endpoint": "/v1/embeddings", "system_prompt": "x"}, "system_prompt has no meaning"),
+        ({"endpoint": "/v1/embeddings", "output_type": Review}, "output_type needs /v1/chat/completions or /v1/"),
+        ({"endpoint": "/v1/embeddings", "system_prompt": "x"}, "system_prompt needs .* /v1/embeddings has no use"),
+        ({"endpoint": "/v1/completions", "output_type": Review}, "output_type needs"),
         ({"output_type": dict[str, int]}, "free-form keys"),
         ({"destination": "relative/out.jsonl"}, "relative path"),
         ({"wait_for_completion": False}, "always waits"),
