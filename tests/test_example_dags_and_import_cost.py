@@ -140,12 +140,23 @@ def test_airflow_dags_test_runs_the_large_job_example(tmp_path):
     from airflow_provider_openai_batch.emulator.testing import run_emulator_process
 
     with run_emulator_process(phase_seconds=0.5) as emulator:
-        log = dags_test(
-            tmp_path,
-            emulator,
-            "openai_batch_large_job",
-            {"OPENAI_BATCH_EXAMPLE_REQUESTS": "25", "OPENAI_BATCH_MAX_REQUESTS_PER_BATCH": "10"},
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(tmp_path),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
+            "AIRFLOW_CONN_OPENAI_DEFAULT": emulator.connection_json(),
+            "OPENAI_BATCH_POLL_INTERVAL": "0.5",
+            "OPENAI_BATCH_EXAMPLE_REQUESTS": "25",
+            "OPENAI_BATCH_MAX_REQUESTS_PER_BATCH": "10",
+        }
+        airflow = str(Path(sys.executable).parent / "airflow")
+        subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=300)
+        result = subprocess.run(
+            [airflow, "dags", "test", "openai_batch_large_job"], env=env, capture_output=True, text=True, timeout=300
         )
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, log[-3000:]
         assert "deferred" in log and "Job: 25 requests in 3 shards" in log
         assert emulator.stats()["batches_created"] == 3
         rows = [
