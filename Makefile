@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
-# parquet: the results export's Parquet writer is tested too, not skipped; azure: the Entra ID flow, likewise.
-EXTRAS ?= test,lint,parquet,azure
+# parquet: the results export's Parquet writer is tested too, not skipped; azure: the Entra ID flow, likewise;
+# openlineage: the lineage events a DAG run emits, read from the provider's file transport.
+EXTRAS ?= test,lint,parquet,azure,openlineage
 
 .PHONY: setup bytecode test lint demo clean airflow e2e cluster-setup cluster soak
 

@@ -33,6 +33,10 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "sensors": [{"integration-name": "OpenAI Batch", "python-modules": [f"{_PKG}.sensors.batch"]}],
         "triggers": [{"integration-name": "OpenAI Batch", "python-modules": [f"{_PKG}.triggers.batch"]}],
+        # @task.openai_batch in any DAG: airflow.sdk's task collection finds decorators by this name.
+        "task-decorators": [
+            {"name": "openai_batch", "class-name": f"{_PKG}.decorators.openai_batch.openai_batch_task"}
+        ],
         "extra-links": [f"{_PKG}.links.OpenAIBatchLink"],
         "connection-types": [
             {

@@ -115,6 +115,13 @@ def location_uri(value: Any, name: str = "destination") -> str:
     return local.as_uri() if local is not None and getattr(location, "protocol", None) == "" else str(location)
 
 
+def input_uri(value: Any, name: str = "input_file") -> str:
+    """An input file as a URI (for lineage): a local path made absolute (``file:///...``), object storage as
+    its store's URI."""
+    location = input_location(value, name)
+    return location_uri(location.resolve() if isinstance(location, Path) else location, name)
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 
 

@@ -31,6 +31,25 @@ def modules_added(code: str) -> list[str]:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def lineage_env(path: Any) -> dict[str, str]:
+    """Environment that turns on the real OpenLineage provider with its ``file`` transport, every event
+    appended to ``path`` as one JSON line."""
+    transport = {"type": "file", "log_file_path": str(path), "append": True}
+    return {"AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport), "AIRFLOW__OPENLINEAGE__NAMESPACE": "tests"}
+
+
+def lineage_events(path: Any, task_id: str, event_type: str = "COMPLETE") -> list[dict[str, Any]]:
+    """The events a :func:`lineage_env` run wrote for ``task_id`` (its job is ``<dag_id>.<task_id>``)."""
+    with open(path, encoding="utf-8") as lines:
+        events = [json.loads(line) for line in lines if line.strip()]
+    return [e for e in events if e["eventType"] == event_type and e["job"]["name"].endswith(f".{task_id}")]
+
+
+def datasets(event: dict[str, Any], side: str) -> list[tuple[str, str]]:
+    """An event's ``inputs`` or ``outputs`` as (namespace, name) pairs."""
+    return [(d["namespace"], d["name"]) for d in event.get(side) or []]
+
+
 def endpoint_of(handle: Any) -> str:
     """The chat endpoint as the emulator's flavor writes it: ``/v1/chat/completions``, or Azure's
     ``/chat/completions``."""

@@ -11,7 +11,31 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import datasets, lineage_env, lineage_events
+
 ROOT = Path(__file__).parents[1]
+
+
+def dags_test(tmp_path: Path, emulator, dag_id: str, env: dict[str, str] | None = None) -> str:
+    """``airflow dags test dag_id`` of the example DAGs against ``emulator`` (polling every 0.5 s) in a fresh
+    Airflow home; asserts it passed and returns its log."""
+    environment = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
+        "AIRFLOW_CONN_OPENAI_DEFAULT": emulator.connection_json(),
+        "OPENAI_BATCH_POLL_INTERVAL": "0.5",
+        **(env or {}),
+    }
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], env=environment, capture_output=True, check=True, timeout=300)
+    result = subprocess.run(
+        [airflow, "dags", "test", dag_id], env=environment, capture_output=True, text=True, timeout=300
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    return log
 
 
 def test_example_dags_import_without_errors():
@@ -25,6 +49,7 @@ def test_example_dags_import_without_errors():
         "openai_batch_mapped",
         "openai_batch_results_consumer",
         "openai_batch_large_job",  # issue 11
+        "openai_batch_taskflow",
     }
     assert set(bag.dags["openai_batch_example"].task_ids) == {
         "build_requests",
@@ -40,13 +65,17 @@ def test_example_dags_import_without_errors():
 
 
 def test_operator_modules_do_not_import_heavy_modules():
-    # Only what our modules add on top of ``import airflow.sdk`` counts.
+    # Only what our modules add on top of ``import airflow.sdk`` counts. OpenLineage is imported only when a
+    # lineage listener asks a finished task for its facets, never when a DAG file is parsed.
     code = (
         "import sys; import airflow.sdk; before = set(sys.modules); "
         "import airflow_provider_openai_batch.operators.batch, airflow_provider_openai_batch.sensors.batch; "
+        "import airflow_provider_openai_batch.operators.results; "
+        "import airflow_provider_openai_batch.decorators.openai_batch; "
         "added = set(sys.modules) - before; "
         "heavy = sorted(m for m in added if m.split('.')[0] in ('requests', 'aiohttp', 'tenacity', 'openai', "
-        "'pydantic', 'urllib3') or m.endswith(('.models', '.hooks.batch', '.api'))); "
+        "'pydantic', 'urllib3', 'openlineage', 'jsonschema', 'pyarrow') or 'openlineage' in m "
+        "or m.endswith(('.models', '.hooks.batch', '.api', '.lineage', '.structured'))); "
         "print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -61,21 +90,7 @@ def test_airflow_dags_test_runs_the_example_end_to_end(tmp_path, flavor):
     from airflow_provider_openai_batch.emulator.testing import run_emulator_process
 
     with run_emulator_process(phase_seconds=0.5, flavor=flavor) as emulator:
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": str(tmp_path),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
-            "AIRFLOW_CONN_OPENAI_DEFAULT": emulator.connection_json(),
-            "OPENAI_BATCH_POLL_INTERVAL": "0.5",
-        }
-        airflow = str(Path(sys.executable).parent / "airflow")
-        subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=300)
-        result = subprocess.run(
-            [airflow, "dags", "test", "openai_batch_example"], env=env, capture_output=True, text=True, timeout=300
-        )
-        log = result.stdout + result.stderr
-        assert result.returncode == 0, log[-3000:]
+        log = dags_test(tmp_path, emulator, "openai_batch_example", lineage_env(tmp_path / "lineage.jsonl"))
         assert "deferred" in log  # the sensor left the worker and resumed from the trigger
         assert "SUMMARY {" in log and "'status': 'completed'" in log and "'failed': 0, 'total': 5" in log
         stats = emulator.stats()
@@ -99,6 +114,22 @@ def test_airflow_dags_test_runs_the_example_end_to_end(tmp_path, flavor):
         assert [(uri, json.loads(extra)["counts"]["succeeded"]) for uri, extra in events] == [
             ((tmp_path / "results" / "openai_batch_example.jsonl").as_uri(), 5)
         ]
+        # OpenLineage (the real provider, file transport): requests uploaded -> create -> batch -> export -> file.
+        [create] = lineage_events(tmp_path / "lineage.jsonl", "create_batch")
+        [export] = lineage_events(tmp_path / "lineage.jsonl", "export_results")
+        job = create["run"]["facets"]["openai_batch"]
+        [batch_id] = job["batchIds"]
+        [(namespace, uploaded)] = datasets(create, "inputs")  # the requests, uploaded as one file
+        assert namespace == emulator.base_url and uploaded.startswith("files/file-")
+        assert datasets(create, "outputs") == [(emulator.base_url, f"batches/{batch_id}")]
+        assert datasets(export, "inputs") == datasets(create, "outputs")
+        assert datasets(export, "outputs") == [("file", str(tmp_path / "results" / "openai_batch_example.jsonl"))]
+        # The create returned once its batch passed validating: the job as it stood then.
+        assert job["requestCounts"]["requests"] == 5 and set(job["models"]) <= {"gpt-4o-mini"}
+        assert job["endpoint"] == ("/chat/completions" if flavor == "azure" else "/v1/chat/completions")
+        facet = export["run"]["facets"]["openai_batch"]
+        assert facet["batchIds"] == [batch_id] and facet["requestCounts"]["succeeded"] == 5
+        assert facet["estimatedCostUsd"] > 0
 
 
 @pytest.mark.slow
@@ -140,3 +171,30 @@ def test_airflow_dags_test_runs_the_large_job_example(tmp_path):
             (i, f"request-{i}", "succeeded") for i in range(25)
         ]
         assert "MANIFEST {" in log and "'rows': 25" in log
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_runs_the_taskflow_example_and_emits_its_lineage(tmp_path):
+    """``@task.openai_batch`` end to end: prompts in, the job deferred to the triggerer and resumed, validated
+    rows landed, a downstream task reading two of them back; and the OpenLineage events the real provider
+    wrote with its file transport: the uploaded input in, the rows' file out, the job's figures."""
+    from airflow_provider_openai_batch.emulator.testing import run_emulator_process
+
+    with run_emulator_process(phase_seconds=0.5) as emulator:
+        log = dags_test(tmp_path, emulator, "openai_batch_taskflow", lineage_env(tmp_path / "lineage.jsonl"))
+        assert "new_state=deferred" in log and emulator.stats()["batches_created"] == 1
+        assert "MANIFEST {" in log and "'invalid_output': 0" in log and log.count("ROW request-") == 2
+        destination = tmp_path / "results" / "openai_batch_taskflow.jsonl"
+        rows = [json.loads(line) for line in destination.read_text().splitlines()]
+        assert [(r["index"], r["status"]) for r in rows] == [(0, "succeeded"), (1, "succeeded"), (2, "succeeded")]
+        assert all(set(r["output"]) == {"sentiment", "score", "summary"} for r in rows)
+
+    [event] = lineage_events(tmp_path / "lineage.jsonl", "review")
+    [(namespace, uploaded)] = datasets(event, "inputs")
+    assert namespace == emulator.base_url and uploaded.startswith("files/file-")
+    assert datasets(event, "outputs") == [("file", str(destination))]
+    facet = event["run"]["facets"]["openai_batch"]
+    assert facet["endpoint"] == "/v1/chat/completions" and facet["models"] == {"gpt-4o-mini": 3}
+    assert len(facet["batchIds"]) == 1 and facet["requestCounts"]["succeeded"] == 3
+    assert facet["inputTokens"] > 0 and facet["totalTokens"] == facet["inputTokens"] + facet["outputTokens"]
+    assert facet["estimatedCostUsd"] > 0

@@ -1,7 +1,9 @@
 """What a finished batch's requests return: deterministic output and error lines per endpoint.
 
 Nothing is computed for real: a line's answer derives from a digest of the request, so the same input gives
-the same results on every run, and a ``model`` whose name starts with ``fail`` makes that request fail.
+the same results on every run, and a ``model`` whose name starts with ``fail`` makes that request fail. A
+request for a structured output is answered with a document valid for its schema, or refused as the API
+refuses a schema strict mode cannot take (:mod:`.json_schema`, which also says what a ``badjson`` model gets).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import hashlib
 import json
 from typing import Any
 
+from airflow_provider_openai_batch.emulator import json_schema
 from airflow_provider_openai_batch.emulator.contract import guide
 from airflow_provider_openai_batch.emulator.errors import rate_limited, server_error
 
@@ -68,13 +71,8 @@ def result_line(endpoint: str, item: dict[str, Any]) -> tuple[dict[str, Any], bo
     seed = digest(item)
     request_id = "req_" + seed[:24]
     line_id = "batch_req_" + seed[24:48]
-    if model.startswith("fail"):
-        error = {
-            "message": f"The model '{model}' does not exist or you do not have access to it.",
-            "type": "invalid_request_error",
-            "param": "model",
-            "code": "model_not_found",
-        }
+    error = _refusal(endpoint, model, body)
+    if error is not None:
         return (
             {
                 "id": line_id,
@@ -96,6 +94,25 @@ def result_line(endpoint: str, item: dict[str, Any]) -> tuple[dict[str, Any], bo
         False,
         tokens,
     )
+
+
+def _refusal(endpoint: str, model: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The error body of a request the API refuses when it runs: an unknown model (one starting with
+    ``fail``), or a structured output whose schema strict mode cannot take."""
+    if model.startswith("fail"):
+        return {
+            "message": f"The model '{model}' does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    asked = json_schema.requested(endpoint, body)
+    if asked is not None and asked[3]:
+        param, name, schema, _ = asked
+        problem = json_schema.strict_problem(name, schema)
+        if problem is not None:
+            return {"message": problem, "type": "invalid_request_error", "param": param, "code": None}
+    return None
 
 
 def _fake_body(endpoint: str, model: str, body: dict[str, Any], seed: str) -> tuple[dict[str, Any], tuple[int, int]]:
@@ -122,7 +139,11 @@ def _fake_body(endpoint: str, model: str, body: dict[str, Any], seed: str) -> tu
             },
             (prompt_tokens, 0),
         )
-    answer = f"Emulated answer {seed[:8]} to: {_last_user_text(body)[:80]}"
+    asked = json_schema.requested(endpoint, body)
+    if asked is not None:  # structured output: a document for the schema (or, for a badjson model, not)
+        answer = json_schema.answer_text(asked[2], seed, model)
+    else:
+        answer = f"Emulated answer {seed[:8]} to: {_last_user_text(body)[:80]}"
     completion_tokens = max(1, len(answer) // 4)
     if endpoint == "/v1/chat/completions":
         return (

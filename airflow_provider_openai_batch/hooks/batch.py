@@ -356,6 +356,7 @@ class OpenAIBatchHook(FilesApi, BaseHook):
         delete_files: Any = "none",
         work_dir: str | None = None,
         one_file_per_batch: bool = False,
+        output_type: Any = None,
     ) -> dict[str, Any]:
         """Write one row per input request of finished batches to ``destination``, in input order, and return
         the manifest. Memory stays flat: files are spilled to SQLite in a temporary directory and streamed out.
@@ -379,6 +380,8 @@ class OpenAIBatchHook(FilesApi, BaseHook):
         :param work_dir: Where the temporary files go (default: the system's temporary directory).
         :param one_file_per_batch: Write batch N of the list (from 1) to the destination with ``-NNNNN`` before
             its extension instead of one merged file; rows keep their position in the whole input as ``index``.
+        :param output_type: Parse and validate each answer (:mod:`airflow_provider_openai_batch.structured`):
+            rows get ``output``, or status ``invalid_output``.
         :return: The manifest: destination, format, rows, counts, batch_ids, tokens, models, the estimated cost
             (and ``files``, one entry per file, with one file per batch).
         """
@@ -393,6 +396,7 @@ class OpenAIBatchHook(FilesApi, BaseHook):
             delete_files=delete_files,
             work_dir=work_dir,
             one_file_per_batch=one_file_per_batch,
+            output_type=output_type,
         )
 
 

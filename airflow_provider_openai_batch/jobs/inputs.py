@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from airflow_provider_openai_batch.jobs.keys import attempt_key
@@ -109,36 +109,48 @@ def write_requests_jsonl(requests: Any, endpoint: str, path: str) -> int:
         for number, item in enumerate(requests, start=1):
             if not isinstance(item, dict):
                 raise ValueError(f"requests[{number - 1}] must be a dict, got {type(item).__name__}")
-            if "body" in item:
-                line = dict(item)
-            else:  # the shorthand: the dict is the body, apart from the line-level keys it may carry
-                body = dict(item)
-                line = {key: body.pop(key) for key in ("custom_id", "method", "url") if key in body}
-                line["body"] = body
-            line.setdefault("custom_id", f"request-{number}")
-            line.setdefault("method", "POST")
-            line.setdefault("url", endpoint)
-            try:
-                # allow_nan=False: NaN and Infinity are not JSON, and the API refuses a line that has them.
-                encoded = (json.dumps(line, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-            except TypeError as err:
-                raise ValueError(
-                    f"requests[{number - 1}] cannot be written as JSON ({err}): pass plain dicts, "
-                    "lists, strings, numbers, booleans and None"
-                ) from None
-            except UnicodeEncodeError as err:  # a lone surrogate: no valid UTF-8 (nor JSON for the API) exists
-                bad = err.object[err.start : err.end]
-                raise ValueError(
-                    f"requests[{number - 1}] contains text that is not valid Unicode ({bad!r}, a lone surrogate, "
-                    "often from decoding bytes with errors='surrogateescape'): fix that string"
-                ) from None
-            except ValueError:
-                raise ValueError(
-                    f"requests[{number - 1}] contains NaN or Infinity, which JSON cannot carry: "
-                    "replace them (e.g. with None)"
-                ) from None
-            out.write(encoded)
+            out.write(encode_line(request_line(item, endpoint, number), f"requests[{number - 1}]"))
     return len(requests)
+
+
+def request_line(item: Mapping[str, Any], endpoint: str, number: int) -> dict[str, Any]:
+    """A request dict as a full input line: a dict with ``body`` is the line, any other is the body itself
+    apart from the line-level keys it may carry (``custom_id``, ``method``, ``url``); a missing ``method`` is
+    ``POST``, ``url`` is ``endpoint`` and ``custom_id`` is ``request-<number>``."""
+    if "body" in item:
+        line = dict(item)
+    else:
+        body = dict(item)
+        line = {key: body.pop(key) for key in ("custom_id", "method", "url") if key in body}
+        line["body"] = body
+    line.setdefault("custom_id", f"request-{number}")
+    line.setdefault("method", "POST")
+    line.setdefault("url", endpoint)
+    return line
+
+
+def encode_line(line: Mapping[str, Any], where: str) -> bytes:
+    """One input line as UTF-8 JSON with its newline; ``where`` names it in the error (``requests[3]``).
+
+    :raises ValueError: for what JSON (and so the API) cannot carry, naming the fix.
+    """
+    try:
+        # allow_nan=False: NaN and Infinity are not JSON, and the API refuses a line that has them.
+        return (json.dumps(line, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    except TypeError as err:
+        raise ValueError(
+            f"{where} cannot be written as JSON ({err}): pass plain dicts, lists, strings, numbers, booleans and None"
+        ) from None
+    except UnicodeEncodeError as err:  # a lone surrogate: no valid UTF-8 (nor JSON for the API) exists
+        bad = err.object[err.start : err.end]
+        raise ValueError(
+            f"{where} contains text that is not valid Unicode ({bad!r}, a lone surrogate, often from decoding "
+            "bytes with errors='surrogateescape'): fix that string"
+        ) from None
+    except ValueError:
+        raise ValueError(
+            f"{where} contains NaN or Infinity, which JSON cannot carry: replace them (e.g. with None)"
+        ) from None
 
 
 def check_input_file(source: Any, endpoint: str, name: str = "input_file", rules: Any = None) -> str:

@@ -51,6 +51,7 @@ class Attempt:
         tries, while no task watched.
     :param carried: Once the lines that did not finish were counted: how many went on to the next attempt
         (``0``: none, the shard is done with this attempt).
+    :param model: The model the batch reports (for the lineage facet's models and cost).
     """
 
     n: int
@@ -72,6 +73,7 @@ class Attempt:
     error_codes: list[str] = field(default_factory=list)
     watched_in_try: int | None = None
     carried: int | None = None
+    model: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -100,6 +102,7 @@ class Attempt:
         self.output_tokens = int(usage.get("output_tokens") or 0)
         self.total_tokens = int(usage.get("total_tokens") or 0)
         self.error_codes = [str(e.get("code")) for e in ((batch.get("errors") or {}).get("data") or [])][:5]
+        self.model = batch.get("model") or self.model
         # First seen already cancelling, the cancel was asked for before this try watched it.
         if self.status not in TERMINAL and self.status != CANCELLING:
             self.watched_in_try = try_number

@@ -250,6 +250,13 @@ class CreateBatchOperator(BaseOperator):
                 remember_batch_link(self, context, hook.settings, last[-1])
             return self._runner.run(seen)
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the input file (or the uploaded files) in, the batches out, and the job's figures
+        (:mod:`airflow_provider_openai_batch.lineage`, imported only when a lineage listener asks)."""
+        from airflow_provider_openai_batch.lineage import job_lineage
+
+        return job_lineage(self)
+
     def on_kill(self) -> None:
         """With ``cancel_on_kill``, cancel every running batch of the job (not when the task was marked
         success: see :func:`~airflow_provider_openai_batch.kill_policy.cancel_quietly`)."""

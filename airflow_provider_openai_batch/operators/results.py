@@ -25,12 +25,14 @@ class BatchResultsOperator(BaseOperator):
     """Write the results of finished batches to a file: ONE ROW PER INPUT REQUEST, IN INPUT ORDER.
 
     Columns: ``custom_id``, ``index`` (0-based position in the whole input of the batches given), ``status``
-    (``succeeded``, ``failed``, ``expired``, ``cancelled``, ``missing``), ``status_code``, ``response`` (the
-    body), ``output_text`` (chat completions and responses), ``error_code``, ``error_message``,
-    ``input_tokens``, ``output_tokens``, ``total_tokens``, ``batch_id``. A request the result files do not
-    mention is ``expired``, ``cancelled`` or ``failed`` after its batch's own ending, else ``missing``. Memory
-    stays flat however large the batch: the files are spilled to SQLite in a temporary directory and streamed
-    out.
+    (``succeeded``, ``invalid_output``, ``failed``, ``expired``, ``cancelled``, ``missing``), ``status_code``,
+    ``response`` (the body), ``output_text`` (chat completions and responses), ``error_code``,
+    ``error_message``, ``input_tokens``, ``output_tokens``, ``total_tokens``, ``batch_id``; with
+    ``output_type``, ``output``; for ``/v1/embeddings``, ``embedding`` and ``embeddings``. A request the result
+    files do not mention is ``expired``, ``cancelled`` or ``failed`` after its batch's own ending, else
+    ``missing``. Memory stays flat however large the batch: the files are spilled to SQLite in a temporary
+    directory and streamed out. Read the rows back with
+    :func:`~airflow_provider_openai_batch.results.read.read_rows`.
 
     Returns the manifest (XCom ``return_value``): ``destination``, ``format``, ``rows``, ``counts`` (per
     status), ``batch_ids``, ``input_tokens``, ``output_tokens``, ``total_tokens``, ``models``,
@@ -90,6 +92,11 @@ class BatchResultsOperator(BaseOperator):
         ``destination``, ``batch_id``, ``rows``, ``counts``, tokens and ``estimated_cost_usd``. Files of an
         earlier export with more batches are not removed: read the file names from ``files``. Default
         ``False``: one file, every batch merged in input order.
+    :param output_type: A Pydantic model, a JSON-compatible type (``list[str]``, a ``TypedDict``) or a JSON
+        schema dict the answers were asked for (:mod:`airflow_provider_openai_batch.structured`): each
+        answered row gets ``output``, the answer parsed and validated, or status ``invalid_output`` with the
+        answer kept in ``output_text`` and what is wrong in ``error_message``; the manifest counts them apart
+        from ``failed``.
     """
 
     template_fields: Sequence[str] = ("batch_id", "destination", "format")
@@ -107,100 +114,142 @@ class BatchResultsOperator(BaseOperator):
         asset_uri: str | None = None,
         work_dir: str | None = None,
         one_file_per_batch: bool = False,
+        output_type: Any = None,
         **kwargs: Any,
     ) -> None:
-        outlets = kwargs.pop("outlets", None)
-        outlets = [] if outlets is None else list(outlets) if isinstance(outlets, (list, tuple)) else [outlets]
-        uri = self._asset_uri(asset_uri, destination, bool(one_file_per_batch), kwargs.get("task_id", "?"))
-        if uri and not any(isinstance(o, Asset) and o.uri == uri for o in outlets):
-            outlets.append(Asset(uri=uri))
+        outlets = results_outlets(kwargs.pop("outlets", None), asset_uri, destination, one_file_per_batch, kwargs)
         super().__init__(outlets=outlets, **kwargs)
         if batch_id is None or (isinstance(batch_id, (str, list, tuple)) and not batch_id):
             raise ValueError(f"{self.task_id}: batch_id is required: a batch id, a list of them, or a template")
-        if format is not None and not _templated(format) and str(format).lower() not in ("jsonl", "parquet"):
-            raise ValueError(f"{self.task_id}: format must be 'jsonl', 'parquet' or None; got {format!r}")
-        from airflow_provider_openai_batch.results.options import parse_delete_files
-        from airflow_provider_openai_batch.results.prices import check_price_table
-
-        self.price_table = check_price_table(price_table)
-        try:
-            self.delete_files = parse_delete_files(delete_files)
-        except ValueError as err:
-            raise ValueError(f"{self.task_id}: {err}") from None
         self.batch_id = batch_id
-        self.destination = destination
         self.conn_id = conn_id
-        self.format = format
-        self.asset_uri = uri
-        self.work_dir = work_dir
-        self.one_file_per_batch = bool(one_file_per_batch)
-
-    @staticmethod
-    def _asset_uri(asset_uri: str | None, destination: Any, one_file_per_batch: bool, task_id: str) -> str | None:
-        """The outlet asset's URI; checks a fixed destination on the way (a relative local path is refused
-        here, at parse time, whatever ``asset_uri`` says: the worker would resolve it elsewhere)."""
-        if asset_uri is not None and (not isinstance(asset_uri, str) or _templated(asset_uri)):
-            raise ValueError(
-                f"{task_id}: asset_uri must be a fixed URI string (outlets are registered when the DAG is "
-                f"parsed, before templates render), e.g. 'file:///data/answers'; got {asset_uri!r}"
-            )
-        if destination is None or (isinstance(destination, str) and not destination.strip()):
-            raise ValueError(
-                f"{task_id}: destination is required: a local path, a file:// URI, an object storage URI or an "
-                "ObjectStoragePath"
-            )
-        uri = None
-        if not _templated(destination):
-            from airflow_provider_openai_batch.results.writers import export_uri
-
-            try:
-                uri = export_uri(destination, one_file_per_batch)
-            except ValueError as err:
-                raise ValueError(f"{task_id}: {err}") from None
-        if asset_uri is not None:
-            return asset_uri or None
-        return uri
+        set_export_options(
+            self, destination, format, price_table, delete_files, work_dir, one_file_per_batch, output_type
+        )
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
         from airflow_provider_openai_batch.results.export import parse_batch_ids
 
-        batch_ids = parse_batch_ids(self.batch_id, "batch_id")
-        with OpenAIBatchHook(conn_id=self.conn_id) as hook:
-            manifest = hook.export_results(
-                batch_ids,
-                self.destination,
-                format=self.format,
-                price_table=self.price_table,
-                delete_files=self.delete_files,
-                work_dir=self.work_dir,
-                one_file_per_batch=self.one_file_per_batch,
-            )
-        self.log.info(
-            "Exported %d rows to %s: %s; estimated cost %.4f USD (price table %s)",
-            manifest["rows"],
-            manifest["destination"],
-            manifest["counts"],
-            manifest["estimated_cost_usd"],
-            manifest["price_table"],
-        )
-        self._emit_asset_events(context, manifest)
-        return manifest
+        self.manifest = run_export(self, context, parse_batch_ids(self.batch_id, "batch_id"))
+        return self.manifest
 
-    def _emit_asset_events(self, context: Context, manifest: dict[str, Any]) -> None:
-        """Put the manifest's counts on the asset event of every outlet asset (Airflow emits the event when the
-        task succeeds)."""
-        events = context.get("outlet_events")
-        if events is None:
-            return
-        extra = {
-            key: manifest[key] for key in ("destination", "format", "rows", "counts", "batch_ids", "estimated_cost_usd")
-        }
-        if "files" in manifest:  # one file per batch: the event names every file written
-            extra["files"] = [
-                {key: entry[key] for key in ("destination", "batch_id", "rows", "counts")}
-                for entry in manifest["files"]
-            ]
-        for outlet in self.outlets:
-            if isinstance(outlet, Asset):
-                events[outlet].extra = dict(extra)
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the batches' input files in, the destination out, and the export's figures (imported
+        only when a lineage listener asks, so DAG parsing never imports OpenLineage)."""
+        from airflow_provider_openai_batch.lineage import export_lineage
+
+        return export_lineage(self, getattr(self, "manifest", None))
+
+
+def results_outlets(
+    outlets: Any, asset_uri: str | None, destination: Any, one_file_per_batch: bool, kwargs: Mapping[str, Any]
+) -> list[Any]:
+    """The task's outlets with the destination's :class:`~airflow.sdk.Asset` added (see
+    :class:`BatchResultsOperator`); checks a fixed destination on the way (a relative local path is refused
+    here, at parse time, whatever ``asset_uri`` says: the worker would resolve it elsewhere)."""
+    task_id = kwargs.get("task_id", "?")
+    outlets = [] if outlets is None else list(outlets) if isinstance(outlets, (list, tuple)) else [outlets]
+    if asset_uri is not None and (not isinstance(asset_uri, str) or _templated(asset_uri)):
+        raise ValueError(
+            f"{task_id}: asset_uri must be a fixed URI string (outlets are registered when the DAG is "
+            f"parsed, before templates render), e.g. 'file:///data/answers'; got {asset_uri!r}"
+        )
+    if destination is None or (isinstance(destination, str) and not destination.strip()):
+        raise ValueError(
+            f"{task_id}: destination is required: a local path, a file:// URI, an object storage URI or an "
+            "ObjectStoragePath"
+        )
+    uri = None
+    if not _templated(destination):
+        from airflow_provider_openai_batch.results.writers import export_uri
+
+        try:
+            uri = export_uri(destination, bool(one_file_per_batch))
+        except ValueError as err:
+            raise ValueError(f"{task_id}: {err}") from None
+    if asset_uri is not None:
+        uri = asset_uri or None
+    if uri and not any(isinstance(o, Asset) and o.uri == uri for o in outlets):
+        outlets.append(Asset(uri=uri))
+    return outlets
+
+
+def set_export_options(
+    task: Any,
+    destination: Any,
+    format: str | None,
+    price_table: Mapping[str, Mapping[str, float]] | None,
+    delete_files: Any,
+    work_dir: str | None,
+    one_file_per_batch: bool,
+    output_type: Any,
+) -> None:
+    """Check the export's settings (at DAG-parse time) and keep them on ``task``, for :func:`run_export`."""
+    if format is not None and not _templated(format) and str(format).lower() not in ("jsonl", "parquet"):
+        raise ValueError(f"{task.task_id}: format must be 'jsonl', 'parquet' or None; got {format!r}")
+    from airflow_provider_openai_batch.results.options import parse_delete_files
+    from airflow_provider_openai_batch.results.prices import check_price_table
+
+    task.price_table = check_price_table(price_table)
+    try:
+        task.delete_files = parse_delete_files(delete_files)
+    except ValueError as err:
+        raise ValueError(f"{task.task_id}: {err}") from None
+    if output_type is not None:
+        from airflow_provider_openai_batch.structured import output_schema
+
+        try:
+            output_schema(output_type)
+        except ValueError as err:
+            raise ValueError(f"{task.task_id}: {err}") from None
+    task.destination = destination
+    task.format = format
+    task.work_dir = work_dir
+    task.one_file_per_batch = bool(one_file_per_batch)
+    task.output_type = output_type
+
+
+def run_export(task: Any, context: Context, batch_ids: list[str]) -> dict[str, Any]:
+    """Export ``batch_ids`` with ``task``'s settings (:func:`set_export_options`), log the figures and put them
+    on the outlet assets' events; returns the manifest."""
+    from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+
+    with OpenAIBatchHook(conn_id=task.conn_id) as hook:
+        manifest = hook.export_results(
+            batch_ids,
+            task.destination,
+            format=task.format,
+            price_table=task.price_table,
+            delete_files=task.delete_files,
+            work_dir=task.work_dir,
+            one_file_per_batch=task.one_file_per_batch,
+            output_type=task.output_type,
+        )
+    task.log.info(
+        "Exported %d rows to %s: %s; estimated cost %.4f USD (price table %s)",
+        manifest["rows"],
+        manifest["destination"],
+        manifest["counts"],
+        manifest["estimated_cost_usd"],
+        manifest["price_table"],
+    )
+    _emit_asset_events(task, context, manifest)
+    return manifest
+
+
+def _emit_asset_events(task: Any, context: Context, manifest: dict[str, Any]) -> None:
+    """Put the manifest's counts on the asset event of every outlet asset (Airflow emits the event when the
+    task succeeds)."""
+    events = context.get("outlet_events")
+    if events is None:
+        return
+    extra = {
+        key: manifest[key] for key in ("destination", "format", "rows", "counts", "batch_ids", "estimated_cost_usd")
+    }
+    if "files" in manifest:  # one file per batch: the event names every file written
+        extra["files"] = [
+            {key: entry[key] for key in ("destination", "batch_id", "rows", "counts")} for entry in manifest["files"]
+        ]
+    for outlet in task.outlets:
+        if isinstance(outlet, Asset):
+            events[outlet].extra = dict(extra)

@@ -5,6 +5,12 @@
 - :mod:`.writers`: JSONL and Parquet writers that replace the destination atomically.
 - :mod:`.prices`: the dated price table and the cost estimate.
 - :mod:`.export`: the orchestration that returns the manifest.
+- :mod:`.read`: :func:`read_rows`, an export's rows read back in a downstream task.
 
-Nothing heavy is imported here: the operator module imports this package at DAG-parse time only lazily.
+Nothing heavy is imported here (``read_rows`` needs only the standard library until it opens Parquet): the
+operator module imports this package at DAG-parse time only lazily.
 """
+
+from airflow_provider_openai_batch.results.read import read_rows
+
+__all__ = ["read_rows"]

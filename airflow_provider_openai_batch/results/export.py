@@ -20,7 +20,7 @@ from airflow_provider_openai_batch.locations import destination_location, locati
 from airflow_provider_openai_batch.results.join import JoinedRow, RequestConflict, ResultJoin
 from airflow_provider_openai_batch.results.options import FILE_KINDS, parse_batch_ids, parse_delete_files
 from airflow_provider_openai_batch.results.prices import CostEstimate, check_price_table
-from airflow_provider_openai_batch.results.rows import STATUSES, row_from_line, row_without_line
+from airflow_provider_openai_batch.results.rows import STATUSES, RowShape, row_from_line, row_without_line
 from airflow_provider_openai_batch.results.writers import (
     atomic_output,
     export_uri,
@@ -55,6 +55,7 @@ def export(
     delete_files: Any = "none",
     work_dir: str | None = None,
     one_file_per_batch: bool = False,
+    output_type: Any = None,
 ) -> dict[str, Any]:
     """Write one row per input request of ``batch_ids`` to ``destination``; return the manifest.
 
@@ -68,12 +69,18 @@ def export(
     fmt = resolve_format(format, destination)
     if fmt == "parquet":
         require_pyarrow()
+    schema = None
+    if output_type is not None:
+        from airflow_provider_openai_batch.structured import output_schema
+
+        schema = output_schema(output_type)
     # Each output as given (for its URI) and as a location (to write it), all checked before any request.
     given = (
         [numbered_destination(destination, n) for n in range(1, len(ids) + 1)] if one_file_per_batch else [destination]
     )
     targets = [destination_location(output) for output in given]
     batches, firsts = _with_earlier_attempts(hook, [_finished_batch(hook, batch_id) for batch_id in ids])
+    shape = RowShape(schema, embeddings=any(str(b.endpoint).endswith("/embeddings") for b in batches))
 
     total = _Tally(prices)
     files: list[dict[str, Any]] = []
@@ -93,12 +100,12 @@ def export(
                 for number, (batch_id, (rank, continued)) in enumerate(zip(ids, firsts, strict=True)):
                     # A batch that continues earlier attempts: its file holds its shard, each request as it ended.
                     rows = join.batch_rows(rank, final=continued)
-                    tally = _write(rows, batches, targets[number], fmt, _Tally(prices), total)
+                    tally = _write(rows, batches, shape, targets[number], fmt, _Tally(prices), total)
                     uri = location_uri(given[number])
                     files.append({"destination": uri, "batch_id": batch_id, **tally.figures()})
                     hook.log.info("Exported %d rows of batch %s to %s (%s)", tally.rows, batch_id, uri, fmt)
             else:
-                _write(join.rows(), batches, targets[0], fmt, total)
+                _write(join.rows(), batches, shape, targets[0], fmt, total)
         finally:
             join.close()
 
@@ -155,14 +162,19 @@ class _Tally:
 
 
 def _write(
-    joined: Generator[JoinedRow, None, None], batches: list[Batch], target: Any, fmt: str, *tallies: _Tally
+    joined: Generator[JoinedRow, None, None],
+    batches: list[Batch],
+    shape: RowShape,
+    target: Any,
+    fmt: str,
+    *tallies: _Tally,
 ) -> _Tally:
-    """Write ``joined``'s rows to ``target`` (replacing it whole once complete), counting them in ``tallies``;
-    returns the first."""
+    """Write ``joined``'s rows, with the columns of ``shape``, to ``target`` (replacing it whole once
+    complete), counting them in ``tallies``; returns the first."""
     try:
         with atomic_output(target) as handle:
-            writer = open_writer(fmt, handle)
-            for row, model in _rows(joined, batches):
+            writer = open_writer(fmt, handle, shape.columns)
+            for row, model in _rows(joined, batches, shape):
                 writer.write(row)
                 for tally in tallies:
                     tally.add(row, model)
@@ -268,17 +280,21 @@ def _lines(path: Path) -> Iterator[bytes]:
                 yield line
 
 
-def _rows(rows: Iterator[JoinedRow], batches: list[Batch]) -> Iterator[tuple[dict[str, Any], str | None]]:
+def _rows(
+    rows: Iterator[JoinedRow], batches: list[Batch], shape: RowShape
+) -> Iterator[tuple[dict[str, Any], str | None]]:
     """Each joined row as an export row, with the model its input asked for: by the result line of the batch it
     is for or, without one, by how that batch ended."""
     errors = [_batch_error(batch) for batch in batches]
     for joined in rows:
         if joined.line is not None and joined.result_rank is not None:
             batch = batches[joined.result_rank]
-            row = row_from_line(joined.custom_id, joined.index, json.loads(joined.line), batch.id, batch.endpoint)
+            line = json.loads(joined.line)
+            row = row_from_line(joined.custom_id, joined.index, line, batch.id, batch.endpoint, shape)
         else:
             batch = batches[joined.last_rank]
-            row = row_without_line(joined.custom_id, joined.index, batch.id, batch.status, errors[joined.last_rank])
+            error = errors[joined.last_rank]
+            row = row_without_line(joined.custom_id, joined.index, batch.id, batch.status, error, shape)
         yield row, joined.model
 
 

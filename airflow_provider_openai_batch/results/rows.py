@@ -6,10 +6,16 @@ without (the API writes no line for a request it never ran) by how its batch end
 
 from __future__ import annotations
 
+import base64
+import struct
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_openai_batch.statuses import BatchStatus
+
+if TYPE_CHECKING:
+    from airflow_provider_openai_batch.structured import OutputSchema
 
 # A row's status: what happened to one request (a batch's own statuses are in statuses.py).
 SUCCEEDED = "succeeded"
@@ -17,8 +23,10 @@ FAILED = "failed"
 EXPIRED = "expired"
 CANCELLED = "cancelled"
 MISSING = "missing"
+#: Answered (2xx), but the answer does not parse or validate against the export's ``output_type``.
+INVALID_OUTPUT = "invalid_output"
 #: Every status a row can have, in the order the manifest lists their counts.
-STATUSES = (SUCCEEDED, FAILED, EXPIRED, CANCELLED, MISSING)
+STATUSES = (SUCCEEDED, INVALID_OUTPUT, FAILED, EXPIRED, CANCELLED, MISSING)
 
 #: The columns of a row, in order, with their type (the Parquet schema follows it; ``response`` is a JSON
 #: object in JSONL and its JSON text in Parquet, whose columns need one type).
@@ -36,6 +44,35 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("total_tokens", "int64"),
     ("batch_id", "string"),
 )
+#: With an ``output_type``: the answer parsed and validated (JSON in JSONL, its JSON text in Parquet).
+OUTPUT_COLUMNS: tuple[tuple[str, str], ...] = (("output", "json"),)
+#: For ``/v1/embeddings``: the vector of a request with one input, or one vector per input (float lists).
+EMBEDDING_COLUMNS: tuple[tuple[str, str], ...] = (("embedding", "vector"), ("embeddings", "vectors"))
+
+
+@dataclass(frozen=True)
+class RowShape:
+    """Which optional columns an export's rows have, after :data:`COLUMNS`.
+
+    :param output: The ``output_type``'s schema: rows get ``output``, and an answer that does not parse or
+        validate makes its row ``invalid_output``.
+    :param embeddings: The batches are embeddings: rows get ``embedding`` and ``embeddings``.
+    """
+
+    output: OutputSchema | None = None
+    embeddings: bool = False
+
+    @property
+    def columns(self) -> tuple[tuple[str, str], ...]:
+        return (
+            COLUMNS
+            + (OUTPUT_COLUMNS if self.output is not None else ())
+            + (EMBEDDING_COLUMNS if self.embeddings else ())
+        )
+
+
+#: The rows of an export without ``output_type`` of any endpoint but embeddings.
+PLAIN = RowShape()
 
 EXPIRED_CODE = "batch_expired"
 #: Not documented for the Batch API today; if it ever reports a cancelled request this way, it is one.
@@ -109,8 +146,16 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def row_from_line(custom_id: str, index: int, line: Mapping[str, Any], batch_id: str, endpoint: str | None) -> dict:
-    """The row of a request whose result line is ``line`` (an output or error file record)."""
+def row_from_line(
+    custom_id: str,
+    index: int,
+    line: Mapping[str, Any],
+    batch_id: str,
+    endpoint: str | None,
+    shape: RowShape = PLAIN,
+) -> dict:
+    """The row of a request whose result line is ``line`` (an output or error file record), with the
+    optional columns of ``shape``."""
     response = line.get("response") if isinstance(line.get("response"), Mapping) else None
     error = line.get("error") if isinstance(line.get("error"), Mapping) else None
     status_code = _int(response.get("status_code")) if response else None
@@ -124,7 +169,7 @@ def row_from_line(custom_id: str, index: int, line: Mapping[str, Any], batch_id:
     if status != SUCCEEDED and error_message is None and error is None:
         error_message = f"HTTP {status_code}" if status_code is not None else "no response and no error"
     tokens_in, tokens_out, total = usage_tokens(body)
-    return {
+    row = {
         "custom_id": custom_id,
         "index": index,
         "status": status,
@@ -138,18 +183,77 @@ def row_from_line(custom_id: str, index: int, line: Mapping[str, Any], batch_id:
         "total_tokens": total,
         "batch_id": batch_id,
     }
+    if shape.output is not None:
+        row["output"] = None
+        if status == SUCCEEDED:
+            _parse_output(row, shape.output, body)
+    if shape.embeddings:
+        one, several = embedding_vectors(body) if status == SUCCEEDED else (None, None)
+        row["embedding"], row["embeddings"] = one, several
+    return row
+
+
+def _parse_output(row: dict[str, Any], schema: OutputSchema, body: Any) -> None:
+    """Fill ``output`` with the answer parsed and validated; else make the row ``invalid_output``, its text
+    kept in ``output_text`` and what is wrong in ``error_message``."""
+    from airflow_provider_openai_batch.structured import InvalidOutput
+
+    try:
+        refusal = _refusal(body)
+        if refusal is not None and row["output_text"] is None:
+            raise InvalidOutput(f"the model refused: {refusal}")
+        row["output"] = schema.parse(row["output_text"])
+    except InvalidOutput as err:
+        row["status"], row["error_message"] = INVALID_OUTPUT, str(err)
+
+
+def _refusal(body: Any) -> str | None:
+    """A chat answer's ``refusal`` text (strict structured outputs may refuse instead of answering)."""
+    choices = body.get("choices") if isinstance(body, Mapping) else None
+    message = (
+        choices[0].get("message") if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else None
+    )
+    refusal = message.get("refusal") if isinstance(message, Mapping) else None
+    return refusal if isinstance(refusal, str) and refusal else None
+
+
+def embedding_vectors(body: Any) -> tuple[list[float] | None, list[list[float]] | None]:
+    """An embeddings answer's vectors, in input order: ``(vector, None)`` for a request with one input,
+    ``(None, vectors)`` for several; ``(None, None)`` without any. A vector sent as base64
+    (``encoding_format="base64"``: little-endian float32) is decoded."""
+    data = body.get("data") if isinstance(body, Mapping) else None
+    if not isinstance(data, list):
+        return None, None
+    items = sorted((d for d in data if isinstance(d, Mapping)), key=lambda d: _int(d.get("index")) or 0)
+    vectors = [_vector(item.get("embedding")) for item in items]
+    if not vectors:
+        return None, None
+    return (vectors[0], None) if len(vectors) == 1 else (None, vectors)
+
+
+def _vector(value: Any) -> list[float]:
+    if isinstance(value, str):
+        raw = base64.b64decode(value)
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw[: len(raw) // 4 * 4]))
+    return [float(x) for x in value] if isinstance(value, list) else []
 
 
 def row_without_line(
-    custom_id: str, index: int, batch_id: str, batch_status: str | None, batch_error: tuple[str | None, str] | None
+    custom_id: str,
+    index: int,
+    batch_id: str,
+    batch_status: str | None,
+    batch_error: tuple[str | None, str] | None,
+    shape: RowShape = PLAIN,
 ) -> dict:
-    """The row of a request no result file mentions: its status comes from how its batch ended."""
+    """The row of a request no result file mentions: its status comes from how its batch ended (its optional
+    columns of ``shape`` are empty)."""
     status = classify_missing(batch_status)
     if status == FAILED and batch_error is not None:
         error_code, error_message = batch_error
     else:
         error_code, error_message = None, f"no result line for this request; batch {batch_id} is {batch_status}"
-    return {
+    row = {
         "custom_id": custom_id,
         "index": index,
         "status": status,
@@ -163,6 +267,8 @@ def row_without_line(
         "total_tokens": None,
         "batch_id": batch_id,
     }
+    row.update((name, None) for name, _ in shape.columns[len(COLUMNS) :])
+    return row
 
 
 def _str(value: Any) -> str | None:

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -114,18 +114,28 @@ class JsonlWriter:
 
 
 class ParquetWriter:
-    """Parquet with a fixed schema (:data:`~.rows.COLUMNS`; ``response`` as JSON text), in bounded row groups."""
+    """Parquet with a fixed schema (``columns``, by default :data:`~.rows.COLUMNS`), in bounded row groups.
 
-    def __init__(self, handle: IO[bytes]) -> None:
+    A ``json`` column (``response``, ``output``) holds its value's JSON text, since a Parquet column needs one
+    type; a ``vector`` column (``embedding``) is a list of float32, and ``vectors`` (``embeddings``) a list of
+    them, as the embeddings are computed and as vector stores load them.
+    """
+
+    def __init__(self, handle: IO[bytes], columns: Sequence[tuple[str, str]] = COLUMNS) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        types = {"string": pa.string(), "int64": pa.int64(), "json": pa.string()}
+        vector = pa.list_(pa.float32())
+        types = {"string": pa.string(), "int64": pa.int64(), "json": pa.string(), "vector": vector}
+        types["vectors"] = pa.list_(vector)
         self._pa = pa
-        self.schema = pa.schema([(name, types[kind]) for name, kind in COLUMNS])
-        self._json_columns = [name for name, kind in COLUMNS if kind == "json"]
+        self._names = [name for name, _ in columns]
+        self.schema = pa.schema([(name, types[kind]) for name, kind in columns])
+        self._json_columns = [name for name, kind in columns if kind == "json"]
+        self._plain_columns = [name for name, kind in columns if kind != "json"]
+        self._vector_columns = [name for name, kind in columns if kind.startswith("vector")]
         self._writer = pq.ParquetWriter(handle, self.schema, compression="zstd")
-        self._columns: dict[str, list[Any]] = {name: [] for name, _ in COLUMNS}
+        self._columns: dict[str, list[Any]] = {name: [] for name in self._names}
         self._rows = 0
         self._bytes = 0
 
@@ -135,9 +145,11 @@ class ParquetWriter:
             text = None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
             self._bytes += len(text) if text else 0
             self._columns[name].append(text)
-        for name, kind in COLUMNS:
-            if kind != "json":
-                self._columns[name].append(row[name])
+        for name in self._plain_columns:
+            self._columns[name].append(row[name])
+        for name in self._vector_columns:  # a float is 4 bytes in the group's buffers
+            value = row[name] or []
+            self._bytes += 4 * sum(len(v) if isinstance(v, list) else 1 for v in value)
         self._rows += 1
         if self._rows >= PARQUET_GROUP_ROWS or self._bytes >= PARQUET_GROUP_BYTES:
             self._flush()
@@ -145,7 +157,7 @@ class ParquetWriter:
     def _flush(self) -> None:
         if self._rows:
             self._writer.write_table(self._pa.table(self._columns, schema=self.schema))
-        self._columns = {name: [] for name, _ in COLUMNS}
+        self._columns = {name: [] for name in self._names}
         self._rows = self._bytes = 0
 
     def close(self) -> None:
@@ -153,8 +165,9 @@ class ParquetWriter:
         self._writer.close()
 
 
-def open_writer(format: str, handle: IO[bytes]) -> RowWriter:
-    return ParquetWriter(handle) if format == "parquet" else JsonlWriter(handle)
+def open_writer(format: str, handle: IO[bytes], columns: Sequence[tuple[str, str]] = COLUMNS) -> RowWriter:
+    """A writer of rows with ``columns`` (JSONL writes each row's keys as they come, in the same order)."""
+    return ParquetWriter(handle, columns) if format == "parquet" else JsonlWriter(handle)
 
 
 #: The number of every file in :func:`numbered_destination`'s pattern: a glob, as fsspec and ``ObjectStoragePath.glob``

@@ -52,7 +52,14 @@ def test_succeeded_and_failed_requests(hook, tmp_path):
     assert failed["status"] == "failed" and failed["status_code"] == 400
     assert failed["error_code"] == "model_not_found" and "fail-model" in failed["error_message"]
     assert failed["output_text"] is None and failed["response"]["error"]["code"] == "model_not_found"
-    assert manifest["counts"] == {"succeeded": 2, "failed": 1, "expired": 0, "cancelled": 0, "missing": 0}
+    assert manifest["counts"] == {
+        "succeeded": 2,
+        "invalid_output": 0,
+        "failed": 1,
+        "expired": 0,
+        "cancelled": 0,
+        "missing": 0,
+    }
 
 
 @pytest.mark.parametrize(

@@ -124,3 +124,58 @@ def test_delete_files_is_checked_once_the_same_way_as_the_export(value):
     assert export.parse_delete_files is options.parse_delete_files
     op = BatchResultsOperator(task_id="export", batch_id="batch_a", destination="/tmp/o.jsonl", delete_files=value)
     assert op.delete_files == options.parse_delete_files(value)
+
+
+def test_output_type_validates_the_answers_of_batches_made_any_other_way(openai_batch_connection, tmp_path):
+    """Batches whose requests asked for a JSON schema themselves: the export parses and validates each answer
+    into ``output``, counts ``invalid_output`` apart from ``failed``, and keeps Parquet's ``output`` as JSON text
+    that read_rows gives back as the value."""
+    from typing_extensions import TypedDict
+
+    from airflow_provider_openai_batch.results import read_rows
+
+    class Movie(TypedDict):
+        title: str
+        year: int
+
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "year": {"type": "integer"}},
+        "required": ["title", "year"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "Movie", "schema": schema, "strict": True}}
+
+    def asking(custom_id: str, model: str = "gpt-4o-mini") -> dict:
+        request = chat(custom_id, model=model)
+        request["body"]["response_format"] = fmt
+        return request
+
+    with OpenAIBatchHook() as hook:
+        batch = submit(hook, [asking("a"), asking("b", "badjson-schema"), asking("c", "fail-model"), asking("d")])
+    destination = tmp_path / "movies.parquet"
+    op = BatchResultsOperator(task_id="export", batch_id=batch.id, destination=destination, output_type=Movie)
+    manifest = op.execute(ctx())
+    counts = manifest["counts"]
+    assert (counts["succeeded"], counts["invalid_output"], counts["failed"]) == (2, 1, 1)
+    rows = {row["custom_id"]: row for row in read_rows(manifest)}
+    assert set(rows["a"]["output"]) == {"title", "year"} and isinstance(rows["a"]["output"]["year"], int)
+    invalid = rows["b"]
+    assert invalid["status"] == "invalid_output" and invalid["output"] is None and invalid["status_code"] == 200
+    assert json.loads(invalid["output_text"]) and "title: Field required" in invalid["error_message"]
+    assert rows["c"]["status"] == "failed" and rows["c"]["output"] is None
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(destination).field("output").type == "string"  # JSON text, like response
+    # Without output_type the same batch exports as before: no output column, no invalid_output row.
+    plain = BatchResultsOperator(task_id="plain", batch_id=batch.id, destination=tmp_path / "plain.jsonl")
+    manifest = plain.execute(ctx())
+    assert manifest["counts"]["invalid_output"] == 0 and manifest["counts"]["succeeded"] == 3
+    assert all("output" not in row for row in read_rows(manifest))
+
+
+def test_output_type_is_checked_when_the_dag_is_parsed(tmp_path):
+    with pytest.raises(ValueError, match="export: output_type has an object with free-form keys"):
+        BatchResultsOperator(
+            task_id="export", batch_id="batch_a", destination=tmp_path / "o.jsonl", output_type=dict[str, int]
+        )
