@@ -1,7 +1,9 @@
 """What a finished batch's requests return: deterministic output and error lines per endpoint.
 
 Nothing is computed for real: a line's answer derives from a digest of the request, so the same input gives
-the same results on every run, and a ``model`` whose name starts with ``fail`` makes that request fail.
+the same results on every run. A request fails on its own, as the API answers it, when its ``temperature`` is
+outside 0..2 (one bad request among good ones: a file names one model) or when its ``model`` starts with
+``fail`` (a model that does not exist: every request of the file, since they all name it).
 """
 
 from __future__ import annotations
@@ -61,20 +63,15 @@ def transient_line(item: dict[str, Any], status: int, attempt: int) -> dict[str,
 
 
 def result_line(endpoint: str, item: dict[str, Any]) -> tuple[dict[str, Any], bool, tuple[int, int]]:
-    """A deterministic output line for one request; a ``model`` starting with ``fail`` fails it."""
+    """A deterministic output line for one request; one the API would refuse (see the module) fails."""
     raw = item.get("body")
     body: dict[str, Any] = raw if isinstance(raw, dict) else {}
     model = str(body.get("model", "gpt-4o-mini"))
     seed = digest(item)
     request_id = "req_" + seed[:24]
     line_id = "batch_req_" + seed[24:48]
-    if model.startswith("fail"):
-        error = {
-            "message": f"The model '{model}' does not exist or you do not have access to it.",
-            "type": "invalid_request_error",
-            "param": "model",
-            "code": "model_not_found",
-        }
+    error = _refusal(body, model)
+    if error is not None:
         return (
             {
                 "id": line_id,
@@ -96,6 +93,28 @@ def result_line(endpoint: str, item: dict[str, Any]) -> tuple[dict[str, Any], bo
         False,
         tokens,
     )
+
+
+def _refusal(body: dict[str, Any], model: str) -> dict[str, Any] | None:
+    """The error the API answers a request with on its own, if it does (see the module)."""
+    temperature = body.get("temperature")
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and not 0 <= temperature <= 2:
+        above = temperature > 2
+        return {
+            "message": f"Invalid 'temperature': decimal {'above maximum' if above else 'below minimum'} value. "
+            f"Expected a value {'<= 2' if above else '>= 0'}, but got {temperature} instead.",
+            "type": "invalid_request_error",
+            "param": "temperature",
+            "code": "decimal_above_max_value" if above else "decimal_below_min_value",
+        }
+    if model.startswith("fail"):
+        return {
+            "message": f"The model '{model}' does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    return None
 
 
 def _fake_body(endpoint: str, model: str, body: dict[str, Any], seed: str) -> tuple[dict[str, Any], tuple[int, int]]:
