@@ -186,6 +186,7 @@ def test_every_rule_is_named_exactly_as_json_names_it(monkeypatch):
         "invalid_method",
         "mismatched_url",
         "invalid_body",
+        "mismatched_model",
     }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_openai_batch import jsonl, split
-from airflow_provider_openai_batch.backends import rules_for
+from airflow_provider_openai_batch.backends import OPENAI_COMPATIBLE, rules_for
 from airflow_provider_openai_batch.exceptions import BatchValidationError
 from airflow_provider_openai_batch.split import fits_one_batch, split_input
 
@@ -92,6 +92,20 @@ def test_a_hash_collision_never_refuses_a_valid_input(tmp_path, monkeypatch, gro
         "input_file line 10: custom_id 'r4' is also used on input_file line 5; custom_ids must be unique across the "
         "whole input"
     ]
+
+
+def test_a_shard_names_one_model_and_a_mixed_one_is_refused_by_input_line(tmp_path):
+    mixed = [line("a"), line("b"), line("c", model="gpt-4o"), line("d", model="gpt-4o")]
+    source = write(tmp_path / "in.jsonl", mixed)
+    assert refused(tmp_path, [source], max_requests_per_batch=3) == [
+        "input_file line 3: model 'gpt-4o' differs from 'gpt-4o-mini' on input_file line 1: on openai a batch file "
+        "may use one model only; split the file by model"
+    ]
+    (tmp_path / "cut").mkdir()  # each shard names one model: the input may change model at a shard's edge
+    assert split_input([source], CHAT, str(tmp_path / "cut"), max_requests_per_batch=2).requests == 4
+    (tmp_path / "other").mkdir()
+    rules = rules_for(OPENAI_COMPATIBLE)
+    assert split_input([source], CHAT, str(tmp_path / "other"), rules=rules).requests == 4
 
 
 def test_a_failed_write_stops_the_split_with_its_error(tmp_path, monkeypatch):

@@ -349,7 +349,7 @@ def failed_with(http: Http, data: bytes, endpoint: str = ENDPOINT) -> set[tuple[
 
 def test_input_lines_are_judged_by_the_line_schema_and_the_guide(http):
     lines: list[Any] = [
-        request_line("a"),
+        request_line("a", body={}),  # no model, like every body here: one model per file holds
         "",  # blank lines are skipped but still counted in line numbers
         {"custom_id": 5, "method": "POST", "url": ENDPOINT, "body": {}},
         {"custom_id": "m", "url": ENDPOINT, "body": {}},
@@ -375,12 +375,22 @@ def test_input_lines_are_judged_by_the_line_schema_and_the_guide(http):
 
 def test_input_lines_the_contract_allows_pass(http):
     lines: list[Any] = [
-        request_line("a", body={}),  # the body's content is the endpoint's business, judged per request later
+        # The body's content is the endpoint's business, judged per request later; its model is the file's.
+        request_line("a", body={"model": "gpt-4o-mini"}),
         request_line("b", note="extra fields are not forbidden"),
         json.dumps(request_line("c")) + "\r",  # CRLF line ends
         "   ",
     ]
     assert failed_with(http, jsonl(lines)) == set()
+
+
+def test_a_file_names_one_model(http):
+    lines = [request_line("a"), request_line("b"), request_line("c", body={"model": "gpt-4o", "messages": []})]
+    assert failed_with(http, jsonl(lines)) == {(3, "model_mismatch")}
+    batch = http.wait(http.create_for(http.upload_id(jsonl(lines))).json()["id"])
+    assert "'gpt-4o' differs from 'gpt-4o-mini' on line 1" in batch["errors"]["data"][0]["message"]
+    assert batch["errors"]["data"][0]["param"] == "body.model"
+    assert failed_with(http, jsonl(lines[:2])) == set()
 
 
 def test_empty_file_fails(http):
@@ -436,3 +446,4 @@ def test_input_file_rules_in_bytes(monkeypatch):
     monkeypatch.setattr(guide, "MAX_INPUT_BYTES", len(data))
     report = judge_input_file(data, ENDPOINT)
     assert report.problems == [] and report.requests == 2
+

@@ -267,6 +267,13 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
     ),
     ("empty file", create_from_file([]), BatchValidationError, r"the file contains no requests"),
     (
+        "two models in one file (OpenAI takes one model per batch file)",
+        create_from_file(with_line(3, line(3, body={"model": "other", "messages": []}))),
+        BatchValidationError,
+        r"line 3: model 'other' differs from 'm' on line 1: on openai a batch file may use one model only; split "
+        r"the file by model",
+    ),
+    (
         "50,001 embedding inputs",
         lambda e: create(
             e,
