@@ -71,8 +71,12 @@ def validate_id(value: Any, field_name: str) -> str:
     if not isinstance(value, str) or not value:
         example = "file-abc123" if "file" in field_name else "batch_abc123"
         raise ValueError(f"{field_name} must be a non-empty string such as {example!r}, got {value!r}")
-    if "/" in value or "\\" in value or ".." in value or any(ch.isspace() for ch in value):
-        raise ValueError(f"{field_name} {value!r} is not a valid id: ids may not contain '/', '\\', '..' or whitespace")
+    # An id is one segment of the request path: nothing that would make it another path is an id.
+    if value in (".", "..") or any(mark in value for mark in "/?#") or any(ch.isspace() for ch in value):
+        raise ValueError(
+            f"{field_name} {value!r} is not a valid id: ids may not contain '/', '?', '#' or whitespace, nor be "
+            "'.' or '..' (an id is one segment of the request path)"
+        )
     if not value.isprintable():
         raise ValueError(f"{field_name} {value!r} contains control characters; pass the id as the API returned it")
     return quote(value, safe="")

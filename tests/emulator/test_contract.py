@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.emulator.support import ENDPOINT, Http, jsonl, openai_error, request_line
+from tests.emulator.support import ENDPOINT, Http, jsonl, openai_error, raw_path, request_line
 
 SPEC_DIR = Path(__file__).parents[1] / "openai_spec"
 SPEC = json.loads((SPEC_DIR / "openai-batch-files.v1.json").read_text())
@@ -447,3 +447,51 @@ def test_input_file_rules_in_bytes(monkeypatch):
     report = judge_input_file(data, ENDPOINT)
     assert report.problems == [] and report.requests == 2
 
+
+# ----------------------------------------------------------------------------------------------------- ids
+
+# An id is one segment of the request path: nothing that would change the path is an id. Each is sent
+# percent-encoded, exactly as written (as a client that does not check ids would send it).
+NOT_IDS: list[tuple[str, str]] = [
+    (".", "%2E"),
+    ("..", "%2E%2E"),
+    ("a/b", "a%2Fb"),
+    ("a?b", "a%3Fb"),
+    ("a#b", "a%23b"),
+    ("a b", "a%20b"),
+    ("tab", "a%09b"),
+    ("newline", "batch_1%0A"),
+]
+ID_PATHS = [
+    ("GET", "/batches/{}", "batch_id"),
+    ("POST", "/batches/{}/cancel", "batch_id"),
+    ("GET", "/files/{}", "file_id"),
+    ("GET", "/files/{}/content", "file_id"),
+    ("DELETE", "/files/{}", "file_id"),
+]
+
+
+@pytest.mark.parametrize("path", ID_PATHS, ids=[f"{m} {p}" for m, p, _ in ID_PATHS])
+@pytest.mark.parametrize("sent", [case[1] for case in NOT_IDS], ids=[case[0] for case in NOT_IDS])
+def test_a_path_segment_that_is_no_id_is_refused(http, path, sent):
+    method, template, param = path
+    error = openai_error(raw_path(http, method, template.format(sent)), 400)
+    assert (error["param"], error["code"]) == (param, "invalid_value"), error
+    assert "is not an ID" in error["message"]
+
+
+@pytest.mark.parametrize("sent", ["batch_abc123", "batch_a.b", "batch_a..b", "b%C3%A4tch", "file-%25"])
+def test_ids_that_change_no_path_are_looked_up(http, sent):
+    error = openai_error(raw_path(http, "GET", f"/batches/{sent}"), 404)  # not refused: just unknown
+    assert error["param"] == "batch_id"
+    assert openai_error(raw_path(http, "GET", "/batches/a/b/c"), 404)["message"].startswith("Invalid URL")
+
+
+@pytest.mark.parametrize("value", [case[0] if case[0] not in ("tab", "newline") else "a\tb" for case in NOT_IDS])
+def test_ids_in_bodies_and_queries_are_judged_the_same(http, openai_batch_emulator, value):
+    error = openai_error(http.create({"input_file_id": value, "endpoint": ENDPOINT, "completion_window": "24h"}), 400)
+    assert (error["param"], error["code"]) == ("input_file_id", "invalid_value"), error
+    for listing in ("/batches", "/files"):
+        error = openai_error(http.get(listing, params={"after": value}), 400)
+        assert (error["param"], error["code"]) == ("after", "invalid_value"), error
+    assert openai_batch_emulator.stats()["batches_created"] == 0

@@ -96,6 +96,9 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
     ("empty file id", lambda e: e.hook.delete_file(""), ValueError, r"file_id must be a non-empty string"),
     ("download id ..", lambda e: e.hook.download_file("../x", e.tmp / "o"), ValueError, r"file_id '\.\./x'"),
     ("list after with /", lambda e: e.hook.list_batches(after="a/b"), ValueError, r"after .*'/'"),
+    ("batch id .", lambda e: e.hook.retrieve_batch("."), ValueError, r"batch_id '\.' is not a valid id"),
+    ("batch id with ?", lambda e: e.hook.cancel_batch("batch_1?x=1"), ValueError, r"batch_id 'batch_1\?x=1' is not"),
+    ("file id with #", lambda e: e.hook.retrieve_file("file-1#x"), ValueError, r"file_id 'file-1#x' is not a valid id"),
     # ---- create_batch arguments
     ("empty input file id", lambda e: e.hook.create_batch("", ENDPOINT), ValueError, r"input_file_id must be"),
     ("unknown endpoint", lambda e: e.hook.create_batch("file-1", "/v1/chat"), ValueError, r"endpoint must be one"),

@@ -19,6 +19,7 @@ from airflow_provider_openai_batch.emulator.contract.judge import (
     create_batch_body,
     list_batches_query,
     list_files_query,
+    object_id,
     upload_form,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "judge_input_file",
     "list_batches_query",
     "list_files_query",
+    "object_id",
     "parse_requests",
     "upload_form",
 ]

@@ -65,16 +65,16 @@ async def list_files(request: Request) -> Response:
 
 @router.get("/v1/files/{file_id}")
 async def retrieve_file(file_id: str, request: Request) -> Response:
-    return json_response(store_of(request).get_file(file_id))
+    return json_response(store_of(request).get_file(contract.object_id(file_id, "file_id")))
 
 
 @router.get("/v1/files/{file_id}/content")
 async def file_content(file_id: str, request: Request) -> Response:
     store = store_of(request)
-    store.get_file(file_id)
+    store.get_file(contract.object_id(file_id, "file_id"))
     return Response(store.contents.get(file_id, b""), media_type="application/octet-stream")
 
 
 @router.delete("/v1/files/{file_id}")
 async def delete_file(file_id: str, request: Request) -> Response:
-    return json_response(store_of(request).delete_file(file_id))
+    return json_response(store_of(request).delete_file(contract.object_id(file_id, "file_id")))
