@@ -170,6 +170,20 @@ def validate_purpose(purpose: Any) -> str:
     return purpose
 
 
+#: The name a batch input file must have: the API refuses any other with ``Invalid file format for Batch API``.
+BATCH_FILE_SUFFIX = ".jsonl"
+
+
+def validate_upload_name(filename: str, purpose: str) -> str:
+    """The name an upload is recorded under; for ``purpose="batch"`` it must end in ``.jsonl``."""
+    if purpose == "batch" and not filename.endswith(BATCH_FILE_SUFFIX):
+        raise ValueError(
+            f"filename {filename!r} must end in {BATCH_FILE_SUFFIX!r} for purpose 'batch' (the API refuses any other "
+            "batch input file name): rename it, or leave filename unset and the provider names it"
+        )
+    return filename
+
+
 # ------------------------------------------------------------------------------------------------- calls
 
 

@@ -289,6 +289,22 @@ def test_upload_refuses_what_the_contract_refuses(http, openai_batch_emulator, f
     assert openai_batch_emulator.stats()["files"] == 0
 
 
+def test_a_batch_input_file_must_be_named_jsonl(http, openai_batch_emulator):
+    for name in ("in.txt", "in.json", "in.jsonl.gz", "injsonl"):
+        answer = http.session.post(f"{http.base}/files", files={"file": (name, b"{}\n")}, data={"purpose": "batch"})
+        error = openai_error(answer, 400)
+        assert error == {
+            "message": "Invalid file format for Batch API. Must be .jsonl",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }, name
+    assert openai_batch_emulator.stats()["files"] == 0
+    other = http.session.post(f"{http.base}/files", files={"file": ("notes.txt", b"x")}, data={"purpose": "user_data"})
+    assert other.status_code == 200 and other.json()["filename"] == "notes.txt"  # the rule is batch input's only
+    assert http.upload(b"{}\n").json()["filename"] == "in.jsonl"
+
+
 def test_upload_needs_a_file_part_and_a_purpose(http):
     session, base = http.session, http.base
     error = openai_error(session.post(f"{base}/files", files={"purpose": (None, "batch")}), 400)  # multipart

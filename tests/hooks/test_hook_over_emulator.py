@@ -82,3 +82,17 @@ def test_cancelling_a_running_batch(openai_batch_connection):
     assert hook.cancel_batch(batch.id).status == "cancelling"
     assert hook.wait_for_batch(batch.id, poll_interval=0.05, timeout=30).status == "cancelled"
 
+
+def test_a_batch_input_file_is_always_uploaded_under_a_jsonl_name(openai_batch_connection, tmp_path):
+    # The API refuses a purpose=batch file named otherwise; when the provider picks the name, it ends in .jsonl
+    # whatever the source is called, and any other purpose keeps the source's extension.
+    hook = OpenAIBatchHook()
+    source = tmp_path / "prompts.txt"
+    source.write_bytes(jsonl(2))
+    uploaded = hook.upload_file(source)
+    assert uploaded.filename.startswith("prompts-") and uploaded.filename.endswith(".jsonl")
+    assert hook.upload_file(jsonl(1)).filename.endswith(".jsonl")  # bytes: batch_input-<tag>.jsonl
+    notes = hook.upload_file(source, purpose="user_data")
+    assert notes.filename.startswith("prompts-") and notes.filename.endswith(".txt")
+    assert hook.upload_file(source, filename="mine.jsonl").filename == "mine.jsonl"  # an explicit name, as given
+    assert openai_batch_connection.stats()["files"] == 4

@@ -158,6 +158,12 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
     ("upload a missing path", lambda e: e.hook.upload_file(e.tmp / "nope.jsonl"), ValueError, r"nope\.jsonl.*existing"),
     ("upload an int", lambda e: e.hook.upload_file(42), ValueError, r"source must be a path, .*got int"),
     ("upload empty purpose", lambda e: e.hook.upload_file(b"{}", purpose=""), ValueError, r"purpose must be"),
+    (
+        "a batch input file named other than *.jsonl (the API refuses it)",
+        lambda e: e.hook.upload_file(b"{}", filename="prompts.txt"),
+        ValueError,
+        r"filename 'prompts\.txt' must end in '\.jsonl' for purpose 'batch'.*leave filename unset",
+    ),
     # ---- CreateBatchOperator
     ("no input", lambda e: CreateBatchOperator(task_id="c"), ValueError, r"c: give exactly one of .*got none"),
     (

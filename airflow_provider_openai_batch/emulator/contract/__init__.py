@@ -21,6 +21,7 @@ from airflow_provider_openai_batch.emulator.contract.judge import (
     list_files_query,
     object_id,
     upload_form,
+    upload_name,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "object_id",
     "parse_requests",
     "upload_form",
+    "upload_name",
 ]

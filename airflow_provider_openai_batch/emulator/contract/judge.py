@@ -61,6 +61,13 @@ def upload_form(fields: dict[str, Any]) -> dict[str, Any]:
     return form
 
 
+def upload_name(purpose: str, filename: str | None) -> None:
+    """``POST /v1/files``: a file uploaded for ``batch`` must be named ``*.jsonl``; the API refuses any other
+    name with 400 and no ``param`` or ``code``."""
+    if purpose == "batch" and not (filename or "").endswith(".jsonl"):
+        raise ApiFailure(400, "Invalid file format for Batch API. Must be .jsonl")
+
+
 def object_id(value: str, name: str) -> str:
     """An id (``batch_...``, ``file-...``) as a request names it: one segment of the path, so never ``.`` or
     ``..`` and nothing with ``/``, ``?``, ``#`` or whitespace, which would change the path it is sent in."""

@@ -28,6 +28,7 @@ async def upload_file(request: Request) -> Response:
     judged = contract.upload_form(fields)
     upload = form["file"]
     assert isinstance(upload, UploadFile)
+    contract.upload_name(judged["purpose"], upload.filename)
     message = f"The file is larger than the {guide.MAX_UPLOAD_BYTES} bytes (512 MB) allowed."
     too_large = ApiFailure(400, message, param="file", code="file_too_large")
     if upload.size is not None and upload.size > guide.MAX_UPLOAD_BYTES:
