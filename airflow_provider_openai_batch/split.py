@@ -465,52 +465,57 @@ class _Hashed:
 class _UniqueIds:
     """The ``custom_id`` values of a job's finished shards, kept unique across shards in bounded memory.
 
-    Each shard's ids are kept as their 8-byte hashes (8 MB for 1,000,000; a set of the ids themselves would
-    hold about 100 MB). The hashes of the latest shards, up to :attr:`GROUP` of them, are also in a set:
-    each new shard is looked up in it, and when it is full it is looked up once in every older shard's
-    hashes, then emptied. A hash met twice is only a suspect: at the end, the shards holding suspects are read
-    back and their ids compared exactly, so a hash collision never refuses a valid input."""
+    The 8-byte hashes of the latest shards' ids, up to :attr:`GROUP` of them, are in a set that each new
+    shard's hashes join: a shard that adds fewer than it brings holds a hash met before. When the set is
+    full, its hashes are looked up once in every older group's, then kept only as an array (8 MB for
+    1,000,000 ids; a set of the ids themselves would hold about 100 MB). A hash met twice only makes
+    suspects: at the end, the shards that may hold them are read back and their ids compared exactly, so a
+    hash collision never refuses a valid input."""
 
-    #: Hashes in the set at most (about 16 MB): older shards are scanned once per this many ids.
+    #: Hashes in the set at most (about 20 MB): older groups are scanned once per this many ids.
     GROUP = 250_000
 
     def __init__(self, ids_of: Callable[[Shard], dict[str, int]]) -> None:
         self.ids_of = ids_of
-        self.shards: list[tuple[Shard, array]] = []
         self.group: set[int] = set()
-        self.grouped = 0  # shards whose hashes already left the set
+        self.shards: list[Shard] = []  # whose hashes are in the set
+        self.older: list[tuple[list[Shard], array]] = []
         self.suspects: set[int] = set()
 
     def add(self, shard: Shard, ids: Iterable[str]) -> None:
         """A finished shard's ids (unique within it)."""
         hashes = list(map(hash, ids))
-        if not self.group.isdisjoint(hashes):
-            self.suspects.update(self.group.intersection(hashes))
+        before = len(self.group)
         self.group.update(hashes)
-        self.shards.append((shard, array("q", hashes)))
+        if len(self.group) - before != len(hashes):  # one of them was there: which, the end tells
+            self.suspects.update(hashes)
+        self.shards.append(shard)
         if len(self.group) >= self.GROUP:
             self._close_group()
 
     def _close_group(self) -> None:
         group = self.group
-        for _shard, hashes in self.shards[: self.grouped]:
-            if not group.isdisjoint(hashes):
-                self.suspects.update(group.intersection(hashes))
-        self.group, self.grouped = set(), len(self.shards)
+        for _shards, older in self.older:
+            if not group.isdisjoint(older):
+                self.suspects.update(group.intersection(older))
+        self.older.append((self.shards, array("q", group)))
+        self.group, self.shards = set(), []
 
     def duplicates(self, where: Callable[[Shard, int], str]) -> list[str]:
         """Every ``custom_id`` used in more than one shard, named where it is used again and where first."""
-        if self.grouped:  # the last group against the older shards (a first group is checked as it fills)
+        if self.older and self.group:  # the last group against the older ones
             self._close_group()
         if not self.suspects:
             return []
+        groups = self.older or [(self.shards, array("q", self.group))]
         places: dict[str, list[tuple[Shard, int]]] = {}
-        for shard, hashes in self.shards:
+        for shards, hashes in groups:
             if self.suspects.isdisjoint(hashes):
                 continue
-            for custom_id, line in self.ids_of(shard).items():
-                if hash(custom_id) in self.suspects:
-                    places.setdefault(custom_id, []).append((shard, line))
+            for shard in shards:
+                for custom_id, line in self.ids_of(shard).items():
+                    if hash(custom_id) in self.suspects:
+                        places.setdefault(custom_id, []).append((shard, line))
         return [
             f"{where(shard, line)}: custom_id {custom_id!r} is also used on {where(*found[0])}; custom_ids must "
             "be unique across the whole input"

@@ -143,3 +143,14 @@ def test_fits_one_batch_counts_what_the_split_would(tmp_path, monkeypatch):
     embeddings.write_text("".join(json.dumps({"custom_id": f"e{i}", **request}) + "\n" for i in range(4)))
     assert fits_one_batch(embeddings, "/v1/embeddings", rules=rules_for(max_embedding_inputs=12))
     assert not fits_one_batch(embeddings, "/v1/embeddings", rules=rules_for(max_embedding_inputs=11))
+
+
+def test_an_id_used_again_in_a_group_and_beyond_it_is_named_once_per_use(tmp_path, monkeypatch):
+    monkeypatch.setattr(split._UniqueIds, "GROUP", 3)  # shards 1-2 fill the set, shard 3 is checked later
+    source = write(tmp_path / "in.jsonl", [line("a"), line("x"), line("b"), line("x"), line("c"), line("x")])
+    assert refused(tmp_path, [source], max_requests_per_batch=2) == [
+        "input_file line 4: custom_id 'x' is also used on input_file line 2; custom_ids must be unique across the "
+        "whole input",
+        "input_file line 6: custom_id 'x' is also used on input_file line 2; custom_ids must be unique across the "
+        "whole input",
+    ]
