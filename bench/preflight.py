@@ -10,11 +10,13 @@ In one process, on generated chat inputs (default: a 200,000-line input of about
   across the whole input, method, url, body, one model, sizes, shards written and hashed);
 - **check_input_file**: the one-file pre-flight check (every rule, and the file's SHA-256).
 
-Each figure is the shortest of ``--repeats`` timings (default 3) within the run, reported as seconds, MB/s
-(1 MB = 10^6 bytes) and, for the two steps, the ratio to the msgspec decode of the same file in the same run;
-the goal is a ratio of at most 1.7. With ``--memory``, the split of ``--memory-requests`` lines (default
-1,000,000) also runs in a fresh interpreter, after a msgspec decode of the same file, and samples its own
-``VmRSS`` every 5 ms: its peak growth over the RSS just before the call.
+Each figure is the shortest of ``--repeats`` timings (default 3) within the run, the three measures of a
+step taking turns, reported as seconds, MB/s (1 MB = 10^6 bytes) and, for the two steps, the ratio to the
+msgspec decode of the same file in the same run; the goal is a ratio of at most 1.7.
+
+With ``--memory``, the split of ``--memory-requests`` lines (default 1,000,000) also runs in a fresh
+interpreter, after a msgspec decode of the same file, sampling its own ``VmRSS`` every 5 ms (its peak growth
+over the RSS just before the call), then once more without the sampler, for its time.
 
     .venv/bin/python bench/preflight.py               # 200,000 and 50,000 lines, 3 runs
     .venv/bin/python bench/preflight.py --memory      # and the RSS of splitting 1,000,000 lines
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -103,24 +106,29 @@ before = rss()
 thread = threading.Thread(target=sample, daemon=True)
 thread.start()
 with tempfile.TemporaryDirectory(prefix="preflight-memory-") as tmp:
-    started = time.perf_counter()
     result = split_input([sys.argv[1]], "/v1/chat/completions", tmp)
-    seconds = time.perf_counter() - started
 done.set(); thread.join()
-print(json.dumps({"growth": max(peak[0], rss()) - before, "seconds": seconds, "decoded": decoded,
-                  "shards": len(result.shards)}))
+growth = max(peak[0], rss()) - before
+# Timed again without the sampler, whose wake-ups every 5 ms take the GIL from the split's two threads.
+with tempfile.TemporaryDirectory(prefix="preflight-memory-") as tmp:
+    started = time.perf_counter()
+    split_input([sys.argv[1]], "/v1/chat/completions", tmp)
+    seconds = time.perf_counter() - started
+print(json.dumps({"growth": growth, "seconds": seconds, "decoded": decoded, "shards": len(result.shards)}))
 """
 
 
-def best(call: Callable[[], object], repeats: int) -> float:
-    """The shortest of ``repeats`` timings of ``call`` (other processes on a shared machine only add time)."""
-    timings = []
+def best(calls: list[Callable[[], object]], repeats: int) -> list[float]:
+    """The shortest of ``repeats`` timings of each call, the calls taking turns so that what else the machine
+    does at a moment weighs on them alike (other processes on a shared machine only add time)."""
+    timings: list[list[float]] = [[] for _ in calls]
     for _ in range(repeats):
-        gc.collect()
-        started = time.perf_counter()
-        call()
-        timings.append(time.perf_counter() - started)
-    return min(timings)
+        for call, times in zip(calls, timings, strict=True):
+            gc.collect()
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+    return [min(times) for times in timings]
 
 
 def split_into(path: Path, directory: Path) -> None:
@@ -166,9 +174,9 @@ def main() -> None:
         ]
         for run in range(1, args.runs + 1):
             for step, path, size, lines, call in steps:
-                raw = best(lambda path=path: raw_read(path), args.repeats)
-                decode = best(lambda path=path: msgspec_decode(path), args.repeats)
-                seconds = best(call, args.repeats)
+                raw, decode, seconds = best(
+                    [partial(raw_read, path), partial(msgspec_decode, path), call], args.repeats
+                )
                 mb = size / 1e6
                 print(
                     f"| {run} | `{step}` | {lines:,} | {mb:.1f} | {raw:.3f} | {mb / raw:,.0f} | {decode:.3f} |"
