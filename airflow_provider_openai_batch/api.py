@@ -73,8 +73,12 @@ def validate_id(value: Any, field_name: str) -> str:
     if not isinstance(value, str) or not value:
         example = "file-abc123" if "file" in field_name else "batch_abc123"
         raise ValueError(f"{field_name} must be a non-empty string such as {example!r}, got {value!r}")
-    if "/" in value or "\\" in value or ".." in value or any(ch.isspace() for ch in value):
-        raise ValueError(f"{field_name} {value!r} is not a valid id: ids may not contain '/', '\\', '..' or whitespace")
+    # An id is one segment of the request path: nothing that would make it another path is an id.
+    if value in (".", "..") or any(mark in value for mark in "/?#") or any(ch.isspace() for ch in value):
+        raise ValueError(
+            f"{field_name} {value!r} is not a valid id: ids may not contain '/', '?', '#' or whitespace, nor be "
+            "'.' or '..' (an id is one segment of the request path)"
+        )
     if not value.isprintable():
         raise ValueError(f"{field_name} {value!r} contains control characters; pass the id as the API returned it")
     return quote(value, safe="")
@@ -166,6 +170,20 @@ def validate_purpose(purpose: Any) -> str:
     if not isinstance(purpose, str) or not purpose:
         raise ValueError(f"purpose must be a non-empty string such as 'batch'; got {purpose!r}")
     return purpose
+
+
+#: The name a batch input file must have: the API refuses any other with ``Invalid file format for Batch API``.
+BATCH_FILE_SUFFIX = ".jsonl"
+
+
+def validate_upload_name(filename: str, purpose: str) -> str:
+    """The name an upload is recorded under; for ``purpose="batch"`` it must end in ``.jsonl``."""
+    if purpose == "batch" and not filename.endswith(BATCH_FILE_SUFFIX):
+        raise ValueError(
+            f"filename {filename!r} must end in {BATCH_FILE_SUFFIX!r} for purpose 'batch' (the API refuses any other "
+            "batch input file name): rename it, or leave filename unset and the provider names it"
+        )
+    return filename
 
 
 # ------------------------------------------------------------------------------------------------- calls

@@ -30,8 +30,8 @@ class BackendRules:
     :param max_embedding_inputs: Most embedding inputs over all lines of one file (``None``: no such limit).
     :param endpoints: Endpoints a batch may target; ``None`` accepts any path that starts with ``/``.
     :param completion_windows: Accepted ``completion_window`` values.
-    :param one_model_per_file: Whether every line of a file must name the same ``model`` (Azure: the
-        deployment).
+    :param one_model_per_file: Whether every line of a file must name the same ``model`` (OpenAI: the model;
+        Azure: the deployment).
     :param link: Where the task's extra link points: ``openai_platform`` (OpenAI's dashboard) or ``airflow``
         (the provider's own batches page in the Airflow UI).
     :param line_url_prefix: What a line's ``url`` (and the batch's ``endpoint``) starts with: ``/v1`` on
@@ -102,7 +102,7 @@ RULES: dict[str, BackendRules] = {
         max_embedding_inputs=50_000,
         endpoints=_OPENAI_ENDPOINTS,
         completion_windows=("24h",),
-        one_model_per_file=False,
+        one_model_per_file=True,
         link="openai_platform",
     ),
     # Azure OpenAI global batch: a line's url has no /v1, its model is a deployment (one per file), and a
@@ -118,7 +118,8 @@ RULES: dict[str, BackendRules] = {
         link="airflow",
         line_url_prefix="",
     ),
-    # Other OpenAI-compatible servers: OpenAI's limits as a safe default, any endpoint path.
+    # Other OpenAI-compatible servers: OpenAI's limits as a safe default, any endpoint path, and any mix of
+    # models (a server that wants one model per file says so with backend_rules).
     OPENAI_COMPATIBLE: BackendRules(
         api_type=OPENAI_COMPATIBLE,
         max_requests_per_file=50_000,

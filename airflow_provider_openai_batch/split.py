@@ -7,10 +7,15 @@ when ``max_tokens_per_batch`` is given, at most that many estimated input tokens
 enqueued-token limit could never run. Lines keep their order, so shard 0 holds the first requests and the
 shards concatenated are the input (blank lines dropped).
 
-**Memory is constant.** The input is read line by line and written to one shard file at a time under
-``directory``; each shard is then checked by the pre-flight rules of :mod:`~airflow_provider_openai_batch.jsonl`
-(read back from the local disk), and the ``custom_id`` values of the whole job are kept unique through a
-SQLite table on disk, not a set in memory.
+**One pass, at about the speed of parsing.** The input is read in large blocks; each line is judged by the
+pre-flight rules of :class:`~airflow_provider_openai_batch.jsonl.InputCheck` (one per shard, as the back
+end judges each shard's file) on its way into the shard file, so nothing is read twice, and a block that
+fits the shard being filled goes in whole, with no decision per line. The SHA-256 digests of the input and
+of each shard are computed on a second thread (:class:`_Digests`).
+
+**Memory stays flat** but for 8 bytes per request: one shard file is written at a time, and the
+``custom_id`` values of the whole job are kept unique across shards by their 8-byte hashes
+(:class:`_UniqueIds`), not by the ids themselves (1,000,000 ids would be about 100 MB as a Python set).
 
 **The input-token estimate** of a request line is its length in bytes divided by 4, rounded up
 (:func:`estimate_tokens`): about 4 characters of English text per token, with the JSON keys, the model name
@@ -22,21 +27,22 @@ character) is overestimated more. It never reads a tokenizer: that would cost a 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import sqlite3
+import queue
+import threading
 from array import array
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import repeat
+from operator import floordiv, itemgetter
 from typing import Any
 
 from airflow_provider_openai_batch.backends import BackendRules, rules_for
-from airflow_provider_openai_batch.jsonl import Problem, count_embedding_inputs, validate_batch_input_lines
-
-#: Problems collected before the split stops: a hopeless input costs little.
-MAX_PROBLEMS = 100
+from airflow_provider_openai_batch.jsonl import MAX_PROBLEMS, InputCheck, count_embedding_inputs, line_blocks
 
 
 def estimate_tokens(line: bytes) -> int:
@@ -63,9 +69,14 @@ class Shard:
     tokens: int = 0
     digest: str = ""
     embedding_inputs: int = 0
-    #: Where each line came from: (source number, 1-based line number), for messages only.
-    origins: array = field(default_factory=lambda: array("L"), repr=False)
-    sources: array = field(default_factory=lambda: array("H"), repr=False)
+    #: Where its lines came from, for messages only: (its first line, source number, that line's number in
+    #: the source) for each run of lines that follow each other in a source.
+    runs: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
+
+    def origin(self, line: int) -> tuple[int, int]:
+        """The source number and line number there of the shard's line ``line`` (1-based)."""
+        first, source, origin = self.runs[bisect_right(self.runs, line, key=itemgetter(0)) - 1]
+        return source, origin + line - first
 
 
 @dataclass
@@ -93,29 +104,6 @@ def _open(source: Any) -> Any:
     return source.open("rb") if hasattr(source, "fs") else open(source, "rb")
 
 
-class _Raw(io.RawIOBase):
-    """An object-storage file as a raw stream, so :class:`io.BufferedReader` gives it ``readline(limit)``
-    (fsspec's own ``readline`` takes no limit, and an unbounded line would be read whole)."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.stream.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-@contextmanager
-def _open_bounded(source: Any) -> Iterator[Any]:
-    """The source opened for ``readline(limit)``."""
-    with _open(source) as stream:
-        yield io.BufferedReader(_Raw(stream), 1 << 20) if hasattr(source, "fs") else stream
-
-
 def _size(source: Any) -> int | None:
     try:
         return int(source.stat().st_size) if hasattr(source, "fs") else os.path.getsize(source)
@@ -141,31 +129,25 @@ def fits_one_batch(
         return False
     count = total = tokens = inputs = 0
     embeddings = endpoint.endswith("/embeddings") and rules.max_embedding_inputs is not None
+    read = InputCheck(endpoint, rules).read
     with _open(source) as stream:
-        for line in stream:
-            total += len(line)
-            if not line.strip():
-                continue
-            count += 1
-            tokens += estimate_tokens(line)
-            if count > cap or total > rules.max_bytes_per_file:
+        for block in line_blocks(stream, None, rules.max_bytes_per_file):
+            if isinstance(block, int):
                 return False
-            if max_tokens_per_batch is not None and tokens > max_tokens_per_batch:
+            lines, spans = block
+            total += sum(map(len, spans))
+            if total > rules.max_bytes_per_file:
+                return False
+            taken = list(filter(bytes.strip, lines))  # the request lines: blank ones are none
+            count += len(taken)
+            tokens += sum(map(floordiv, map(len, taken), repeat(4))) + len(taken)  # estimate_tokens, summed
+            if count > cap or (max_tokens_per_batch is not None and tokens > max_tokens_per_batch):
                 return False
             if embeddings:
-                inputs += _embedding_inputs(line)
+                inputs += sum(map(_inputs, taken, map(read, taken)))
                 if inputs > (rules.max_embedding_inputs or 0):
                     return False
     return True
-
-
-def _embedding_inputs(line: bytes) -> int:
-    try:
-        item = json.loads(line)
-    except ValueError:
-        return 1  # the pre-flight check of the shard names the bad line
-    body = item.get("body") if isinstance(item, dict) else None
-    return count_embedding_inputs(body.get("input")) if isinstance(body, dict) else 1
 
 
 def split_input(
@@ -183,7 +165,7 @@ def split_input(
 
     :param sources: The JSONL files, in order.
     :param endpoint: The batch endpoint every line's ``url`` must equal.
-    :param directory: Where the shard files (and the ``custom_id`` table) are written.
+    :param directory: Where the shard files are written.
     :param rules: The back end's limits (default: OpenAI's).
     :param max_requests_per_batch: Most requests per shard (capped by ``rules``).
     :param max_tokens_per_batch: Most estimated input tokens per shard (``None``: no such bound).
@@ -203,69 +185,27 @@ def split_input(
         if names
         else (["input_file"] if len(sources) == 1 else [f"input_file[{i}]" for i in range(len(sources))])
     )
-    embeddings = endpoint.endswith("/embeddings") and rules.max_embedding_inputs is not None
-    whole = hashlib.sha256()
-    shards: list[Shard] = []
-    problems: list[str] = []
-    ids = _IdTable(os.path.join(directory, "custom_ids.sqlite"))
-    current: Shard | None = None
-    out: Any = None
-    digest: Any = None
-
-    def close() -> None:
-        nonlocal current, out
-        if current is None:
-            return
-        out.close()
-        current.digest = digest.hexdigest()
-        problems.extend(_check_shard(current, endpoint, rules, names, ids))
-        shards.append(current)
-        current, out = None, None
-
+    split = _Split(endpoint, directory, rules, names, cap, max_tokens_per_batch)
     try:
         for number, source in enumerate(sources):
-            for line_number, line in _lines(source, whole, rules.max_bytes_per_file):
-                if isinstance(line, int):
-                    limit = rules.max_bytes_per_file
-                    problems.append(
-                        f"{names[number]} line {line_number}: the line is {line} bytes; a batch input file holds at "
-                        f"most {limit} bytes ({limit / (1024 * 1024):g} MB), so no split can make it fit: shorten it"
-                    )
-                    if len(problems) >= MAX_PROBLEMS:
+            line_number = 0
+            with _open(source) as stream:
+                for block in line_blocks(stream, split.whole, rules.max_bytes_per_file):
+                    if isinstance(block, int):
+                        line_number += 1
+                        split.oversized(number, line_number, block)
+                    else:
+                        split.block(block, number, line_number)
+                        line_number += len(block[0])
+                    if split.full():
                         break
-                    continue
-                if not line.endswith(b"\n"):
-                    line += b"\n"
-                tokens = estimate_tokens(line)
-                inputs = _embedding_inputs(line) if embeddings else 0
-                if current is not None and (
-                    current.requests + 1 > cap
-                    or current.bytes + len(line) > rules.max_bytes_per_file
-                    or (embeddings and current.embedding_inputs + inputs > (rules.max_embedding_inputs or 0))
-                    or (max_tokens_per_batch is not None and current.tokens + tokens > max_tokens_per_batch)
-                ):
-                    close()
-                    if len(problems) >= MAX_PROBLEMS:
-                        break
-                if current is None:
-                    path = os.path.join(directory, f"shard-{len(shards):05d}.jsonl")
-                    current, out, digest = Shard(len(shards), path), open(path, "wb"), hashlib.sha256()  # noqa: SIM115 (closed by close())
-                out.write(line)
-                digest.update(line)
-                current.requests += 1
-                current.bytes += len(line)
-                current.tokens += tokens
-                current.embedding_inputs += inputs
-                current.origins.append(line_number)
-                current.sources.append(number)
-            if len(problems) >= MAX_PROBLEMS:
+            if split.full():
                 break
-        close()
+        split.finish()
     finally:
-        if out is not None:
-            out.close()
-        ids.close()
-    if not shards and not problems:
+        split.discard()
+    problems = split.problems
+    if not split.done and not problems:
         problems.append("the file contains no requests" if len(sources) == 1 else "the input contains no requests")
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems[:20])
@@ -275,77 +215,319 @@ def split_input(
             f"billed:\n{listed}{more}",
             problems,
         )
-    return SplitResult(shards, whole.hexdigest(), sum(s.requests for s in shards))
+    return SplitResult(split.done, split.whole.hexdigest(), sum(s.requests for s in split.done))
 
 
-def _lines(source: Any, whole: Any, limit: int) -> Iterator[tuple[int, bytes | int]]:
-    """The non-blank lines of a source with their 1-based numbers, each added to the input's digest. A line
-    longer than ``limit`` bytes is read in pieces and given as its length only: memory stays bounded, and no
-    split can make it fit a batch anyway."""
-    with _open_bounded(source) as stream:
-        number = 0
-        while True:
-            line = stream.readline(limit + 1)
-            if not line:
+class _Split:
+    """One split under way: the finished shards, the one being filled (its counts, file and pre-flight
+    check, fed a block's lines at a time), the job's ``custom_id`` values, and the problems found so far as
+    messages naming the input's files and lines."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        directory: str,
+        rules: BackendRules,
+        names: Sequence[str],
+        cap: int,
+        max_tokens: int | None,
+    ) -> None:
+        self.endpoint, self.directory, self.rules, self.names = endpoint, directory, rules, names
+        self.cap, self.max_tokens = cap, max_tokens
+        self.limit = rules.max_bytes_per_file
+        self.max_inputs = rules.max_embedding_inputs
+        self.embeddings = endpoint.endswith("/embeddings") and self.max_inputs is not None
+        self.done: list[Shard] = []
+        self.hashed: list[tuple[Shard, _Hashed]] = []
+        self.problems: list[str] = []
+        self.ids = _UniqueIds(self.ids_of)
+        self.digests = _Digests()
+        self.whole = _Hashed(self.digests)
+        # The shard being filled (None between shards) and its counts.
+        self.shard: Shard | None = None
+        self.check: InputCheck | None = None
+        self.out: Any = None
+        self.digest: Any = None
+        self.requests = self.size = self.tokens = self.inputs = 0
+        self.stopped = False
+        self.lines_in_shard = 0
+        self.read_all = InputCheck(endpoint, rules).read_all
+
+    def block(self, block: tuple[list[bytes], list[Any]], source: int, before: int) -> None:
+        """The lines of one block of ``source`` (its lines ``before + 1``...) into shards."""
+        lines, spans = block
+        unterminated = bytes(spans[-1][-1:]) != b"\n"  # the input's last line, without its newline
+        decoded = self.read_all(lines) if self.embeddings else None
+        lengths = list(map(len, lines))
+        count = len(lines)
+        if max(lengths) <= self.limit and all(map(bytes.strip, lines)):  # no blank or oversized line
+            size = sum(lengths) + count  # with their newlines, which the shard file has
+            tokens = sum(map(floordiv, lengths, repeat(4))) + count  # estimate_tokens of each, summed
+            inputs = sum(map(_inputs, lines, decoded)) if decoded is not None else 0
+            if (
+                self.requests + count <= self.cap
+                and self.size + size <= self.limit
+                and (self.max_tokens is None or self.tokens + tokens <= self.max_tokens)
+                and (not self.embeddings or self.inputs + inputs <= (self.max_inputs or 0))
+            ):  # the whole block fits the shard being filled: no decision per line, and its bytes as read
+                self.requests, self.size = self.requests + count, self.size + size
+                self.tokens, self.inputs = self.tokens + tokens, self.inputs + inputs
+                self.take(lines, source, before + 1, decoded, [*spans, b"\n"] if unterminated else spans)
                 return
-            number += 1
-            whole.update(line)
-            if len(line) > limit and not line.endswith(b"\n"):
-                length = len(line)
-                while True:  # the rest of the oversized line, in pieces
-                    piece = stream.readline(1 << 20)
-                    whole.update(piece)
-                    length += len(piece)
-                    if not piece or piece.endswith(b"\n"):
-                        break
-                yield number, length
-            elif line.strip():
-                yield number, line
+        self.lines(lines, source, before, decoded, unterminated)
 
+    def lines(
+        self, lines: list[bytes], source: int, before: int, decoded: list[Any] | None, unterminated: bool
+    ) -> None:
+        """:meth:`block`, deciding line by line where the shard ends."""
+        taken: list[bytes] = []
+        picked: list[Any] | None = None if decoded is None else []
+        first = 0  # the number in the source of the first line taken since the last write
+        for index, line in enumerate(lines):
+            number = before + index + 1
+            if not line.strip():
+                continue
+            length = len(line) + 1  # with its newline, which the shard file has
+            if length > self.limit + 1:  # more than a whole file may hold, even without its newline
+                self.oversized(source, number, length - (unterminated and index == len(lines) - 1))
+                continue
+            estimate = (length + 3) >> 2  # estimate_tokens of the line with its newline
+            inputs = _inputs(line, decoded[index]) if decoded is not None else 0
+            if self.requests and (
+                self.requests >= self.cap
+                or self.size + length > self.limit
+                or (self.embeddings and self.inputs + inputs > (self.max_inputs or 0))
+                or (self.max_tokens is not None and self.tokens + estimate > self.max_tokens)
+            ):
+                self.take(taken, source, first, picked)
+                self.close()
+                taken, picked = [], None if picked is None else []
+            elif taken and number != first + len(taken):  # a run of lines ends at a blank or skipped one
+                self.take(taken, source, first, picked)
+                taken, picked = [], None if picked is None else []
+            if not taken:
+                first = number
+            self.requests += 1
+            self.size += length
+            self.tokens += estimate
+            self.inputs += inputs
+            taken.append(line)
+            if picked is not None and decoded is not None:
+                picked.append(decoded[index])
+        self.take(taken, source, first, picked)
 
-def _where(shard: Shard, line: int | None, names: Sequence[str]) -> str:
-    if line is None or not 1 <= line <= len(shard.origins):
-        return f"shard {shard.index + 1}"
-    return f"{names[shard.sources[line - 1]]} line {shard.origins[line - 1]}"
-
-
-def _check_shard(shard: Shard, endpoint: str, rules: BackendRules, names: Sequence[str], ids: _IdTable) -> list[str]:
-    """The pre-flight rules on one shard (read back from disk), then ``custom_id`` uniqueness across shards."""
-    seen: dict[str, int] = {}
-    with open(shard.path, "rb") as stream:
-        found: list[Problem] = validate_batch_input_lines(stream, endpoint, rules=rules, seen_ids=seen)
-    if found:
-        return [f"{_where(shard, p.line, names)}: {p.message}" for p in found]
-    return [
-        f"{_where(shard, line, names)}: custom_id {custom_id!r} is also used on {earlier}; custom_ids must be "
-        "unique across the whole input"
-        for line, custom_id, earlier in ids.add(shard, names, seen)
-    ]
-
-
-class _IdTable:
-    """The ``custom_id`` values seen so far, on disk: a million ids would cost ~100 MB as a Python set."""
-
-    def __init__(self, path: str) -> None:
-        self.db = sqlite3.connect(path)
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("CREATE TABLE IF NOT EXISTS ids (custom_id TEXT PRIMARY KEY, source INTEGER, line INTEGER)")
-
-    def add(self, shard: Shard, names: Sequence[str], seen: dict[str, int]) -> list[tuple[int, str, str]]:
-        """Record a shard's ids (``custom_id`` -> 1-based shard line, as the pre-flight check collected them);
-        return (shard line, custom_id, where it was seen first) for each clash with an earlier shard."""
-        clashes: list[tuple[int, str, str]] = []
-        rows = [(custom_id, shard.sources[n - 1], shard.origins[n - 1], n) for custom_id, n in seen.items()]
-        before = self.db.total_changes
-        self.db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", (row[:3] for row in rows))
-        if self.db.total_changes - before < len(rows):
-            for custom_id, source, line, number in rows:
-                first = self.db.execute("SELECT source, line FROM ids WHERE custom_id = ?", (custom_id,)).fetchone()
-                if first and (first[0], first[1]) != (source, line):
-                    clashes.append((number, custom_id, f"{names[first[0]]} line {first[1]}"))
-        self.db.commit()
-        return clashes
+    def take(
+        self, lines: list[bytes], source: int, first: int, decoded: list[Any] | None, spans: list[Any] | None = None
+    ) -> None:
+        """Lines that follow each other in ``source`` from its line ``first`` (with what ``read_all`` gave for
+        them if it was called, and the bytes they span if they are all a block's) into the shard being
+        filled, checked."""
+        if not lines:
+            return
+        if self.shard is None:
+            index = len(self.done)
+            shard = self.shard = Shard(index, os.path.join(self.directory, f"shard-{index:05d}.jsonl"))
+            self.out, self.digest = open(shard.path, "wb"), _Hashed(self.digests)  # noqa: SIM115 (closed by close())
+            self.check = InputCheck(self.endpoint, self.rules, where=partial(self.where, shard))
+            self.lines_in_shard = 0
+        shard, check = self.shard, self.check
+        assert check is not None
+        shard.runs.append((self.lines_in_shard + 1, source, first))
+        if spans is None:
+            spans = [b"\n".join(lines), b"\n"]
+        for span in spans:
+            self.out.write(span)
+            self.digest.update(span)
+        check.size += sum(map(len, spans))
+        if not check.feed(lines, self.lines_in_shard, decoded):
+            self.stopped = True
+        self.lines_in_shard += len(lines)
 
     def close(self) -> None:
-        self.db.close()
+        """Finish the shard being filled: its counts, digest, and the problems of its file."""
+        shard, check = self.shard, self.check
+        assert shard is not None and check is not None
+        shard.requests, shard.bytes, shard.tokens, shard.embedding_inputs = (
+            self.requests,
+            self.size,
+            self.tokens,
+            self.inputs,
+        )
+        self.out.close()
+        self.hashed.append((shard, self.digest))
+        for problem in check.finish():
+            place = f"shard {shard.index + 1}" if problem.line is None else self.where(shard, problem.line)
+            self.problems.append(f"{place}: {problem.message}")
+        self.ids.add(shard, check.seen)
+        self.done.append(shard)
+        self.shard, self.check, self.out = None, None, None
+        self.requests = self.size = self.tokens = self.inputs = 0
+
+    def finish(self) -> None:
+        """Close the last shard, wait for every file to be written, and name ids used in several shards."""
+        if self.shard is not None:
+            self.close()
+        self.digests.stop()
+        for shard, digest in self.hashed:
+            shard.digest = digest.hexdigest()
+        self.problems.extend(self.ids.duplicates(self.where))
+
+    def discard(self) -> None:
+        """Whatever way the split ends: no file left open, no thread left running."""
+        self.digests.stop()
+        if self.out is not None:
+            self.out.close()
+
+    def where(self, shard: Shard, line: int) -> str:
+        """Where a shard's line (1-based) came from: ``input_file line 12``."""
+        source, origin = shard.origin(line)
+        return f"{self.names[source]} line {origin}"
+
+    def ids_of(self, shard: Shard) -> dict[str, int]:
+        """A finished shard's ``custom_id`` values and their lines, read back from its file."""
+        check = InputCheck(self.endpoint, self.rules)
+        number = 0
+        with open(shard.path, "rb") as stream:
+            for block in line_blocks(stream):
+                lines = block[0] if isinstance(block, tuple) else []
+                if not check.feed(lines, number):
+                    break
+                number += len(lines)
+        return check.seen
+
+    def oversized(self, source: int, line: int, length: int) -> None:
+        limit = self.limit
+        self.problems.append(
+            f"{self.names[source]} line {line}: the line is {length} bytes; a batch input file holds at most "
+            f"{limit} bytes ({limit / (1024 * 1024):g} MB), so no split can make it fit: shorten it"
+        )
+
+    def full(self) -> bool:
+        """Whether enough problems were found to stop reading: a hopeless input costs little."""
+        pending = len(self.check.problems) if self.check is not None else 0
+        return self.stopped or len(self.problems) + pending >= MAX_PROBLEMS
+
+
+def _inputs(line: bytes, item: Any = None) -> int:
+    """The embedding inputs of a line, from what the typed decoder read of it; for a line it refused (which the
+    pre-flight check names), as ``json`` reads it, or 1."""
+    if item is not None:
+        return count_embedding_inputs(item.body.input)
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return 1
+    body = value.get("body") if isinstance(value, dict) else None
+    return count_embedding_inputs(body.get("input")) if isinstance(body, dict) else 1
+
+
+class _Digests:
+    """SHA-256 digests computed on a second thread. Hashing a large block releases the GIL, so it runs beside
+    the parsing; the splitting thread writes the shard files itself, and those writes (and its reads) are
+    where this thread takes the GIL back in between. At most a few blocks wait, so memory stays bounded."""
+
+    def __init__(self) -> None:
+        self.tasks: queue.Queue[tuple[Any, Any] | None] = queue.Queue(maxsize=8)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="split-digests", daemon=True)
+        self.thread.start()
+
+    def update(self, digest: Any, data: Any) -> None:
+        """``digest.update(data)``, soon."""
+        self.tasks.put((digest, data))
+
+    def stop(self) -> None:
+        """Wait for every update; raise the first error, if one came."""
+        if self.thread.is_alive():
+            self.tasks.put(None)
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            if self.error is None:  # after an error, only drain: the splitting thread must never wait on it
+                try:
+                    task[0].update(task[1])
+                except BaseException as err:
+                    self.error = err
+
+
+class _Hashed:
+    """A ``hashlib`` object whose updates :class:`_Digests` does (read it once its ``stop`` ran)."""
+
+    def __init__(self, digests: _Digests) -> None:
+        self.digest, self.digests = hashlib.sha256(), digests
+
+    def update(self, data: Any) -> None:
+        self.digests.update(self.digest, data)
+
+    def hexdigest(self) -> str:
+        return str(self.digest.hexdigest())
+
+
+class _UniqueIds:
+    """The ``custom_id`` values of a job's finished shards, kept unique across shards in bounded memory.
+
+    The 8-byte hashes of the latest shards' ids, up to :attr:`GROUP` of them, are in a set that each new
+    shard's hashes join: a shard that adds fewer than it brings holds a hash met before. When the set is
+    full, its hashes move to arrays, one per value of their low bits (8 MB for 1,000,000 ids; a set of the
+    ids themselves would hold about 100 MB); at the end each array is looked at once, as a set of a
+    :attr:`PARTS`-th of the hashes, for a hash of two groups. A hash met twice only makes suspects: the
+    shards are then read back and their ids compared exactly, so a hash collision never refuses a valid
+    input."""
+
+    #: Hashes in the set at most (about 20 MB).
+    GROUP = 250_000
+    #: Arrays the hashes of full groups are dealt into (by their low bits), each looked at once at the end.
+    PARTS = 64
+
+    def __init__(self, ids_of: Callable[[Shard], dict[str, int]]) -> None:
+        self.ids_of = ids_of
+        self.group: set[int] = set()
+        self.pending: list[list[int]] = []  # the same hashes, shard by shard (in the order they were made)
+        self.shards: list[Shard] = []
+        self.parts: list[array] = []
+        self.suspects: set[int] = set()
+
+    def add(self, shard: Shard, ids: Iterable[str]) -> None:
+        """A finished shard's ids (unique within it)."""
+        hashes = list(map(hash, ids))
+        before = len(self.group)
+        self.group.update(hashes)
+        if len(self.group) - before != len(hashes):  # one of them was there: which, the end tells
+            self.suspects.update(hashes)
+        self.pending.append(hashes)
+        self.shards.append(shard)
+        if len(self.group) >= self.GROUP:
+            self._close_group()
+
+    def _close_group(self) -> None:
+        if not self.parts:
+            self.parts = [array("q") for _ in range(self.PARTS)]
+        parts, mask = self.parts, self.PARTS - 1
+        for hashes in self.pending:  # in the order they were made: far quicker to walk than the set
+            for value in hashes:
+                parts[value & mask].append(value)
+        self.group, self.pending = set(), []
+
+    def duplicates(self, where: Callable[[Shard, int], str]) -> list[str]:
+        """Every ``custom_id`` used in more than one shard, named where it is used again and where first."""
+        if self.parts:  # the last group joins the others; a hash in two groups is in one array twice
+            self._close_group()
+            for part in self.parts:
+                if len(set(part)) != len(part):
+                    self.suspects.update(value for value, uses in Counter(part).items() if uses > 1)
+        if not self.suspects:
+            return []
+        places: dict[str, list[tuple[Shard, int]]] = {}
+        for shard in self.shards:
+            for custom_id, line in self.ids_of(shard).items():
+                if hash(custom_id) in self.suspects:
+                    places.setdefault(custom_id, []).append((shard, line))
+        return [
+            f"{where(shard, line)}: custom_id {custom_id!r} is also used on {where(*found[0])}; custom_ids must "
+            "be unique across the whole input"
+            for custom_id, found in places.items()
+            for shard, line in found[1:]
+        ]

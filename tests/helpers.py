@@ -97,21 +97,24 @@ def ctx(state: FakeStateStore | None = None, **kwargs: Any) -> dict[str, Any]:
 
 
 def prompts(n: int = 3, fail: int | None = None) -> list[dict]:
-    """``n`` chat requests; the one at index ``fail`` asks the emulator to fail it."""
+    """``n`` chat requests of one model; the one at index ``fail`` has a temperature the API refuses (above 2),
+    so that request alone fails."""
     return [
         {
             "custom_id": f"p{i}",
             "body": {
-                "model": "fail-m" if i == fail else "gpt-4o-mini",
+                "model": "gpt-4o-mini",
                 "messages": [{"role": "user", "content": f"q{i}"}],
+                **({"temperature": 3} if i == fail else {}),
             },
         }
         for i in range(n)
     ]
 
 
-def make_batch(handle: Any, lines: int = 3, model: str = "gpt-4o-mini") -> str:
-    """Upload ``lines`` requests and create a batch with plain HTTP, independently of the hook under test."""
+def make_batch(handle: Any, lines: int = 3, fail_first: bool = False) -> str:
+    """Upload ``lines`` requests and create a batch with plain HTTP, independently of the hook under test; with
+    ``fail_first``, the first request has a temperature the API refuses, so it alone fails."""
     http = requests.Session()
     azure = getattr(handle, "flavor", "openai") == "azure"
     if azure:
@@ -125,7 +128,11 @@ def make_batch(handle: Any, lines: int = 3, model: str = "gpt-4o-mini") -> str:
                 "custom_id": f"r{i}",
                 "method": "POST",
                 "url": endpoint,
-                "body": {"model": model if i == 0 else "gpt-4o-mini", "messages": []},
+                "body": {
+                    "model": "gpt-4o-mini",
+                    "messages": [],
+                    **({"temperature": 3} if fail_first and i == 0 else {}),
+                },
             }
         )
         + "\n"

@@ -14,7 +14,7 @@ from airflow_provider_openai_batch.emulator.config import EmulatorConfig
 from airflow_provider_openai_batch.emulator.errors import install_handlers
 from airflow_provider_openai_batch.emulator.faults import FaultInjector
 from airflow_provider_openai_batch.emulator.gateway import Gateway
-from airflow_provider_openai_batch.emulator.routes import admin, batches, files, page
+from airflow_provider_openai_batch.emulator.routes import admin, batches, files, other, page
 from airflow_provider_openai_batch.emulator.store import Store
 
 
@@ -36,7 +36,7 @@ def create_app(config: EmulatorConfig | None = None, data_dir: str | None = None
     )
     app.state.store = store
     app.state.faults = faults
-    for module in (files, batches, admin, page):
+    for module in (files, batches, admin, page, other):  # other: last, for whatever no route above takes
         app.include_router(module.router)
     install_handlers(app)
     app.add_middleware(Gateway, store=store, faults=faults)

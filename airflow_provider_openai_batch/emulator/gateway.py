@@ -171,10 +171,11 @@ def _azure_path(scope: Scope) -> tuple[Scope, ApiFailure | None]:
     ``/openai/...`` only with an ``api-version`` query parameter (dropped on the way in). OpenAI's own
     ``/v1/...`` is not Azure's: it is refused as an unknown path. Other paths (admin, the page) pass."""
     path: str = scope["path"]
+    raw: bytes = scope.get("raw_path") or path.encode()  # as sent: an id's %2F stays one segment
     if path == "/v1" or path.startswith("/v1/"):
         return scope, AzureFailure(404, AZURE_NOT_FOUND)
     if path.startswith("/openai/v1/"):
-        return {**scope, "path": path[len("/openai") :], "raw_path": path[len("/openai") :].encode()}, None
+        return {**scope, "path": path[len("/openai") :], "raw_path": raw[len(b"/openai") :]}, None
     if not path.startswith("/openai/"):
         return scope, None
     query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
@@ -186,7 +187,7 @@ def _azure_path(scope: Scope) -> tuple[Scope, ApiFailure | None]:
         return scope, AzureFailure(400, message, code="UnsupportedApiVersion")
     rest = urlencode([(name, value) for name, value in query if name != "api-version"]).encode()
     inner = "/v1" + path[len("/openai") :]
-    return {**scope, "path": inner, "raw_path": inner.encode(), "query_string": rest}, None
+    return {**scope, "path": inner, "raw_path": b"/v1" + raw[len(b"/openai") :], "query_string": rest}, None
 
 
 def _azure_auth_refusal(scope: Scope, api_key: str | None, stats: dict[str, Any]) -> ApiFailure | None:

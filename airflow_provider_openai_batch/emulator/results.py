@@ -1,9 +1,11 @@
 """What a finished batch's requests return: deterministic output and error lines per endpoint.
 
 Nothing is computed for real: a line's answer derives from a digest of the request, so the same input gives
-the same results on every run, and a ``model`` whose name starts with ``fail`` makes that request fail. A
-request for a structured output is answered with a document valid for its schema, or refused as the API
-refuses a schema strict mode cannot take (:mod:`.json_schema`, which also says what a ``badjson`` model gets).
+the same results on every run. A request fails on its own, as the API answers it, when its ``temperature`` is
+outside 0..2 (one bad request among good ones: a file names one model) or when its ``model`` starts with
+``fail`` (a model that does not exist: every request of the file, since they all name it). A request for a
+structured output is answered with a document valid for its schema, or refused as the API refuses a schema
+strict mode cannot take (:mod:`.json_schema`, which also says what a ``badjson`` model gets).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def transient_line(item: dict[str, Any], status: int, attempt: int) -> dict[str,
 
 
 def result_line(endpoint: str, item: dict[str, Any]) -> tuple[dict[str, Any], bool, tuple[int, int]]:
-    """A deterministic output line for one request; a ``model`` starting with ``fail`` fails it."""
+    """A deterministic output line for one request; one the API would refuse (see the module) fails."""
     raw = item.get("body")
     body: dict[str, Any] = raw if isinstance(raw, dict) else {}
     model = str(body.get("model", "gpt-4o-mini"))
@@ -97,8 +99,17 @@ def result_line(endpoint: str, item: dict[str, Any]) -> tuple[dict[str, Any], bo
 
 
 def _refusal(endpoint: str, model: str, body: dict[str, Any]) -> dict[str, Any] | None:
-    """The error body of a request the API refuses when it runs: an unknown model (one starting with
-    ``fail``), or a structured output whose schema strict mode cannot take."""
+    """The error the API answers a request with on its own, if it does (see the module)."""
+    temperature = body.get("temperature")
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and not 0 <= temperature <= 2:
+        above = temperature > 2
+        return {
+            "message": f"Invalid 'temperature': decimal {'above maximum' if above else 'below minimum'} value. "
+            f"Expected a value {'<= 2' if above else '>= 0'}, but got {temperature} instead.",
+            "type": "invalid_request_error",
+            "param": "temperature",
+            "code": "decimal_above_max_value" if above else "decimal_below_min_value",
+        }
     if model.startswith("fail"):
         return {
             "message": f"The model '{model}' does not exist or you do not have access to it.",

@@ -80,14 +80,17 @@ class FilesApi:
             ``ObjectStoragePath``, ``bytes``, or a binary file object.
         :param purpose: ``"batch"`` for batch input files.
         :param filename: The name the API records. By default the source's name (or ``batch_input.jsonl``)
-            with a short random tag, ``data-1a2b3c4d.jsonl``: the Files API has no idempotency key, so after
-            an ambiguous failure (timeout, reset, 5xx) the retry looks for a file of that exact name among the
-            newest 100 and returns it rather than uploading a second copy. An explicit name is used as is,
-            and then a retry may leave a duplicate behind.
+            with a short random tag, ``data-1a2b3c4d.jsonl``, and for ``purpose="batch"`` always ending in
+            ``.jsonl`` (the API refuses a batch input file named otherwise): the Files API has no idempotency
+            key, so after an ambiguous failure (timeout, reset, 5xx) the retry looks for a file of that exact
+            name among the newest 100 and returns it rather than uploading a second copy. An explicit name is
+            used as is (for ``batch`` it must end in ``.jsonl``), and then a retry may leave a duplicate behind.
         :param expires_after: Seconds (3600..2592000) after which the API deletes the file itself, so a busy
             account does not fill its file storage with inputs nobody needs after their batch.
         """
         call = api.upload_file(purpose, expires_after)
+        if filename is not None:
+            api.validate_upload_name(filename, purpose)
         opener, name, size = upload_source(source)
         limit = self.rules.max_bytes_per_file if purpose == "batch" else MAX_UPLOAD_BYTES
         if size is not None and size > limit:
@@ -97,7 +100,7 @@ class FilesApi:
             )
         form = call.form or {}
         recognisable = filename is None
-        filename = filename or tagged_name(name)
+        filename = filename or tagged_name(name, api.BATCH_FILE_SUFFIX if purpose == "batch" else None)
         attempts = 0
 
         def attempt() -> FileObject:

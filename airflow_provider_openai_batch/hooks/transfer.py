@@ -99,9 +99,10 @@ def upload_source(source: Any) -> tuple[Any, str, int | None]:
     )
 
 
-def tagged_name(name: str) -> str:
-    stem, suffix = os.path.splitext(name)
-    return f"{stem}-{secrets.token_hex(4)}{suffix}"
+def tagged_name(name: str, suffix: str | None = None) -> str:
+    """``name`` with a short random tag before its extension (or before ``suffix``, which replaces it)."""
+    stem, extension = os.path.splitext(name)
+    return f"{stem}-{secrets.token_hex(4)}{extension if suffix is None else suffix}"
 
 
 def seekable(obj: Any) -> bool:

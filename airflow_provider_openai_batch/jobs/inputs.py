@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_openai_batch.jobs.keys import attempt_key
@@ -162,7 +162,7 @@ def check_input_file(source: Any, endpoint: str, name: str = "input_file", rules
     :raises BatchValidationError: with the problems (at most 100 listed).
     """
     from airflow_provider_openai_batch.exceptions import BatchValidationError
-    from airflow_provider_openai_batch.jsonl import too_large, validate_batch_input_lines
+    from airflow_provider_openai_batch.jsonl import check_stream, too_large
     from airflow_provider_openai_batch.locations import input_location
 
     source = input_location(source, "input_file")
@@ -177,7 +177,7 @@ def check_input_file(source: Any, endpoint: str, name: str = "input_file", rules
     digest = hashlib.sha256()
     if not problems:
         with source.open("rb") if is_object_storage else open(source, "rb") as stream:
-            problems = validate_batch_input_lines(_hashing(stream, digest), endpoint, rules=rules)
+            problems = check_stream(stream, endpoint, rules=rules, digest=digest)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -186,9 +186,3 @@ def check_input_file(source: Any, endpoint: str, name: str = "input_file", rules
             [str(p) for p in problems],
         )
     return digest.hexdigest()
-
-
-def _hashing(lines: Iterable[bytes], digest: Any) -> Iterator[bytes]:
-    for line in lines:
-        digest.update(line)
-        yield line

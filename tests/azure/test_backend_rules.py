@@ -133,13 +133,17 @@ def test_completion_windows(api_type):
 # ------------------------------------------------------------------------------- one model per file
 
 
-def test_azure_refuses_two_deployments_in_one_file_openai_does_not():
+def test_azure_and_openai_refuse_two_models_in_one_file_other_servers_do_not():
     mixed = lines(2) + lines(1, model="other-deployment", first=2)
     refused = validate_batch_input_lines(mixed, "/chat/completions", rules=rules_for(AZURE))
     assert codes(refused) == ["mismatched_model"]
     assert refused[0].line == 3 and "'other-deployment' differs from 'dep' on line 1" in str(refused[0])
+    assert "on azure a batch file may use one model (deployment) only; split the file by model" in str(refused[0])
     openai_mixed = [line.replace(b'"/chat/completions"', b'"/v1/chat/completions"') for line in mixed]
-    assert validate_batch_input_lines(openai_mixed, "/v1/chat/completions") == []
+    refused = validate_batch_input_lines(openai_mixed, "/v1/chat/completions")
+    assert codes(refused) == ["mismatched_model"] and refused[0].line == 3
+    assert "on openai a batch file may use one model only; split the file by model" in str(refused[0])
+    assert validate_batch_input_lines(openai_mixed, "/v1/chat/completions", rules=rules_for(OPENAI_COMPATIBLE)) == []
 
 
 # ---------------------------------------------------------------------------------------- link target

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import time
+from http.client import HTTPConnection
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -61,6 +63,23 @@ class Http:
             if batch["status"] in statuses or time.monotonic() > deadline:
                 return batch
             time.sleep(0.02)
+
+
+def raw_path(client: Http, method: str, path: str) -> requests.Response:
+    """A request whose path goes out exactly as written (``requests`` and ``urllib3`` would turn ``%2E%2E``
+    into ``..`` and then drop the segment), with the answer read back into a ``requests.Response``."""
+    url = urlsplit(client.base)
+    connection = HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    try:
+        connection.request(method, url.path + path, headers={"Authorization": client.session.headers["Authorization"]})
+        answer = connection.getresponse()
+        response = requests.Response()
+        response.status_code = answer.status
+        response.headers.update(dict(answer.getheaders()))
+        response._content = answer.read()
+        return response
+    finally:
+        connection.close()
 
 
 def openai_error(response: requests.Response, status: int) -> dict[str, Any]:

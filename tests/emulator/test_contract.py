@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.emulator.support import ENDPOINT, Http, jsonl, openai_error, request_line
+from tests.emulator.support import ENDPOINT, Http, jsonl, openai_error, raw_path, request_line
 
 SPEC_DIR = Path(__file__).parents[1] / "openai_spec"
 SPEC = json.loads((SPEC_DIR / "openai-batch-files.v1.json").read_text())
@@ -289,6 +289,22 @@ def test_upload_refuses_what_the_contract_refuses(http, openai_batch_emulator, f
     assert openai_batch_emulator.stats()["files"] == 0
 
 
+def test_a_batch_input_file_must_be_named_jsonl(http, openai_batch_emulator):
+    for name in ("in.txt", "in.json", "in.jsonl.gz", "injsonl"):
+        answer = http.session.post(f"{http.base}/files", files={"file": (name, b"{}\n")}, data={"purpose": "batch"})
+        error = openai_error(answer, 400)
+        assert error == {
+            "message": "Invalid file format for Batch API. Must be .jsonl",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }, name
+    assert openai_batch_emulator.stats()["files"] == 0
+    other = http.session.post(f"{http.base}/files", files={"file": ("notes.txt", b"x")}, data={"purpose": "user_data"})
+    assert other.status_code == 200 and other.json()["filename"] == "notes.txt"  # the rule is batch input's only
+    assert http.upload(b"{}\n").json()["filename"] == "in.jsonl"
+
+
 def test_upload_needs_a_file_part_and_a_purpose(http):
     session, base = http.session, http.base
     error = openai_error(session.post(f"{base}/files", files={"purpose": (None, "batch")}), 400)  # multipart
@@ -349,7 +365,7 @@ def failed_with(http: Http, data: bytes, endpoint: str = ENDPOINT) -> set[tuple[
 
 def test_input_lines_are_judged_by_the_line_schema_and_the_guide(http):
     lines: list[Any] = [
-        request_line("a"),
+        request_line("a", body={}),  # no model, like every body here: one model per file holds
         "",  # blank lines are skipped but still counted in line numbers
         {"custom_id": 5, "method": "POST", "url": ENDPOINT, "body": {}},
         {"custom_id": "m", "url": ENDPOINT, "body": {}},
@@ -375,12 +391,22 @@ def test_input_lines_are_judged_by_the_line_schema_and_the_guide(http):
 
 def test_input_lines_the_contract_allows_pass(http):
     lines: list[Any] = [
-        request_line("a", body={}),  # the body's content is the endpoint's business, judged per request later
+        # The body's content is the endpoint's business, judged per request later; its model is the file's.
+        request_line("a", body={"model": "gpt-4o-mini"}),
         request_line("b", note="extra fields are not forbidden"),
         json.dumps(request_line("c")) + "\r",  # CRLF line ends
         "   ",
     ]
     assert failed_with(http, jsonl(lines)) == set()
+
+
+def test_a_file_names_one_model(http):
+    lines = [request_line("a"), request_line("b"), request_line("c", body={"model": "gpt-4o", "messages": []})]
+    assert failed_with(http, jsonl(lines)) == {(3, "model_mismatch")}
+    batch = http.wait(http.create_for(http.upload_id(jsonl(lines))).json()["id"])
+    assert "'gpt-4o' differs from 'gpt-4o-mini' on line 1" in batch["errors"]["data"][0]["message"]
+    assert batch["errors"]["data"][0]["param"] == "body.model"
+    assert failed_with(http, jsonl(lines[:2])) == set()
 
 
 def test_empty_file_fails(http):
@@ -436,3 +462,52 @@ def test_input_file_rules_in_bytes(monkeypatch):
     monkeypatch.setattr(guide, "MAX_INPUT_BYTES", len(data))
     report = judge_input_file(data, ENDPOINT)
     assert report.problems == [] and report.requests == 2
+
+
+# ----------------------------------------------------------------------------------------------------- ids
+
+# An id is one segment of the request path: nothing that would change the path is an id. Each is sent
+# percent-encoded, exactly as written (as a client that does not check ids would send it).
+NOT_IDS: list[tuple[str, str]] = [
+    (".", "%2E"),
+    ("..", "%2E%2E"),
+    ("a/b", "a%2Fb"),
+    ("a?b", "a%3Fb"),
+    ("a#b", "a%23b"),
+    ("a b", "a%20b"),
+    ("tab", "a%09b"),
+    ("newline", "batch_1%0A"),
+]
+ID_PATHS = [
+    ("GET", "/batches/{}", "batch_id"),
+    ("POST", "/batches/{}/cancel", "batch_id"),
+    ("GET", "/files/{}", "file_id"),
+    ("GET", "/files/{}/content", "file_id"),
+    ("DELETE", "/files/{}", "file_id"),
+]
+
+
+@pytest.mark.parametrize("path", ID_PATHS, ids=[f"{m} {p}" for m, p, _ in ID_PATHS])
+@pytest.mark.parametrize("sent", [case[1] for case in NOT_IDS], ids=[case[0] for case in NOT_IDS])
+def test_a_path_segment_that_is_no_id_is_refused(http, path, sent):
+    method, template, param = path
+    error = openai_error(raw_path(http, method, template.format(sent)), 400)
+    assert (error["param"], error["code"]) == (param, "invalid_value"), error
+    assert "is not an ID" in error["message"]
+
+
+@pytest.mark.parametrize("sent", ["batch_abc123", "batch_a.b", "batch_a..b", "b%C3%A4tch", "file-%25"])
+def test_ids_that_change_no_path_are_looked_up(http, sent):
+    error = openai_error(raw_path(http, "GET", f"/batches/{sent}"), 404)  # not refused: just unknown
+    assert error["param"] == "batch_id"
+    assert openai_error(raw_path(http, "GET", "/batches/a/b/c"), 404)["message"].startswith("Invalid URL")
+
+
+@pytest.mark.parametrize("value", [case[0] if case[0] not in ("tab", "newline") else "a\tb" for case in NOT_IDS])
+def test_ids_in_bodies_and_queries_are_judged_the_same(http, openai_batch_emulator, value):
+    error = openai_error(http.create({"input_file_id": value, "endpoint": ENDPOINT, "completion_window": "24h"}), 400)
+    assert (error["param"], error["code"]) == ("input_file_id", "invalid_value"), error
+    for listing in ("/batches", "/files"):
+        error = openai_error(http.get(listing, params={"after": value}), 400)
+        assert (error["param"], error["code"]) == ("after", "invalid_value"), error
+    assert openai_batch_emulator.stats()["batches_created"] == 0

@@ -120,7 +120,9 @@ def client(openai_batch_emulator) -> Client:
 
 
 def test_lifecycle_results_and_schemas(client, openai_batch_emulator):
-    uploaded = client.upload([line(f"r{i}") for i in range(20)] + [line("bad", model="fail-model")])
+    bad = line("bad")
+    bad["body"]["temperature"] = 3  # refused by the API on its own: that request alone fails
+    uploaded = client.upload([line(f"r{i}") for i in range(20)] + [bad])
     created = client.create(uploaded["id"], metadata={"team": "data"})
     assert created.status_code == 200 and created.headers["x-request-id"].startswith("req_")
     check(created.json(), "Batch")
@@ -145,6 +147,7 @@ def test_lifecycle_results_and_schemas(client, openai_batch_emulator):
     assert outputs[0]["response"]["body"]["object"] == "chat.completion"
     errors = client.lines(batch["error_file_id"])
     assert errors[0]["custom_id"] == "bad" and errors[0]["response"]["status_code"] == 400
+    assert errors[0]["response"]["body"]["error"]["code"] == "decimal_above_max_value"
     check(client.get(f"/files/{batch['output_file_id']}").json(), "OpenAIFile")
     listing = client.get("/files").json()
     check(listing, "ListFilesResponse")
@@ -172,7 +175,7 @@ def test_validation_failure_names_lines(client):
         {**line("c"), "method": "GET"},
         line("d", url="/v1/embeddings"),
         {"custom_id": "e", "method": "POST", "url": "/v1/chat/completions", "body": []},
-        {"method": "POST", "url": "/v1/chat/completions", "body": {}},
+        {"method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini"}},  # the file's model
     ]
     batch = client.wait(client.create(client.upload(lines)["id"]).json()["id"])
     assert batch["status"] == "failed" and batch["failed_at"] is not None

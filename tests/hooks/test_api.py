@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+from urllib.parse import quote
 
 import pytest
 
@@ -74,6 +75,17 @@ def test_create_body_is_exactly_what_the_api_expects():
 def test_list_limit_range(limit):
     with pytest.raises(ValueError, match="limit must be an integer from 1 to 100"):
         api.list_batches(limit=limit)
+
+
+@pytest.mark.parametrize("value", [".", "..", "a/b", "/", "a?b", "?", "a#b", "#", "a b", " ", "a\tb", "batch_1\n"])
+def test_an_id_that_would_change_the_request_path_is_refused(value):
+    with pytest.raises(ValueError, match="is not a valid id: ids may not contain '/', '\\?', '#' or whitespace"):
+        api.retrieve_batch(value)
+
+
+@pytest.mark.parametrize("value", ["batch_a.b", "batch_a..b", ".batch", "batch..", "a\\b", "bätch", "file-%2F"])
+def test_an_id_that_changes_no_path_is_sent_percent_encoded(value):
+    assert api.retrieve_batch(value).path == "/batches/" + quote(value, safe="")
 
 
 def test_ids_are_percent_encoded_in_paths():

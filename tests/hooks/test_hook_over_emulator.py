@@ -18,7 +18,8 @@ def jsonl(n: int, fail: frozenset[int] = frozenset()) -> bytes:
             "custom_id": f"q{i}",
             "method": "POST",
             "url": ENDPOINT,
-            "body": {"model": "fail-x" if i in fail else "gpt-4o-mini", "messages": messages},
+            # A temperature the API refuses fails that request alone (the file names one model).
+            "body": {"model": "gpt-4o-mini", "messages": messages, **({"temperature": 3} if i in fail else {})},
         }
         for i in range(n)
     ]
@@ -52,7 +53,7 @@ def test_the_life_of_a_batch(openai_batch_connection, tmp_path):
     assert sorted(r.custom_id for r in records) == ["q0", "q1", "q2", "q3", "q4"]
     assert {r.source for r in records} == {"output", "error"}
     results = hook.get_results(batch.id)
-    assert not results["q3"].ok and "fail-x" in str(results["q3"].error_message)
+    assert not results["q3"].ok and "'temperature'" in str(results["q3"].error_message)
     assert results["q0"].ok and results["q0"].body["object"] == "chat.completion"  # type: ignore[index]
 
     assert hook.delete_file(uploaded.id).deleted
@@ -80,3 +81,18 @@ def test_cancelling_a_running_batch(openai_batch_connection):
     batch = hook.create_batch(hook.upload_file(jsonl(4)).id, ENDPOINT)
     assert hook.cancel_batch(batch.id).status == "cancelling"
     assert hook.wait_for_batch(batch.id, poll_interval=0.05, timeout=30).status == "cancelled"
+
+
+def test_a_batch_input_file_is_always_uploaded_under_a_jsonl_name(openai_batch_connection, tmp_path):
+    # The API refuses a purpose=batch file named otherwise; when the provider picks the name, it ends in .jsonl
+    # whatever the source is called, and any other purpose keeps the source's extension.
+    hook = OpenAIBatchHook()
+    source = tmp_path / "prompts.txt"
+    source.write_bytes(jsonl(2))
+    uploaded = hook.upload_file(source)
+    assert uploaded.filename.startswith("prompts-") and uploaded.filename.endswith(".jsonl")
+    assert hook.upload_file(jsonl(1)).filename.endswith(".jsonl")  # bytes: batch_input-<tag>.jsonl
+    notes = hook.upload_file(source, purpose="user_data")
+    assert notes.filename.startswith("prompts-") and notes.filename.endswith(".txt")
+    assert hook.upload_file(source, filename="mine.jsonl").filename == "mine.jsonl"  # an explicit name, as given
+    assert openai_batch_connection.stats()["files"] == 4

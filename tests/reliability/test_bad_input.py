@@ -96,6 +96,9 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
     ("empty file id", lambda e: e.hook.delete_file(""), ValueError, r"file_id must be a non-empty string"),
     ("download id ..", lambda e: e.hook.download_file("../x", e.tmp / "o"), ValueError, r"file_id '\.\./x'"),
     ("list after with /", lambda e: e.hook.list_batches(after="a/b"), ValueError, r"after .*'/'"),
+    ("batch id .", lambda e: e.hook.retrieve_batch("."), ValueError, r"batch_id '\.' is not a valid id"),
+    ("batch id with ?", lambda e: e.hook.cancel_batch("batch_1?x=1"), ValueError, r"batch_id 'batch_1\?x=1' is not"),
+    ("file id with #", lambda e: e.hook.retrieve_file("file-1#x"), ValueError, r"file_id 'file-1#x' is not a valid id"),
     # ---- create_batch arguments
     ("empty input file id", lambda e: e.hook.create_batch("", ENDPOINT), ValueError, r"input_file_id must be"),
     ("unknown endpoint", lambda e: e.hook.create_batch("file-1", "/v1/chat"), ValueError, r"endpoint must be one"),
@@ -155,6 +158,12 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
     ("upload a missing path", lambda e: e.hook.upload_file(e.tmp / "nope.jsonl"), ValueError, r"nope\.jsonl.*existing"),
     ("upload an int", lambda e: e.hook.upload_file(42), ValueError, r"source must be a path, .*got int"),
     ("upload empty purpose", lambda e: e.hook.upload_file(b"{}", purpose=""), ValueError, r"purpose must be"),
+    (
+        "a batch input file named other than *.jsonl (the API refuses it)",
+        lambda e: e.hook.upload_file(b"{}", filename="prompts.txt"),
+        ValueError,
+        r"filename 'prompts\.txt' must end in '\.jsonl' for purpose 'batch'.*leave filename unset",
+    ),
     # ---- CreateBatchOperator
     ("no input", lambda e: CreateBatchOperator(task_id="c"), ValueError, r"c: give exactly one of .*got none"),
     (
@@ -266,6 +275,13 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         r"input_file line 50001: method must be 'POST'",
     ),
     ("empty file", create_from_file([]), BatchValidationError, r"the file contains no requests"),
+    (
+        "two models in one file (OpenAI takes one model per batch file)",
+        create_from_file(with_line(3, line(3, body={"model": "other", "messages": []}))),
+        BatchValidationError,
+        r"line 3: model 'other' differs from 'm' on line 1: on openai a batch file may use one model only; split "
+        r"the file by model",
+    ),
     (
         "50,001 embedding inputs",
         lambda e: create(

@@ -13,8 +13,12 @@ from airflow_provider_openai_batch.models import Batch
 CHAT = "/v1/chat/completions"
 
 
-def chat(custom_id: str, text: str = "hello", model: str = "gpt-4o-mini") -> dict[str, Any]:
-    return {"custom_id": custom_id, "body": {"model": model, "messages": [{"role": "user", "content": text}]}}
+def chat(custom_id: str, text: str = "hello", model: str = "gpt-4o-mini", **body: Any) -> dict[str, Any]:
+    return {"custom_id": custom_id, "body": {"model": model, "messages": [{"role": "user", "content": text}], **body}}
+
+
+#: What makes one request of a batch fail on its own, as the API answers it: a temperature above 2.
+FAILS = {"temperature": 3}
 
 
 def submit(hook: OpenAIBatchHook, requests: list[dict[str, Any]], endpoint: str = CHAT, wait: bool = True) -> Batch:

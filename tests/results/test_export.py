@@ -17,7 +17,7 @@ from airflow_provider_openai_batch.results import writers
 from airflow_provider_openai_batch.results.export import ResultsExportError
 from airflow_provider_openai_batch.results.prices import PRICE_TABLE_VERSION
 from airflow_provider_openai_batch.results.rows import COLUMNS, STATUSES
-from tests.results.helpers import chat, file_lines, read_jsonl, submit
+from tests.results.helpers import FAILS, chat, file_lines, read_jsonl, submit
 
 
 @pytest.fixture
@@ -44,14 +44,14 @@ def test_rows_follow_input_order_although_output_is_shuffled(hook, tmp_path):
 
 
 def test_succeeded_and_failed_requests(hook, tmp_path):
-    batch = submit(hook, [chat("a"), chat("b", model="fail-model"), chat("c")])
+    batch = submit(hook, [chat("a"), chat("b", **FAILS), chat("c")])
     manifest = hook.export_results(batch.id, tmp_path / "out.jsonl")
     rows = {r["custom_id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
     assert rows["a"]["status"] == "succeeded" and rows["a"]["error_code"] is None
     failed = rows["b"]
     assert failed["status"] == "failed" and failed["status_code"] == 400
-    assert failed["error_code"] == "model_not_found" and "fail-model" in failed["error_message"]
-    assert failed["output_text"] is None and failed["response"]["error"]["code"] == "model_not_found"
+    assert failed["error_code"] == "decimal_above_max_value" and "'temperature'" in failed["error_message"]
+    assert failed["output_text"] is None and failed["response"]["error"]["code"] == "decimal_above_max_value"
     assert manifest["counts"] == {
         "succeeded": 2,
         "invalid_output": 0,
@@ -193,8 +193,10 @@ def test_output_text_for_chat_and_responses(hook, tmp_path):
 
 
 def test_manifest_counts_tokens_and_cost_with_the_default_and_an_overridden_table(hook, tmp_path):
-    batch = submit(hook, [chat("a"), chat("b", "a longer question"), chat("c", model="fail-m"), chat("d", model="x1")])
-    manifest = hook.export_results(batch.id, tmp_path / "out.jsonl")
+    # One model per batch: the model priced in no table comes in a second batch of the same job.
+    batch = submit(hook, [chat("a"), chat("b", "a longer question"), chat("c", **FAILS)])
+    other = submit(hook, [chat("d", model="x1")])
+    manifest = hook.export_results([batch.id, other.id], tmp_path / "out.jsonl")
     rows = read_jsonl(tmp_path / "out.jsonl")
     tokens_in = sum(r["input_tokens"] or 0 for r in rows)
     tokens_out = sum(r["output_tokens"] or 0 for r in rows)
@@ -202,7 +204,7 @@ def test_manifest_counts_tokens_and_cost_with_the_default_and_an_overridden_tabl
     mini_out = sum(r["output_tokens"] or 0 for r in rows if r["custom_id"] in ("a", "b"))
     assert manifest["input_tokens"] == tokens_in > 0 and manifest["output_tokens"] == tokens_out > 0
     assert manifest["total_tokens"] == tokens_in + tokens_out
-    assert manifest["models"] == {"fail-m": 1, "gpt-4o-mini": 2, "x1": 1}
+    assert manifest["models"] == {"gpt-4o-mini": 3, "x1": 1}
     # gpt-4o-mini at batch prices: 0.075 / 0.30 USD per 1M tokens; "x1" is in no table.
     assert manifest["estimated_cost_usd"] == pytest.approx(round((mini_in * 0.075 + mini_out * 0.30) / 1e6, 6))
     assert manifest["unpriced_models"] == ["x1"]
@@ -211,7 +213,7 @@ def test_manifest_counts_tokens_and_cost_with_the_default_and_an_overridden_tabl
     assert set(manifest["counts"]) == set(STATUSES)
 
     custom = {"gpt-4o-mini": {"input": 1000, "output": 2000}, "x1": {"input": 10}}
-    again = hook.export_results(batch.id, tmp_path / "out.jsonl", price_table=custom)
+    again = hook.export_results([batch.id, other.id], tmp_path / "out.jsonl", price_table=custom)
     x1 = next(r for r in rows if r["custom_id"] == "d")
     expected = (mini_in * 1000 + mini_out * 2000 + x1["input_tokens"] * 10) / 1e6
     assert again["estimated_cost_usd"] == pytest.approx(round(expected, 6))
@@ -240,7 +242,7 @@ def test_models_are_priced_by_their_own_row_never_by_a_model_whose_name_they_sta
 
 def test_parquet_by_suffix_has_the_row_schema(hook, tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
-    batch = submit(hook, [chat("a"), chat("b", model="fail-m")])
+    batch = submit(hook, [chat("a"), chat("b", **FAILS)])
     manifest = hook.export_results(batch.id, tmp_path / "out.parquet")
     table = pq.read_table(tmp_path / "out.parquet")
     assert manifest["format"] == "parquet" and table.column_names == [name for name, _ in COLUMNS]
@@ -302,7 +304,7 @@ def test_a_failed_export_leaves_the_previous_file_and_a_retry_replaces_it_whole(
 
 
 def test_delete_files_after_a_successful_export(hook, tmp_path):
-    batch = submit(hook, [chat("a"), chat("b", model="fail-m")])
+    batch = submit(hook, [chat("a"), chat("b", **FAILS)])
     manifest = hook.export_results(batch.id, tmp_path / "out.jsonl", delete_files=["output", "error"])
     assert manifest["deleted_files"] == [batch.output_file_id, batch.error_file_id]
     for file_id in (batch.output_file_id, batch.error_file_id):

@@ -39,7 +39,7 @@ def test_completed(openai_batch_connection):
 
 
 def test_partial_failure_reports_counts(openai_batch_connection):
-    payload = run(BatchTrigger(make_batch(openai_batch_connection, model="fail-x"), poll_interval=0.05))
+    payload = run(BatchTrigger(make_batch(openai_batch_connection, fail_first=True), poll_interval=0.05))
     assert payload["batch"]["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
     assert payload["batch"]["error_file_id"]
 

@@ -19,7 +19,9 @@ from airflow_provider_openai_batch.emulator.contract.judge import (
     create_batch_body,
     list_batches_query,
     list_files_query,
+    object_id,
     upload_form,
+    upload_name,
 )
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
     "judge_input_file",
     "list_batches_query",
     "list_files_query",
+    "object_id",
     "parse_requests",
     "upload_form",
+    "upload_name",
 ]

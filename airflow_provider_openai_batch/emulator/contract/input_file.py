@@ -51,9 +51,9 @@ class InputReport:
 
 def judge_input_file(data: bytes, endpoint: str, flavor: str = "openai") -> InputReport:
     """Apply the input-file rules: UTF-8 JSONL, one request object per line under the line schema, unique
-    ``custom_id``, ``url`` equal to ``endpoint``, at most 50,000 requests and 200 MB, and for embeddings at
-    most 50,000 inputs in all. For ``flavor`` ``azure``: up to 100,000 requests, every line naming the same
-    ``model`` (the deployment)."""
+    ``custom_id``, ``url`` equal to ``endpoint``, every line naming the same ``model``, at most 50,000
+    requests and 200 MB, and for embeddings at most 50,000 inputs in all. For ``flavor`` ``azure``: up to
+    100,000 requests, and the one model is the deployment."""
     if len(data) > guide.MAX_INPUT_BYTES:
         message = f"The file is {len(data)} bytes; at most {guide.MAX_INPUT_BYTES} (200 MB) are allowed."
         return InputReport([Problem(None, "file_too_large", message)])
@@ -68,7 +68,7 @@ def judge_input_file(data: bytes, endpoint: str, flavor: str = "openai") -> Inpu
     problems: list[Problem] = []
     line_rules = line_validator(endpoint)
     seen: dict[str, int] = {}
-    deployment: tuple[Any, int] | None = None
+    first_model: tuple[Any, int] | None = None
     inputs = 0
     for number, raw in enumerate(lines, start=1):
         if len(problems) >= MAX_PROBLEMS:
@@ -95,17 +95,18 @@ def judge_input_file(data: bytes, endpoint: str, flavor: str = "openai") -> Inpu
                 )
             else:
                 seen[custom_id] = number
-        if flavor == "azure" and isinstance(item.get("body"), dict):
+        if isinstance(item.get("body"), dict):
             model = item["body"].get("model")
-            if deployment is None:
-                deployment = (model, number)
-            elif model != deployment[0]:
+            if first_model is None:
+                first_model = (model, number)
+            elif model != first_model[0]:
+                single = "deployment" if flavor == "azure" else "model"
                 problems.append(
                     Problem(
                         number,
                         "model_mismatch",
-                        f"Line {number}: model {model!r} differs from {deployment[0]!r} on line {deployment[1]}; "
-                        "a batch file must target a single deployment.",
+                        f"Line {number}: model {model!r} differs from {first_model[0]!r} on line {first_model[1]}; "
+                        f"a batch file must target a single {single}.",
                         "body.model",
                     )
                 )

@@ -44,12 +44,12 @@ def create_batch_body(body: Any, flavor: str = "openai") -> dict[str, Any]:
 
 def list_batches_query(query: Mapping[str, str]) -> dict[str, Any]:
     """``GET /v1/batches``: the query, with integers read as integers, defaults filled in."""
-    return _query(query, guide.list_batches)
+    return _after_is_an_id(_query(query, guide.list_batches))
 
 
 def list_files_query(query: Mapping[str, str]) -> dict[str, Any]:
     """``GET /v1/files``: the query, with integers read as integers, defaults filled in."""
-    return _query(query, guide.list_files)
+    return _after_is_an_id(_query(query, guide.list_files))
 
 
 def upload_form(fields: dict[str, Any]) -> dict[str, Any]:
@@ -59,6 +59,27 @@ def upload_form(fields: dict[str, Any]) -> dict[str, Any]:
     form = coerce(_nest(fields), guide.upload())
     refuse_first(validator(guide.upload).iter_errors(form))
     return form
+
+
+def upload_name(purpose: str, filename: str | None) -> None:
+    """``POST /v1/files``: a file uploaded for ``batch`` must be named ``*.jsonl``; the API refuses any other
+    name with 400 and no ``param`` or ``code``."""
+    if purpose == "batch" and not (filename or "").endswith(".jsonl"):
+        raise ApiFailure(400, "Invalid file format for Batch API. Must be .jsonl")
+
+
+def object_id(value: str, name: str) -> str:
+    """An id (``batch_...``, ``file-...``) as a request names it: one segment of the path, so never ``.`` or
+    ``..`` and nothing with ``/``, ``?``, ``#`` or whitespace, which would change the path it is sent in."""
+    if value in (".", "..") or any(mark in value for mark in "/?#") or any(ch.isspace() for ch in value):
+        raise ApiFailure(
+            400,
+            f"Invalid '{name}': {value!r} is not an ID. An ID is one segment of the request path: it cannot be "
+            "'.' or '..' or contain '/', '?', '#' or whitespace.",
+            param=name,
+            code="invalid_value",
+        )
+    return value
 
 
 def refuse_first(errors: Iterable[ValidationError]) -> None:
@@ -84,6 +105,12 @@ def _query(query: Mapping[str, str], build: Callable[[], dict[str, Any]]) -> dic
     refuse_first(validator(build).iter_errors(params))
     defaults = {k: s["default"] for k, s in schema["properties"].items() if "default" in s}
     return {**defaults, **params}
+
+
+def _after_is_an_id(query: dict[str, Any]) -> dict[str, Any]:
+    if query.get("after") is not None:
+        object_id(str(query["after"]), "after")
+    return query
 
 
 def _nest(fields: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The emulator's routes, one module per concern: ``files`` and ``batches`` (the emulated ``/v1`` API),
-``admin`` (``/_emulator``, for tests and demos) and ``page`` (a batch's page for a browser)."""
+``admin`` (``/_emulator``, for tests and demos), ``page`` (a batch's page for a browser) and ``other`` (any
+other path under ``/v1``)."""
 
 from __future__ import annotations
 

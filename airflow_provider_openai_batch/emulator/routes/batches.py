@@ -17,6 +17,7 @@ router = APIRouter()
 async def create_batch(request: Request) -> Response:
     store = store_of(request)
     body = contract.create_batch_body(await json_body(request), store.config.flavor)
+    contract.object_id(body["input_file_id"], "input_file_id")
     source = store.files.get(body["input_file_id"])
     if source is not None and source["purpose"] != "batch":
         raise ApiFailure(
@@ -45,9 +46,9 @@ async def list_batches(request: Request) -> Response:
 
 @router.get("/v1/batches/{batch_id}")
 async def retrieve_batch(batch_id: str, request: Request) -> Response:
-    return json_response(store_of(request).get_batch(batch_id))
+    return json_response(store_of(request).get_batch(contract.object_id(batch_id, "batch_id")))
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
 async def cancel_batch(batch_id: str, request: Request) -> Response:
-    return json_response(store_of(request).cancel_batch(batch_id))
+    return json_response(store_of(request).cancel_batch(contract.object_id(batch_id, "batch_id")))

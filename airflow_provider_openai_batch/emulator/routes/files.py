@@ -28,6 +28,7 @@ async def upload_file(request: Request) -> Response:
     judged = contract.upload_form(fields)
     upload = form["file"]
     assert isinstance(upload, UploadFile)
+    contract.upload_name(judged["purpose"], upload.filename)
     message = f"The file is larger than the {guide.MAX_UPLOAD_BYTES} bytes (512 MB) allowed."
     too_large = ApiFailure(400, message, param="file", code="file_too_large")
     if upload.size is not None and upload.size > guide.MAX_UPLOAD_BYTES:
@@ -65,16 +66,16 @@ async def list_files(request: Request) -> Response:
 
 @router.get("/v1/files/{file_id}")
 async def retrieve_file(file_id: str, request: Request) -> Response:
-    return json_response(store_of(request).get_file(file_id))
+    return json_response(store_of(request).get_file(contract.object_id(file_id, "file_id")))
 
 
 @router.get("/v1/files/{file_id}/content")
 async def file_content(file_id: str, request: Request) -> Response:
     store = store_of(request)
-    store.get_file(file_id)
+    store.get_file(contract.object_id(file_id, "file_id"))
     return Response(store.contents.get(file_id, b""), media_type="application/octet-stream")
 
 
 @router.delete("/v1/files/{file_id}")
 async def delete_file(file_id: str, request: Request) -> Response:
-    return json_response(store_of(request).delete_file(file_id))
+    return json_response(store_of(request).delete_file(contract.object_id(file_id, "file_id")))
