@@ -29,7 +29,6 @@ from airflow_provider_openai_batch.exceptions import (
     NotFoundError,
     QuotaExceededError,
     RateLimitError,
-    ResultsParseError,
     ServerError,
 )
 from airflow_provider_openai_batch.models import (
@@ -40,7 +39,6 @@ from airflow_provider_openai_batch.models import (
     FileObject,
     FilePage,
     HttpInfo,
-    ResultRecord,
 )
 
 T = TypeVar("T", bound=ApiModel)
@@ -490,20 +488,3 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def parse_result_record(line: bytes, file_id: str, number: int, source: str | None) -> ResultRecord:
-    """One line of an output or error file as a :class:`ResultRecord` (``source``: ``"output"`` or ``"error"``).
-
-    :raises ResultsParseError: naming the file and line, with the start of the line.
-    """
-    try:
-        record = ResultRecord.model_validate_json(line)
-    except ValueError as err:
-        preview = line[:80].decode("utf-8", "replace")
-        first_error = str(err).splitlines()[0]
-        raise ResultsParseError(
-            f"file {file_id} line {number} is not a batch result record ({first_error}): {preview!r}"
-        ) from None
-    record.source = source
-    return record

@@ -274,3 +274,22 @@ class ResultRecord(ApiModel):
         if isinstance(err, dict):
             return f"HTTP {self.response.status_code if self.response else '?'}: {err.get('message')}"
         return f"HTTP {self.response.status_code if self.response else '?'}"
+
+    @classmethod
+    def from_line(cls, line: bytes, file_id: str, number: int, source: str | None) -> ResultRecord:
+        """One line of an output or error file (``source``: ``"output"`` or ``"error"``).
+
+        :raises ResultsParseError: naming the file and line, with the start of the line.
+        """
+        from airflow_provider_openai_batch.exceptions import ResultsParseError
+
+        try:
+            record = cls.model_validate_json(line)
+        except ValueError as err:
+            preview = line[:80].decode("utf-8", "replace")
+            first_error = str(err).splitlines()[0]
+            raise ResultsParseError(
+                f"file {file_id} line {number} is not a batch result record ({first_error}): {preview!r}"
+            ) from None
+        record.source = source
+        return record

@@ -15,7 +15,8 @@ of each shard are computed on a second thread (:class:`_Digests`).
 
 **Memory stays flat** but for 8 bytes per request: one shard file is written at a time, and the
 ``custom_id`` values of the whole job are kept unique across shards by their 8-byte hashes
-(:class:`_UniqueIds`), not by the ids themselves (1,000,000 ids would be about 100 MB as a Python set).
+(:mod:`~airflow_provider_openai_batch.custom_ids`), not by the ids themselves (1,000,000 ids would be about
+100 MB as a Python set).
 
 **The input-token estimate** of a request line is its length in bytes divided by 4, rounded up
 (:func:`estimate_tokens`): about 4 characters of English text per token, with the JSON keys, the model name
@@ -31,10 +32,8 @@ import json
 import os
 import queue
 import threading
-from array import array
 from bisect import bisect_right
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import repeat
@@ -42,6 +41,7 @@ from operator import floordiv, itemgetter
 from typing import Any
 
 from airflow_provider_openai_batch.backends import BackendRules, rules_for
+from airflow_provider_openai_batch.custom_ids import UniqueIds
 from airflow_provider_openai_batch.jsonl import MAX_PROBLEMS, InputCheck, count_embedding_inputs, line_blocks
 
 
@@ -109,45 +109,6 @@ def _size(source: Any) -> int | None:
         return int(source.stat().st_size) if hasattr(source, "fs") else os.path.getsize(source)
     except Exception:  # a store that cannot tell its size cheaply: measured while read
         return None
-
-
-def fits_one_batch(
-    source: Any,
-    endpoint: str,
-    *,
-    rules: BackendRules | None = None,
-    max_requests_per_batch: int | None = None,
-    max_tokens_per_batch: int | None = None,
-) -> bool:
-    """Whether one file fits one batch, read only as far as needed: its size, its request lines counted up to
-    the cap (no JSON parsed, except embedding inputs for ``/embeddings``), its token estimate. A file that fits
-    goes the usual one-batch way, with the same checks, logs and XCom as before jobs existed."""
-    rules = rules or rules_for()
-    cap = request_cap(max_requests_per_batch, rules)
-    size = _size(source)
-    if size is not None and size > rules.max_bytes_per_file:
-        return False
-    count = total = tokens = inputs = 0
-    embeddings = endpoint.endswith("/embeddings") and rules.max_embedding_inputs is not None
-    read = InputCheck(endpoint, rules).read
-    with _open(source) as stream:
-        for block in line_blocks(stream, None, rules.max_bytes_per_file):
-            if isinstance(block, int):
-                return False
-            lines, spans = block
-            total += sum(map(len, spans))
-            if total > rules.max_bytes_per_file:
-                return False
-            taken = list(filter(bytes.strip, lines))  # the request lines: blank ones are none
-            count += len(taken)
-            tokens += sum(map(floordiv, map(len, taken), repeat(4))) + len(taken)  # estimate_tokens, summed
-            if count > cap or (max_tokens_per_batch is not None and tokens > max_tokens_per_batch):
-                return False
-            if embeddings:
-                inputs += sum(map(_inputs, taken, map(read, taken)))
-                if inputs > (rules.max_embedding_inputs or 0):
-                    return False
-    return True
 
 
 def split_input(
@@ -240,7 +201,7 @@ class _Split:
         self.done: list[Shard] = []
         self.hashed: list[tuple[Shard, _Hashed]] = []
         self.problems: list[str] = []
-        self.ids = _UniqueIds(self.ids_of)
+        self.ids = UniqueIds(self.ids_of)
         self.digests = _Digests()
         self.whole = _Hashed(self.digests)
         # The shard being filled (None between shards) and its counts.
@@ -328,7 +289,7 @@ class _Split:
             index = len(self.done)
             shard = self.shard = Shard(index, os.path.join(self.directory, f"shard-{index:05d}.jsonl"))
             self.out, self.digest = open(shard.path, "wb"), _Hashed(self.digests)  # noqa: SIM115 (closed by close())
-            self.check = InputCheck(self.endpoint, self.rules, where=partial(self.where, shard))
+            self.check = InputCheck(self.endpoint, self.rules, where=partial(self.refer, shard))
             self.lines_in_shard = 0
         shard, check = self.shard, self.check
         assert check is not None
@@ -370,7 +331,7 @@ class _Split:
         self.digests.stop()
         for shard, digest in self.hashed:
             shard.digest = digest.hexdigest()
-        self.problems.extend(self.ids.duplicates(self.where))
+        self.problems.extend(self.ids.duplicates(self.where, self.refer))
 
     def discard(self) -> None:
         """Whatever way the split ends: no file left open, no thread left running."""
@@ -382,6 +343,12 @@ class _Split:
         """Where a shard's line (1-based) came from: ``input_file line 12``."""
         source, origin = shard.origin(line)
         return f"{self.names[source]} line {origin}"
+
+    def refer(self, shard: Shard, line: int) -> str:
+        """An earlier line a message points back to: ``line 12`` in an input of one file (the message already
+        names it), ``input_file[1] line 12`` in an input of several."""
+        source, origin = shard.origin(line)
+        return f"line {origin}" if len(self.names) == 1 else f"{self.names[source]} line {origin}"
 
     def ids_of(self, shard: Shard) -> dict[str, int]:
         """A finished shard's ``custom_id`` values and their lines, read back from its file."""
@@ -464,70 +431,3 @@ class _Hashed:
 
     def hexdigest(self) -> str:
         return str(self.digest.hexdigest())
-
-
-class _UniqueIds:
-    """The ``custom_id`` values of a job's finished shards, kept unique across shards in bounded memory.
-
-    The 8-byte hashes of the latest shards' ids, up to :attr:`GROUP` of them, are in a set that each new
-    shard's hashes join: a shard that adds fewer than it brings holds a hash met before. When the set is
-    full, its hashes move to arrays, one per value of their low bits (8 MB for 1,000,000 ids; a set of the
-    ids themselves would hold about 100 MB); at the end each array is looked at once, as a set of a
-    :attr:`PARTS`-th of the hashes, for a hash of two groups. A hash met twice only makes suspects: the
-    shards are then read back and their ids compared exactly, so a hash collision never refuses a valid
-    input."""
-
-    #: Hashes in the set at most (about 20 MB).
-    GROUP = 250_000
-    #: Arrays the hashes of full groups are dealt into (by their low bits), each looked at once at the end.
-    PARTS = 64
-
-    def __init__(self, ids_of: Callable[[Shard], dict[str, int]]) -> None:
-        self.ids_of = ids_of
-        self.group: set[int] = set()
-        self.pending: list[list[int]] = []  # the same hashes, shard by shard (in the order they were made)
-        self.shards: list[Shard] = []
-        self.parts: list[array] = []
-        self.suspects: set[int] = set()
-
-    def add(self, shard: Shard, ids: Iterable[str]) -> None:
-        """A finished shard's ids (unique within it)."""
-        hashes = list(map(hash, ids))
-        before = len(self.group)
-        self.group.update(hashes)
-        if len(self.group) - before != len(hashes):  # one of them was there: which, the end tells
-            self.suspects.update(hashes)
-        self.pending.append(hashes)
-        self.shards.append(shard)
-        if len(self.group) >= self.GROUP:
-            self._close_group()
-
-    def _close_group(self) -> None:
-        if not self.parts:
-            self.parts = [array("q") for _ in range(self.PARTS)]
-        parts, mask = self.parts, self.PARTS - 1
-        for hashes in self.pending:  # in the order they were made: far quicker to walk than the set
-            for value in hashes:
-                parts[value & mask].append(value)
-        self.group, self.pending = set(), []
-
-    def duplicates(self, where: Callable[[Shard, int], str]) -> list[str]:
-        """Every ``custom_id`` used in more than one shard, named where it is used again and where first."""
-        if self.parts:  # the last group joins the others; a hash in two groups is in one array twice
-            self._close_group()
-            for part in self.parts:
-                if len(set(part)) != len(part):
-                    self.suspects.update(value for value, uses in Counter(part).items() if uses > 1)
-        if not self.suspects:
-            return []
-        places: dict[str, list[tuple[Shard, int]]] = {}
-        for shard in self.shards:
-            for custom_id, line in self.ids_of(shard).items():
-                if hash(custom_id) in self.suspects:
-                    places.setdefault(custom_id, []).append((shard, line))
-        return [
-            f"{where(shard, line)}: custom_id {custom_id!r} is also used on {where(*found[0])}; custom_ids must "
-            "be unique across the whole input"
-            for custom_id, found in places.items()
-            for shard, line in found[1:]
-        ]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_openai_batch import jsonl, split
+from airflow_provider_openai_batch import custom_ids, jsonl, split
 from airflow_provider_openai_batch.backends import OPENAI_COMPATIBLE, rules_for
 from airflow_provider_openai_batch.exceptions import BatchValidationError
-from airflow_provider_openai_batch.split import fits_one_batch, split_input
+from airflow_provider_openai_batch.split import split_input
 
 CHAT = "/v1/chat/completions"
 
@@ -60,12 +60,12 @@ def test_the_shards_are_the_input_and_their_digests_are_their_bytes(tmp_path, mo
 def test_a_repeated_custom_id_inside_a_shard_names_both_input_lines(tmp_path):
     source = write(tmp_path / "in.jsonl", [line("a"), "", line("b"), line("c"), line("b")])
     problems = refused(tmp_path, [source], max_requests_per_batch=10)
-    assert problems == ["input_file line 5: custom_id 'b' is also used on input_file line 3; custom_ids must be unique"]
+    assert problems == ["input_file line 5: custom_id 'b' is also used on line 3; custom_ids must be unique"]
 
 
 @pytest.mark.parametrize("group", [2, 250_000])  # the set of recent ids, and the scan of older shards
 def test_a_custom_id_repeated_in_another_shard_names_both_places(tmp_path, monkeypatch, group):
-    monkeypatch.setattr(split._UniqueIds, "GROUP", group)
+    monkeypatch.setattr(custom_ids.UniqueIds, "GROUP", group)
     first = write(tmp_path / "a.jsonl", [line(f"r{i}") for i in range(6)])
     second = write(tmp_path / "b.jsonl", [line("x"), line("r1"), line("y"), line("x"), line("r1")])
     problems = refused(tmp_path, [first, second], max_requests_per_batch=2)
@@ -82,15 +82,14 @@ def test_a_custom_id_repeated_in_another_shard_names_both_places(tmp_path, monke
 @pytest.mark.parametrize("group", [2, 250_000])
 def test_a_hash_collision_never_refuses_a_valid_input(tmp_path, monkeypatch, group):
     # Every id hashes alike: each one is a suspect, and reading the ids back clears them all.
-    monkeypatch.setattr(split._UniqueIds, "GROUP", group)
+    monkeypatch.setattr(custom_ids.UniqueIds, "GROUP", group)
     monkeypatch.setattr(split, "hash", lambda value: 42, raising=False)
     source = write(tmp_path / "in.jsonl", [line(f"r{i}") for i in range(9)])
     (tmp_path / "ok").mkdir()
     assert split_input([source], CHAT, str(tmp_path / "ok"), max_requests_per_batch=2).requests == 9
     again = write(tmp_path / "again.jsonl", [line(f"r{i}") for i in range(9)] + [line("r4")])
     assert refused(tmp_path, [again], max_requests_per_batch=2) == [
-        "input_file line 10: custom_id 'r4' is also used on input_file line 5; custom_ids must be unique across the "
-        "whole input"
+        "input_file line 10: custom_id 'r4' is also used on line 5; custom_ids must be unique across the whole input"
     ]
 
 
@@ -98,7 +97,7 @@ def test_a_shard_names_one_model_and_a_mixed_one_is_refused_by_input_line(tmp_pa
     mixed = [line("a"), line("b"), line("c", model="gpt-4o"), line("d", model="gpt-4o")]
     source = write(tmp_path / "in.jsonl", mixed)
     assert refused(tmp_path, [source], max_requests_per_batch=3) == [
-        "input_file line 3: model 'gpt-4o' differs from 'gpt-4o-mini' on input_file line 1: on openai a batch file "
+        "input_file line 3: model 'gpt-4o' differs from 'gpt-4o-mini' on line 1: on openai a batch file "
         "may use one model only; split the file by model"
     ]
     (tmp_path / "cut").mkdir()  # each shard names one model: the input may change model at a shard's edge
@@ -129,28 +128,10 @@ def test_a_hopeless_input_stops_at_a_hundred_problems(tmp_path):
     assert 100 <= len(problems) < 200 and problems[0] == "input_file line 1: not valid JSON (Expecting value)"
 
 
-def test_fits_one_batch_counts_what_the_split_would(tmp_path, monkeypatch):
-    monkeypatch.setattr(jsonl, "BLOCK_SIZE", 100)  # lines across blocks, blocks of several lines
-    texts = [line(f"r{i}") for i in range(6)]
-    source = write(tmp_path / "in.jsonl", [*texts[:3], "", "  ", *texts[3:]])
-    tokens = sum((len(t) + 1 + 3) // 4 for t in texts)  # estimate_tokens of each line with its newline
-    assert fits_one_batch(source, CHAT, max_requests_per_batch=6, max_tokens_per_batch=tokens)
-    assert not fits_one_batch(source, CHAT, max_requests_per_batch=5)  # blank lines are no requests
-    assert not fits_one_batch(source, CHAT, max_tokens_per_batch=tokens - 1)
-    assert not fits_one_batch(source, CHAT, rules=rules_for(max_bytes_per_file=source.stat().st_size - 1))
-    embeddings = tmp_path / "emb.jsonl"
-    request = {"method": "POST", "url": "/v1/embeddings", "body": {"model": "m", "input": ["a"] * 3}}
-    embeddings.write_text("".join(json.dumps({"custom_id": f"e{i}", **request}) + "\n" for i in range(4)))
-    assert fits_one_batch(embeddings, "/v1/embeddings", rules=rules_for(max_embedding_inputs=12))
-    assert not fits_one_batch(embeddings, "/v1/embeddings", rules=rules_for(max_embedding_inputs=11))
-
-
 def test_an_id_used_again_in_a_group_and_beyond_it_is_named_once_per_use(tmp_path, monkeypatch):
-    monkeypatch.setattr(split._UniqueIds, "GROUP", 3)  # shards 1-2 fill the set, shard 3 is checked later
+    monkeypatch.setattr(custom_ids.UniqueIds, "GROUP", 3)  # shards 1-2 fill the set, shard 3 is checked later
     source = write(tmp_path / "in.jsonl", [line("a"), line("x"), line("b"), line("x"), line("c"), line("x")])
     assert refused(tmp_path, [source], max_requests_per_batch=2) == [
-        "input_file line 4: custom_id 'x' is also used on input_file line 2; custom_ids must be unique across the "
-        "whole input",
-        "input_file line 6: custom_id 'x' is also used on input_file line 2; custom_ids must be unique across the "
-        "whole input",
+        "input_file line 4: custom_id 'x' is also used on line 2; custom_ids must be unique across the whole input",
+        "input_file line 6: custom_id 'x' is also used on line 2; custom_ids must be unique across the whole input",
     ]

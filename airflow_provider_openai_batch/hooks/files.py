@@ -196,7 +196,7 @@ class FilesApi:
                     if number <= done:
                         continue
                     done = number
-                    yield api.parse_result_record(line, file_id, number, source)
+                    yield ResultRecord.from_line(line, file_id, number, source)
 
     def iter_results(self, batch: Batch | str) -> Iterator[ResultRecord]:
         """Yield every result of a batch: the output file's records, then the error file's.

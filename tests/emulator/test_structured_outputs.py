@@ -114,7 +114,11 @@ def test_the_responses_endpoint_answers_in_its_output_text(openai_batch_emulator
 
 def test_badjson_models_answer_text_that_is_not_valid_for_the_schema(openai_batch_emulator):
     http = Http(openai_batch_emulator.base_url)
-    lines = results(http, [chat("cut", SCHEMA, model="badjson"), chat("wrong", SCHEMA, model="badjson-schema")])
+    # One model per batch file, as the API takes them.
+    lines = {
+        **results(http, [chat("cut", SCHEMA, model="badjson")]),
+        **results(http, [chat("wrong", SCHEMA, model="badjson-schema")]),
+    }
     cut = lines["cut"]["response"]["body"]["choices"][0]["message"]["content"]
     with pytest.raises(json.JSONDecodeError):
         json.loads(cut)

@@ -24,14 +24,15 @@ PER_SHARD = 4
 
 
 def requests(shards: int, per_shard: int = PER_SHARD, failing: Callable[[int], bool] = lambda i: False) -> list[dict]:
-    """``shards * per_shard`` chat requests ``p0``...; those ``failing(i)`` picks name a model the emulator
+    """``shards * per_shard`` chat requests ``p0``...; those ``failing(i)`` picks have a temperature the API
     refuses for good (a 400 answer: a repeat cannot cure it)."""
     return [
         {
             "custom_id": f"p{i}",
             "body": {
-                "model": "fail-m" if failing(i % per_shard) else "gpt-4o-mini",
+                "model": "gpt-4o-mini",
                 "messages": [{"role": "user", "content": f"q{i}"}],
+                **({"temperature": 3} if failing(i % per_shard) else {}),
             },
         }
         for i in range(shards * per_shard)

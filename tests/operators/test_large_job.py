@@ -18,7 +18,7 @@ from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.jobs.store import STATE_KEY
 from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
 from airflow_provider_openai_batch.operators.results import BatchResultsOperator
-from airflow_provider_openai_batch.split import estimate_tokens, fits_one_batch, split_input
+from airflow_provider_openai_batch.split import estimate_tokens, split_input
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 from tests.helpers import ENDPOINT, FakeStateStore, ctx, make_batch, prompts, run
 
@@ -81,8 +81,8 @@ def test_max_requests_per_batch_is_capped_by_the_back_ends_rules(tmp_path):
     rules = rules_for(max_requests_per_file=3)
     result = split_input([source], ENDPOINT, str(tmp_path), rules=rules, max_requests_per_batch=50_000)
     assert [s.requests for s in result.shards] == [3, 3, 1]
-    assert not fits_one_batch(source, ENDPOINT, rules=rules)
-    assert fits_one_batch(source, ENDPOINT)
+    (tmp_path / "default").mkdir()
+    assert len(split_input([source], ENDPOINT, str(tmp_path / "default")).shards) == 1
 
 
 def test_split_cuts_at_the_byte_limit_and_never_exceeds_it(tmp_path):
@@ -128,9 +128,7 @@ def test_problems_name_the_line_of_the_input_across_files_and_shards(tmp_path):
     # The shard holding p8 is refused by the per-shard rules, so cross-shard duplicates there are not reached;
     # a clean input with a duplicate across shards is named with both places:
     clean = write_lines(tmp_path / "c.jsonl", [*lines(4), lines(1, start=1)[0]])
-    with pytest.raises(
-        BatchValidationError, match=r"input_file line 5: custom_id 'p1' is also used on input_file line 2"
-    ):
+    with pytest.raises(BatchValidationError, match=r"input_file line 5: custom_id 'p1' is also used on line 2"):
         split_input([clean], ENDPOINT, str(tmp_path), max_requests_per_batch=2)
 
 

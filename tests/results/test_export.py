@@ -221,15 +221,13 @@ def test_manifest_counts_tokens_and_cost_with_the_default_and_an_overridden_tabl
 
 
 def test_models_are_priced_by_their_own_row_never_by_a_model_whose_name_they_start_with(hook, tmp_path):
-    batch = submit(
-        hook,
-        [
-            chat("a", model="o3-mini"),
-            chat("b", "a longer question", model="gpt-4o-2024-05-13"),
-            chat("c", model="o3-pro"),
-        ],
-    )
-    manifest = hook.export_results(batch.id, tmp_path / "out.jsonl")
+    # One model per batch file, as the API takes them: one batch each, exported together.
+    batches = [
+        submit(hook, [chat("a", model="o3-mini")]),
+        submit(hook, [chat("b", "a longer question", model="gpt-4o-2024-05-13")]),
+        submit(hook, [chat("c", model="o3-pro")]),
+    ]
+    manifest = hook.export_results([b.id for b in batches], tmp_path / "out.jsonl")
     rows = {r["custom_id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
     a, b = rows["a"], rows["b"]
     # o3-mini at 0.55 / 2.20 (not o3's 1 / 4), gpt-4o-2024-05-13 at 2.50 / 7.50 (not gpt-4o's 1.25 / 5).

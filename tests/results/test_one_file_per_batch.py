@@ -14,7 +14,7 @@ from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.operators.results import BatchResultsOperator
 from airflow_provider_openai_batch.results.export import ResultsExportError
 from tests.helpers import ctx
-from tests.results.helpers import FakeOutletEvents, chat, read_jsonl, submit
+from tests.results.helpers import FAILS, FakeOutletEvents, chat, read_jsonl, submit
 
 
 def _export(tmp_path, batch_ids, **kwargs):
@@ -110,7 +110,7 @@ def test_index_is_the_position_in_the_whole_input_and_each_file_keeps_its_own_ba
 def test_the_manifest_the_asset_and_its_event_name_every_file_written(openai_batch_connection, tmp_path):
     with OpenAIBatchHook() as hook:
         a = submit(hook, [chat("a0"), chat("a1")])
-        b = submit(hook, [chat("b0"), chat("b1", model="fail-model"), chat("b2")])
+        b = submit(hook, [chat("b0"), chat("b1", **FAILS), chat("b2")])
 
     op, manifest, events = _export(tmp_path, [a.id, b.id])
 
@@ -128,7 +128,7 @@ def test_the_manifest_the_asset_and_its_event_name_every_file_written(openai_bat
     for key in ("input_tokens", "output_tokens", "total_tokens"):
         assert manifest[key] == sum(f[key] for f in files) > 0
     assert manifest["estimated_cost_usd"] == pytest.approx(sum(f["estimated_cost_usd"] for f in files))
-    assert manifest["batch_ids"] == [a.id, b.id] and manifest["models"] == {"fail-model": 1, "gpt-4o-mini": 4}
+    assert manifest["batch_ids"] == [a.id, b.id] and manifest["models"] == {"gpt-4o-mini": 5}
 
     extra = events[Asset(uri=pattern)].extra
     assert extra["destination"] == pattern and extra["rows"] == 5

@@ -4,6 +4,7 @@ cheap import at DAG-parse time."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from airflow.sdk import Asset
@@ -11,7 +12,7 @@ from airflow.sdk import Asset
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.operators.results import BatchResultsOperator
 from tests.helpers import ctx, modules_added
-from tests.results.helpers import FakeOutletEvents, chat, read_jsonl, submit
+from tests.results.helpers import FAILS, FakeOutletEvents, chat, read_jsonl, submit
 
 
 def test_the_task_exports_pushes_the_manifest_and_fills_the_asset_event(
@@ -146,15 +147,17 @@ def test_output_type_validates_the_answers_of_batches_made_any_other_way(openai_
     }
     fmt = {"type": "json_schema", "json_schema": {"name": "Movie", "schema": schema, "strict": True}}
 
-    def asking(custom_id: str, model: str = "gpt-4o-mini") -> dict:
-        request = chat(custom_id, model=model)
+    def asking(custom_id: str, model: str = "gpt-4o-mini", **body: Any) -> dict:
+        request = chat(custom_id, model=model, **body)
         request["body"]["response_format"] = fmt
         return request
 
-    with OpenAIBatchHook() as hook:
-        batch = submit(hook, [asking("a"), asking("b", "badjson-schema"), asking("c", "fail-model"), asking("d")])
+    with OpenAIBatchHook() as hook:  # one model per batch file, as the API takes them
+        good = submit(hook, [asking("a"), asking("c", **FAILS), asking("d")])
+        bad = submit(hook, [asking("b", "badjson-schema")])
     destination = tmp_path / "movies.parquet"
-    op = BatchResultsOperator(task_id="export", batch_id=batch.id, destination=destination, output_type=Movie)
+    ids = [good.id, bad.id]
+    op = BatchResultsOperator(task_id="export", batch_id=ids, destination=destination, output_type=Movie)
     manifest = op.execute(ctx())
     counts = manifest["counts"]
     assert (counts["succeeded"], counts["invalid_output"], counts["failed"]) == (2, 1, 1)
@@ -168,7 +171,7 @@ def test_output_type_validates_the_answers_of_batches_made_any_other_way(openai_
 
     assert pq.read_schema(destination).field("output").type == "string"  # JSON text, like response
     # Without output_type the same batch exports as before: no output column, no invalid_output row.
-    plain = BatchResultsOperator(task_id="plain", batch_id=batch.id, destination=tmp_path / "plain.jsonl")
+    plain = BatchResultsOperator(task_id="plain", batch_id=ids, destination=tmp_path / "plain.jsonl")
     manifest = plain.execute(ctx())
     assert manifest["counts"]["invalid_output"] == 0 and manifest["counts"]["succeeded"] == 3
     assert all("output" not in row for row in read_rows(manifest))
