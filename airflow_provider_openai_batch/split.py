@@ -33,7 +33,7 @@ import os
 import queue
 import threading
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import repeat
@@ -68,6 +68,8 @@ class Shard:
     bytes: int = 0
     tokens: int = 0
     digest: str = ""
+    #: Its uploaded file, when it was uploaded as it was cut (``split_input``'s ``on_shard``).
+    file_id: str | None = None
     embedding_inputs: int = 0
     #: Where its lines came from, for messages only: (its first line, source number, that line's number in
     #: the source) for each run of lines that follow each other in a source.
@@ -121,6 +123,7 @@ def split_input(
     max_tokens_per_batch: int | None = None,
     names: Sequence[str] | None = None,
     label: str | None = None,
+    on_shard: Callable[[Shard], None] | None = None,
 ) -> SplitResult:
     """Split ``sources`` (local paths or ``ObjectStoragePath``\\ s, read in order as one input) into shards.
 
@@ -132,6 +135,9 @@ def split_input(
     :param max_tokens_per_batch: Most estimated input tokens per shard (``None``: no such bound).
     :param names: How each source is called in messages (default ``input_file[i]``, or ``input_file``).
     :param label: How the whole input is called in the error's first line (default: the names, joined).
+    :param on_shard: Called with each shard as soon as its file is written and passed its own checks, while no
+        problem was found so far (to upload it while the rest is cut); the split may still fail afterwards, on a
+        later line or a ``custom_id`` used again in a later shard.
     :raises BatchValidationError: naming every bad line (source and line number) across the shards; nothing
         was uploaded.
     """
@@ -146,7 +152,7 @@ def split_input(
         if names
         else (["input_file"] if len(sources) == 1 else [f"input_file[{i}]" for i in range(len(sources))])
     )
-    split = _Split(endpoint, directory, rules, names, cap, max_tokens_per_batch)
+    split = _Split(endpoint, directory, rules, names, cap, max_tokens_per_batch, on_shard)
     try:
         for number, source in enumerate(sources):
             line_number = 0
@@ -192,8 +198,10 @@ class _Split:
         names: Sequence[str],
         cap: int,
         max_tokens: int | None,
+        on_shard: Callable[[Shard], None] | None = None,
     ) -> None:
         self.endpoint, self.directory, self.rules, self.names = endpoint, directory, rules, names
+        self.on_shard = on_shard
         self.cap, self.max_tokens = cap, max_tokens
         self.limit = rules.max_bytes_per_file
         self.max_inputs = rules.max_embedding_inputs
@@ -321,6 +329,8 @@ class _Split:
             self.problems.append(f"{place}: {problem.message}")
         self.ids.add(shard, check.seen)
         self.done.append(shard)
+        if self.on_shard is not None and not self.problems:
+            self.on_shard(shard)
         self.shard, self.check, self.out = None, None, None
         self.requests = self.size = self.tokens = self.inputs = 0
 

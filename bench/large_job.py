@@ -2,8 +2,10 @@
 
 Measures, on one machine:
 
-- **split and upload throughput** (MB/s of input) of the operator's job path, against the raw loopback speed
-  of this machine (bytes pushed through a local TCP socket into a reader that discards them);
+- **split and upload time** of the operator's job path, whose shards are uploaded while the rest is cut,
+  against the same split with nothing uploaded meanwhile followed by every upload one after the other (in a
+  fresh interpreter each, same emulator), and as MB/s of input against the raw loopback speed of this machine
+  (bytes pushed through a local TCP socket into a reader that discards them);
 - **peak RSS growth** of the process that splits, uploads and creates (goal: at most 100 MB), sampled from
   ``/proc/self/status`` every 5 ms in a fresh interpreter, over its RSS just before ``execute``;
 - **time until every shard is created** (the last create of ``execute`` with ``wait_for_completion=False``,
@@ -20,6 +22,7 @@ The emulator runs as a separate process (its files live in its memory, not ours)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -29,6 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from airflow_provider_openai_batch.emulator.testing import run_emulator_process
 
@@ -66,26 +70,24 @@ from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
 from tests.helpers import ctx
 
 times = {}
-real_split, real_upload = split.split_input, prepare._upload
-def timed_split(*args, **kwargs):
-    started = time.perf_counter()
-    try:
-        return real_split(*args, **kwargs)
-    finally:
-        times["split"] = time.perf_counter() - started
-def timed_upload(*args, **kwargs):
-    started = time.perf_counter()
-    try:
-        return real_upload(*args, **kwargs)
-    finally:
-        times["upload"] = time.perf_counter() - started
+def timed(name, real):
+    def wrapper(*args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            times[name] = time.perf_counter() - began
+    return wrapper
 real_create = runner.JobRunner._create
 def timed_create(self, *args, **kwargs):
     made = real_create(self, *args, **kwargs)
     if all(s.last.batch_id for s in self.record.shards):  # the last shard's batch was just created
         times["created"] = time.perf_counter() - started
     return made
-split.split_input, prepare._upload, runner.JobRunner._create = timed_split, timed_upload, timed_create
+# split: cutting and checking (uploads already in flight); prepared: until every shard is uploaded.
+split.split_input = timed("split", split.split_input)
+prepare.prepare = timed("prepared", prepare.prepare)
+runner.JobRunner._create = timed_create
 
 with OpenAIBatchHook() as hook:
     hook.list_batches(limit=1)  # connection read and HTTP code loaded before the baseline
@@ -96,6 +98,26 @@ started = time.perf_counter()
 ids = op.execute(ctx())  # returns once every batch passed validation (no token-limit refusal can come then)
 returned = time.perf_counter() - started
 print(json.dumps({"ids": ids, "seconds": times["created"], "returned": returned, "growth": peak.stop(), **times}))
+"""
+)
+
+# The reference: the same split with nothing uploaded meanwhile, then every shard uploaded one after the other.
+SEPARATE = (
+    CHILD_PRELUDE
+    + r"""
+import tempfile
+from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+from airflow_provider_openai_batch.split import split_input
+with OpenAIBatchHook() as hook, tempfile.TemporaryDirectory() as tmp:
+    hook.list_batches(limit=1)
+    began = time.perf_counter()
+    result = split_input([%(path)r], "/v1/chat/completions", tmp, max_requests_per_batch=%(per_batch)d)
+    cut = time.perf_counter() - began
+    began = time.perf_counter()
+    for shard in result.shards:
+        hook.upload_file(shard.path, purpose="batch")
+    uploaded = time.perf_counter() - began
+print(json.dumps({"split": cut, "upload": uploaded}))
 """
 )
 
@@ -153,6 +175,51 @@ def loopback_mb_per_s(total: int = 512 * 1024 * 1024) -> float:
     return total / (1024 * 1024) / (time.perf_counter() - started)
 
 
+class ThrottledProxy:
+    """A loopback TCP proxy to ``target`` that passes at most ``mb_per_s`` MB/s towards it (answers go back at
+    full speed): uploads over it take the time they take over a real network of that speed, on one machine."""
+
+    def __init__(self, target: tuple[str, int], mb_per_s: float) -> None:
+        self.target, self.rate = target, mb_per_s * 1024 * 1024
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        self.lock = threading.Lock()
+        self.next_free = time.monotonic()  # one link shared by every connection, as a network is
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, throttled: bool) -> None:
+        try:
+            while data := source.recv(64 * 1024):
+                if throttled:
+                    with self.lock:
+                        start = max(self.next_free, time.monotonic())
+                        self.next_free = start + len(data) / self.rate
+                    time.sleep(max(0.0, self.next_free - time.monotonic()))
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
 def child(code: str) -> dict:
     root = Path(__file__).parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=False)
@@ -166,6 +233,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--per-batch", type=int, default=50_000)
     parser.add_argument("--phase-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--upload-mb-per-s",
+        type=float,
+        default=50.0,
+        help="the speed of the network the uploads cross (a throttling proxy in front of the emulator); 0: loopback",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="large-job-bench-") as tmp:
         path = Path(tmp) / "input.jsonl"
@@ -174,6 +247,13 @@ def main() -> None:
         raw = loopback_mb_per_s()
         with run_emulator_process(phase_seconds=args.phase_seconds) as emulator:
             conn = emulator.connection_json()
+            proxy = None
+            if args.upload_mb_per_s:
+                host, port = urlsplit(emulator.base_url).hostname, urlsplit(emulator.base_url).port
+                proxy = ThrottledProxy((str(host), int(port or 80)), args.upload_mb_per_s)
+                conn = conn.replace(f"{host}:{port}", f"127.0.0.1:{proxy.port}")
+            separate = child(SEPARATE % {"conn": conn, "path": str(path), "per_batch": args.per_batch})
+            emulator.reset()
             submit = child(SUBMIT % {"conn": conn, "path": str(path), "per_batch": args.per_batch})
             ids = submit["ids"]
             started = time.perf_counter()
@@ -186,18 +266,23 @@ def main() -> None:
             statuses = sorted({b.status for b in finals})
             exported = child(EXPORT % {"conn": conn, "ids": ids, "destination": str(Path(tmp) / "results.jsonl")})
             stats = emulator.stats()
+            if proxy is not None:
+                proxy.close()
     print(
-        "| requests | input MB | batches | split s | upload s | split+upload MB/s | raw loopback MB/s |"
+        "| requests | input MB | batches | split alone s | upload alone s | split, then upload s |"
+        " split while uploading s | every shard uploaded s | split+upload MB/s | raw loopback MB/s |"
         " every shard created (s) | peak RSS growth (MB) | emulator run (s) | statuses |"
         " export rows/s | export RSS growth (MB) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| {args.requests:,} | {mb:.0f} | {len(ids)} | {submit['split']:.1f} | {submit['upload']:.1f} |"
-        f" {mb / (submit['split'] + submit['upload']):.0f} | {raw:,.0f} | {submit['seconds']:.1f} |"
+        f"| {args.requests:,} | {mb:.0f} | {len(ids)} | {separate['split']:.1f} | {separate['upload']:.1f} |"
+        f" {separate['split'] + separate['upload']:.1f} | {submit['split']:.1f} | {submit['prepared']:.1f} |"
+        f" {mb / submit['prepared']:.0f} | {raw:,.0f} | {submit['seconds']:.1f} |"
         f" {submit['growth'] / 1e6:.1f} | {run_seconds:.0f} | {', '.join(statuses)} |"
         f" {exported['rows'] / exported['seconds']:,.0f} | {exported['growth'] / 1e6:.1f} |"
     )
+    print(f"network of the uploads: {args.upload_mb_per_s or 'loopback'} MB/s")
     print(
         f"rows exported: {exported['rows']:,} {exported['counts']}; emulator: batches_created="
         f"{stats['batches_created']}, requests_completed={stats['requests_completed']:,}"

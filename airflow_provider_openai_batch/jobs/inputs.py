@@ -32,7 +32,7 @@ def new_record(key: str, endpoint: str, split: Any, layout: dict[str, Any], now:
                 s.requests,
                 s.bytes,
                 s.tokens,
-                [Attempt(1, FULL, attempt_key(key, s.index, 1), s.requests)],
+                [Attempt(1, FULL, attempt_key(key, s.index, 1), s.requests, file_id=s.file_id)],
             )
             for s in split.shards
         ],

@@ -44,6 +44,9 @@ def prepare(
     ti = context["ti"]
     now = time.time()
     split = None
+    # What an earlier try left: this release's record, or the previous release's (a lone batch's under the same
+    # key, a job's under its own).
+    earlier, earlier_job = store.read_raw(STATE_KEY), store.read_raw(LEGACY_JOB_KEY)
     if task.input_file_id is not None:
         from airflow_provider_openai_batch import api
 
@@ -52,7 +55,8 @@ def prepare(
         fresh = uploaded_file_record(job_key(ti, digest, task.reattach), task.endpoint, task.input_file_id, now)
         layout_job = None
     else:
-        split = _split(task, tmp)
+        first = not resuming and (ti.try_number or 1) == 1 and earlier is None and earlier_job is None
+        split = _split(task, tmp, hook, uploads=first and _may_upload_early(task))
         rules = task.backend_rules()
         layout = {
             "max_requests_per_batch": min(task.max_requests_per_batch, rules.max_requests_per_file),
@@ -77,15 +81,13 @@ def prepare(
             task.max_active_batches,
             task.max_enqueued_tokens,
         )
-    stored = store.read() if task.reattach == "auto" else None
+    stored = JobRecord.from_json(earlier) if task.reattach == "auto" else None
     if stored is not None and stored.job_key == fresh.job_key:
         record = _reattach(task, stored, fresh)
     else:
         previous = None
         if task.reattach == "auto":
-            previous = from_previous_release(
-                fresh, store.read_raw(STATE_KEY), store.read_raw(LEGACY_JOB_KEY), layout_job, now
-            )
+            previous = from_previous_release(fresh, earlier, earlier_job, layout_job, now)
         record = previous or fresh
         if previous is not None:
             task.log.info("Re-attaching to the batches an earlier try recorded")
@@ -102,7 +104,31 @@ def prepare(
     return record
 
 
-def _split(task: Any, tmp: str) -> Any:
+def _may_upload_early(task: Any) -> bool:
+    """Whether a new job's shards may be uploaded as they are cut: always, unless ``input_expires_after`` must be
+    checked against a queue of several rounds, which only the whole cut tells (then every file waits for it)."""
+    if task.input_expires_after is None:
+        return True
+    if task.max_active_batches is not None or task.max_enqueued_tokens is not None:
+        return False
+    from airflow_provider_openai_batch.jobs.runner import window_seconds
+
+    check_input_expiry(  # one round of batches: only what a round of resubmit_unfinished needs is left to check
+        task.task_id,
+        task.input_expires_after,
+        [0],
+        max_active_batches=None,
+        max_enqueued_tokens=None,
+        resubmit_unfinished=task.resubmit_unfinished,
+        window_seconds=window_seconds(task.completion_window),
+    )
+    return True
+
+
+def _split(task: Any, tmp: str, hook: OpenAIBatchHook, uploads: bool) -> Any:
+    """The input cut into checked shards; with ``uploads``, each shard uploaded as soon as it is cut
+    (:mod:`.uploads`), its file id set on the shard (``file_id``)."""
+    from airflow_provider_openai_batch.jobs.uploads import ShardUploads
     from airflow_provider_openai_batch.split import split_input
 
     if task.requests is not None:
@@ -114,16 +140,27 @@ def _split(task: Any, tmp: str) -> Any:
         sources = task.input_sources()
         names, label = None, None
     os.makedirs(os.path.join(tmp, "shards"), exist_ok=True)
-    return split_input(
-        sources,
-        task.endpoint,
-        os.path.join(tmp, "shards"),
-        rules=task.backend_rules(),
-        max_requests_per_batch=task.max_requests_per_batch,
-        max_tokens_per_batch=task.max_enqueued_tokens,
-        names=names,
-        label=label,
-    )
+    early = ShardUploads(hook, task.input_expires_after) if uploads else None
+    try:
+        split = split_input(
+            sources,
+            task.endpoint,
+            os.path.join(tmp, "shards"),
+            rules=task.backend_rules(),
+            max_requests_per_batch=task.max_requests_per_batch,
+            max_tokens_per_batch=task.max_enqueued_tokens,
+            names=names,
+            label=label,
+            on_shard=early.submit if early is not None else None,
+        )
+    except BaseException:
+        if early is not None:
+            early.discard()
+        raise
+    if early is not None:
+        for index, file_id in early.file_ids().items():
+            split.shards[index].file_id = file_id
+    return split
 
 
 def _reattach(task: Any, stored: JobRecord, fresh: JobRecord) -> JobRecord:
