@@ -1,11 +1,10 @@
-"""What a kill does to the batches a task runs: the one rule the operators, the sensor and the trigger share.
+"""What a kill does to the batches a task runs, in one place for the operators, the sensor and the trigger.
 
-Airflow calls ``on_kill`` (the operator's in a worker, the trigger's in the triggerer, Airflow 3.3+) when a
-user marks the task failed or success, or clears it. With ``cancel_on_kill`` the batch is cancelled, unless
-the task instance is now ``success`` (the user declared the work done, and a downstream task may still read
-the results: cancelling would throw them away) or still ``deferred`` (the trigger was only moved to another
-triggerer, which Airflow 3.3 also reports as a kill). When the state cannot be read, the batch is cancelled
-as asked.
+The rule (cancel with ``cancel_on_kill``, unless the task instance is now ``success`` or still ``deferred``) is
+written in docs/retries-and-kills.md; this module reads the task instance's state and applies it. Airflow
+calls ``on_kill`` (the operator's in a worker, the trigger's in the triggerer, Airflow 3.3+) when a user marks
+the task failed or success, or clears it; a trigger merely moved to another triggerer is reported as a kill
+too, with the task instance still ``deferred``.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class OpenAIBatchDecoratedOperator(DecoratedOperator, CreateBatchOperator):
     resumes goes on from the job record in the task state store and never calls the function again: its output
     may not be the same twice. A retry is a new try: it calls the function again, and re-attaches to the
     batches an earlier try created when the function returns the same input (the job's key is a digest of the
-    input's bytes); otherwise the input is a new job. Kill, timeout and the verdict are ``CreateBatchOperator``'s;
+    input's bytes); otherwise the input is a new job. Kill, timeout and the verdict follow docs/retries-and-kills.md;
     the export's retry and kill rules are ``BatchResultsOperator``'s.
 
     :param model: The model of every request whose body names none.

@@ -77,7 +77,7 @@ class CreateBatchOperator(BaseOperator):
     :param timeout: Seconds from the job's first start after which it stops (``None``: no deadline; each batch is
         still bounded by its completion window plus an hour).
     :param max_failed_fraction: Largest share (0.0..1.0) of the job's requests that may end failed.
-    :param cancel_on_kill: Cancel the running batches when the task is killed (never when marked success).
+    :param cancel_on_kill: Cancel the running batches when the task is killed (see the rules page).
     :param reattach: ``"auto"`` (default): a retry or a cleared task goes on with the job an earlier try started
         for the same input. ``"never"``: every try is a job of its own (and is billed for it).
     :param rebill_completed_requests: Allow a new try to send again the whole input of a batch that ended

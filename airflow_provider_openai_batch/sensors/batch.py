@@ -17,40 +17,24 @@ if TYPE_CHECKING:
 
 
 class BatchSensor(BaseSensorOperator):
-    """Wait until a batch ends; succeed with the final batch, or fail with the batch's own errors.
+    """Wait until a batch ends (or every batch of a list): succeed with the final batch (or the list of them), or
+    fail with the batch's own errors.
 
-    The batch is checked once before deferring, so a batch that already ended never defers. Then, when
-    ``deferrable`` (the default), the wait moves to the triggerer and frees the worker slot; otherwise the
-    usual ``poke`` or ``reschedule`` modes apply.
+    The batches are checked once before deferring, so batches that already ended never defer. Then, when
+    ``deferrable`` (the default), the wait moves to the triggerer and frees the worker slot; otherwise the usual
+    ``poke`` or ``reschedule`` modes apply. ``completed`` succeeds and returns the final batch as JSON
+    (``output_file_id``, ``error_file_id``, ``request_counts``, ``usage``, ...); ``failed``, ``expired`` and
+    ``cancelled`` fail the task with the batch's error messages (line numbers for a bad input file), as soon as
+    one is seen. ``timeout`` counts from the first check. What a retry, a kill, the timeout and a verdict do is in
+    docs/retries-and-kills.md.
 
-    **Outcome.** ``completed`` succeeds and returns the final batch as JSON (``output_file_id``,
-    ``error_file_id``, ``request_counts``, ``usage``, ...) to XCom. ``failed``, ``expired`` and
-    ``cancelled`` fail the task with the batch's error messages (line numbers for a bad input file).
-    A ``completed`` batch whose share of failed requests exceeds ``max_failed_fraction`` fails too. The
-    default, 1.0, treats request-level failures as data (read them from the error file), because a
-    batch of 50,000 prompts commonly has a few refusals; set 0.0 to fail on any failed request.
-
-    **Timeout.** ``timeout`` (seconds, from the first check) becomes an absolute deadline given to the
-    trigger, so it survives triggerer restarts. At the deadline the task fails; with ``cancel_on_timeout``
-    the batch is cancelled first, otherwise it keeps running (and billing) at the API.
-
-    **Kill and retry.** With ``cancel_on_kill`` the batch is cancelled when a user marks the task failed or
-    clears it (the trigger's ``on_kill`` in deferrable mode, Airflow 3.3+; the operator's in poke mode). A
-    task marked *success* keeps its batch: its results are still wanted. A retried try simply waits for the
-    same batch again. A verdict on a finished batch fails the task without retries.
-
-    **Several batches** (the shards of a large job): give ``batch_id`` a list of ids (or a JSON string of one,
-    as a template renders it, e.g. the job's return value). The sensor then waits for all of them in one
-    deferral, succeeds when every one completed within ``max_failed_fraction`` (each judged on its own), and
-    returns the list of final batches; one that ends ``failed``, ``expired`` or ``cancelled`` fails the task as
-    soon as it is seen.
-
-    :param batch_id: The batch to wait for (templated), e.g. ``{{ ti.xcom_pull('create_batch') }}``, or a
-        list of them.
+    :param batch_id: The batch to wait for (templated), e.g. ``{{ ti.xcom_pull('create_batch') }}``, or a list of
+        them (or a JSON string of one, as a template renders a job's return value): one deferral for all.
     :param conn_id: Airflow connection id (type ``openai_batch``).
     :param deferrable: Wait in the triggerer (default ``True``).
     :param poll_interval: Seconds between checks (also ``poke_interval`` in poke/reschedule modes).
-    :param max_failed_fraction: Largest share of failed requests a completed batch may have (0.0..1.0).
+    :param max_failed_fraction: Largest share of failed requests a completed batch may have (0.0..1.0; default
+        1.0: request failures are data, read them from the results); each batch is judged on its own.
     :param cancel_on_timeout: Cancel the batch when the deadline passes.
     :param cancel_on_kill: Cancel the batch when the task is killed.
     :param max_consecutive_errors: Failed polls in a row the trigger tolerates before failing the task.

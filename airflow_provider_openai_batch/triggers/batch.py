@@ -62,11 +62,10 @@ class BatchTrigger(BaseTrigger):
       replaces the ``timeout`` of a deadline that passes during an outage. With ``cancel_on_timeout`` the
       batches still running are cancelled first (each given up after 20 s; a failed cancel is logged and the
       event is still ``timeout``). Without it they run on at the API and may still complete.
-    - **Kill** (Airflow 3.3 and later; earlier versions never call a trigger's ``on_kill``): when a user marks
-      the deferred task failed or success, or clears it, Airflow cancels the trigger and calls :meth:`on_kill`.
-      With ``cancel_on_kill`` it cancels the batches unless the task instance is now ``success`` or still
-      ``deferred`` (:mod:`~airflow_provider_openai_batch.kill_policy` says why). A triggerer shutdown, a
-      trigger timeout and the event itself never call ``on_kill``.
+    - **Kill** (Airflow 3.3 and later): when a user acts on the deferred task, Airflow cancels the trigger and
+      calls :meth:`on_kill`, which applies the kill rule of docs/retries-and-kills.md
+      (:mod:`~airflow_provider_openai_batch.kill_policy`). A triggerer shutdown, a trigger timeout and the event
+      itself never call ``on_kill``.
 
     :param batch_id: The batch to wait for (a shorthand for ``batch_ids=[batch_id]``).
     :param conn_id: Airflow connection id (type ``openai_batch``).
