@@ -8,7 +8,6 @@ SQLite (:mod:`.join`) and streamed out row by row (:mod:`.writers`).
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections import Counter
 from collections.abc import Generator, Iterator, Mapping
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_openai_batch.exceptions import NotFoundError, OpenAIBatchError
 from airflow_provider_openai_batch.locations import destination_location, location_uri
+from airflow_provider_openai_batch.results.codec import decode
 from airflow_provider_openai_batch.results.join import JoinedRow, RequestConflict, ResultJoin
 from airflow_provider_openai_batch.results.options import FILE_KINDS, parse_batch_ids, parse_delete_files
 from airflow_provider_openai_batch.results.prices import CostEstimate, check_price_table
@@ -233,8 +233,9 @@ def _conflict_error(clash: RequestConflict, batches: list[Batch]) -> ResultsExpo
 def _load_batch(
     hook: OpenAIBatchHook, join: ResultJoin, rank: int, batch: Batch, tmp: Path, batches: list[Batch]
 ) -> None:
-    """Spill one batch's input positions, then its output and error lines, downloading each file to disk
-    first (streamed and retried by the hook) and removing it once read."""
+    """Spill one batch's input positions, then index its output and error lines, downloading each file to disk
+    first (streamed and retried by the hook); the input file is removed once read, the result files stay in
+    ``tmp`` for the rows."""
     assert batch.input_file_id is not None  # checked by _finished_batch
     files = [("input", batch.input_file_id), ("output", batch.output_file_id), ("error", batch.error_file_id)]
     for kind, file_id in files:
@@ -249,14 +250,13 @@ def _load_batch(
                 f"the {kind} file {file_id} of batch {batch.id} is gone (deleted, or past its expiry): the export "
                 f"needs it for the {why}"
             ) from None
+        if kind != "input":
+            join.add_results(rank, local)  # read in place, again when the rows are written
+            continue
         try:
-            if kind == "input":
-                try:
-                    join.add_inputs(rank, _lines(local))
-                except RequestConflict as clash:
-                    raise _conflict_error(clash, batches) from None
-            else:
-                join.add_results(rank, _lines(local))
+            join.add_inputs(rank, _lines(local))
+        except RequestConflict as clash:
+            raise _conflict_error(clash, batches) from None
         finally:
             local.unlink(missing_ok=True)
 
@@ -275,7 +275,7 @@ def _rows(rows: Iterator[JoinedRow], batches: list[Batch]) -> Iterator[tuple[dic
     for joined in rows:
         if joined.line is not None and joined.result_rank is not None:
             batch = batches[joined.result_rank]
-            row = row_from_line(joined.custom_id, joined.index, json.loads(joined.line), batch.id, batch.endpoint)
+            row = row_from_line(joined.custom_id, joined.index, decode(joined.line), batch.id, batch.endpoint)
         else:
             batch = batches[joined.last_rank]
             row = row_without_line(joined.custom_id, joined.index, batch.id, batch.status, errors[joined.last_rank])

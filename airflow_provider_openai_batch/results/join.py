@@ -1,9 +1,11 @@
 """The constant-memory join of input files and result files.
 
-Result lines arrive in no order, and a batch can hold 50,000 requests with large answers, so neither the
-input positions nor the results are held in memory: both go to a SQLite file (stdlib ``sqlite3``) and rows
-come back out of it one at a time, in input order. SQLite's page cache is the only thing that grows, and it
-is capped (:data:`CACHE_KIB`).
+Result lines arrive in no order, and a job can hold a million requests with large answers, so neither the
+input positions nor the results are held in memory. Input positions go to a SQLite file (stdlib
+``sqlite3``); a result line stays where it was downloaded, and SQLite records only where it is (file,
+offset, length) under the position of its request, so rows come back out in input order by one ordered scan
+and one read per line. SQLite's page cache is the only thing that grows, and it is capped
+(:data:`CACHE_KIB`).
 
 Rounds and shards are told apart by content: each input line's request (method, url, body) is recorded as a
 digest per ``custom_id``. A later batch that holds a known ``custom_id`` with the same request is a round of
@@ -14,18 +16,24 @@ rather than let one answer silently replace another.
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import sqlite3
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass
 from os import PathLike
+from typing import Any, NamedTuple
+
+import msgspec
+
+from airflow_provider_openai_batch.results.codec import canonical, decode, decoder
 
 #: SQLite page cache, in KiB: enough to keep the indexes hot, small next to the 100 MB budget.
 CACHE_KIB = 16 * 1024
+#: Lines handed to SQLite per ``executemany``: large enough that the per-call cost vanishes, small enough
+#: that a chunk is a few MB at most.
+CHUNK = 5_000
 
 
-@dataclass(frozen=True)
-class JoinedRow:
+class JoinedRow(NamedTuple):
     """One input request and its winning result line, if any.
 
     :param index: 0-based position of the request over the inputs, in order of first appearance.
@@ -61,12 +69,31 @@ class RequestConflict(Exception):
         self.rank = rank
 
 
+class _Request(msgspec.Struct):
+    """The fields of an input line the join reads (the rest of the line is skipped, not built)."""
+
+    custom_id: str
+    method: Any = None
+    url: Any = None
+    body: Any = None
+
+
+class _Result(msgspec.Struct):
+    custom_id: str
+
+
+_read_request = decoder(_Request)
+_read_result = decoder(_Result)
+
+
 def request_digest(item: dict) -> bytes:
     """SHA-256 of the request an input line makes: its method, url and body, keys sorted (so the same request
     written with its keys in another order has the same digest)."""
-    request = [item.get("method"), item.get("url"), item.get("body")]
-    text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).digest()
+    return _digest(item.get("method"), item.get("url"), item.get("body"))
+
+
+def _digest(method: Any, url: Any, body: Any) -> bytes:
+    return hashlib.sha256(canonical([method, url, body])).digest()
 
 
 class ResultJoin:
@@ -75,8 +102,8 @@ class ResultJoin:
     Add the batches in the order given (rank 0, 1, ...): each batch's input, then its results. A request's
     position is that of its first appearance, so shards concatenate and a later round (a subset of the
     first) keeps the first round's positions. A request's row comes from the last batch whose input held it:
-    its result line there, or none (an older round's line is kept on disk but never wins over a later round
-    that held the request and ended without running it).
+    its result line there, or none (an older round's line is kept but never wins over a later round that held
+    the request and ended without running it).
 
     :param path: The SQLite file (a scratch file: nobody reads it afterwards).
     :param per_batch: Also record which batch's input held which request, for :meth:`batch_rows` (one file
@@ -96,26 +123,37 @@ class ResultJoin:
             "CREATE TABLE positions (idx INTEGER PRIMARY KEY, custom_id TEXT NOT NULL UNIQUE, "
             "last_rank INTEGER NOT NULL, model TEXT, digest BLOB NOT NULL)"
         )
-        # One batch's input lines, in order, before they are checked against the positions and merged in.
+        # One file's lines, in order, before they are checked against the positions and merged in: appended
+        # without an index, then joined in one statement each.
         self.db.execute(
             "CREATE TABLE incoming (seq INTEGER PRIMARY KEY, custom_id TEXT NOT NULL, model TEXT, digest BLOB NOT NULL)"
         )
-        self.db.execute("CREATE INDEX incoming_custom_id ON incoming (custom_id)")
+        self.db.execute(
+            "CREATE TABLE arriving (seq INTEGER PRIMARY KEY, custom_id TEXT NOT NULL, offset INTEGER NOT NULL, "
+            "length INTEGER NOT NULL)"
+        )
         self.per_batch = per_batch
         if per_batch:
             self.db.execute(
                 "CREATE TABLE members (rank INTEGER NOT NULL, idx INTEGER NOT NULL, PRIMARY KEY (rank, idx)) "
                 "WITHOUT ROWID"
             )
+        # Keyed by position, so the rows come out by walking positions and results side by side.
         self.db.execute(
-            "CREATE TABLE results (custom_id TEXT NOT NULL, rank INTEGER NOT NULL, line BLOB NOT NULL, "
-            "PRIMARY KEY (custom_id, rank))"
+            "CREATE TABLE results (idx INTEGER NOT NULL, rank INTEGER NOT NULL, file INTEGER NOT NULL, "
+            "offset INTEGER NOT NULL, length INTEGER NOT NULL, PRIMARY KEY (idx, rank)) WITHOUT ROWID"
         )
+        # Result lines whose custom_id no input had held when they arrived (a later input may still hold it).
+        self.db.execute("CREATE TABLE strays (custom_id TEXT NOT NULL)")
+        self.files: list[int] = []
         self.unreadable_input_lines = 0
         self.unreadable_result_lines = 0
 
     def close(self) -> None:
         self.db.close()
+        for fd in self.files:
+            os.close(fd)
+        self.files.clear()
 
     def add_inputs(self, rank: int, lines: Iterable[bytes]) -> int:
         """Record the requests of one batch's input file; returns how many lines were read.
@@ -124,40 +162,18 @@ class ResultJoin:
             different request; nothing of this file is recorded then.
         """
         count = 0
-
-        def records() -> Iterator[tuple[str, str | None, bytes]]:
-            nonlocal count
-            for line in lines:
-                try:
-                    item = json.loads(line)
-                    custom_id = item["custom_id"]
-                except (ValueError, TypeError, KeyError):
-                    # Only a batch that failed validation has such lines; they are no request.
-                    self.unreadable_input_lines += 1
-                    continue
-                if not isinstance(custom_id, str):
-                    self.unreadable_input_lines += 1
-                    continue
-                body = item.get("body")
-                model = body.get("model") if isinstance(body, dict) else None
-                count += 1
-                yield custom_id, model if isinstance(model, str) else None, request_digest(item)
-
         with self.db:
             self.db.execute("DELETE FROM incoming")
-            self.db.executemany("INSERT INTO incoming (custom_id, model, digest) VALUES (?, ?, ?)", records())
+            for chunk in _chunks(self._requests(lines)):
+                self.db.executemany("INSERT INTO incoming (custom_id, model, digest) VALUES (?, ?, ?)", chunk)
+                count += len(chunk)
+            before = self.db.execute("SELECT COALESCE(MAX(idx), 0) FROM positions").fetchone()[0]
+            # Known requests first, by line: a different request under a custom_id an earlier batch held.
             clash = self.db.execute(
                 "SELECT i.custom_id, p.last_rank FROM incoming i JOIN positions p ON p.custom_id = i.custom_id "
                 "WHERE p.digest != i.digest ORDER BY i.seq LIMIT 1"
             ).fetchone()
-            if clash is None:
-                clash = self.db.execute(
-                    "SELECT a.custom_id, ? FROM incoming a JOIN incoming b ON b.custom_id = a.custom_id "
-                    "AND b.seq > a.seq WHERE b.digest != a.digest ORDER BY a.seq LIMIT 1",
-                    (rank,),
-                ).fetchone()
             if clash is not None:
-                self.db.execute("DELETE FROM incoming")
                 raise RequestConflict(clash[0], int(clash[1]), rank)
             # "WHERE true" keeps SQLite from reading ON CONFLICT as part of the SELECT's join.
             self.db.execute(
@@ -166,6 +182,18 @@ class ResultJoin:
                 "ON CONFLICT (custom_id) DO UPDATE SET last_rank = excluded.last_rank, model = excluded.model",
                 (rank,),
             )
+            if self.db.execute("SELECT COALESCE(MAX(idx), 0) FROM positions").fetchone()[0] - before != count:
+                # Fewer new positions than lines: some lines name known requests (checked above) or repeat one
+                # new to this file. A new position holds the digest of its first line, so a later line with
+                # another request differs from it; the first such custom_id in order of first appearance is
+                # the one an earlier line of the file names first.
+                clash = self.db.execute(
+                    "SELECT p.custom_id FROM incoming i JOIN positions p ON p.custom_id = i.custom_id "
+                    "WHERE p.idx > ? AND p.digest != i.digest ORDER BY p.idx LIMIT 1",
+                    (before,),
+                ).fetchone()
+                if clash is not None:
+                    raise RequestConflict(clash[0], rank, rank)
             if self.per_batch:
                 self.db.execute(
                     "INSERT OR IGNORE INTO members (rank, idx) "
@@ -175,49 +203,93 @@ class ResultJoin:
             self.db.execute("DELETE FROM incoming")
         return count
 
-    def add_results(self, rank: int, lines: Iterable[bytes]) -> int:
-        """Record the lines of one output or error file; returns how many were read."""
-        count = 0
-
-        def records() -> Iterator[tuple[str, int, bytes]]:
-            nonlocal count
-            for line in lines:
+    def _requests(self, lines: Iterable[bytes]) -> Iterator[tuple[str, str | None, bytes]]:
+        """(custom_id, model, digest) of each line that is a request."""
+        for line in lines:
+            try:
+                request = _read_request(line)
+                custom_id, method, url, body = request.custom_id, request.method, request.url, request.body
+            except msgspec.DecodeError:
+                # Not the shape above (or JSON msgspec refuses): read it as json would, to tell what it is.
                 try:
-                    custom_id = json.loads(line)["custom_id"]
+                    item = decode(line)
+                    custom_id = item["custom_id"]
+                except (ValueError, TypeError, KeyError):
+                    # Only a batch that failed validation has such lines; they are no request.
+                    self.unreadable_input_lines += 1
+                    continue
+                if not isinstance(custom_id, str):
+                    self.unreadable_input_lines += 1
+                    continue
+                method, url, body = item.get("method"), item.get("url"), item.get("body")
+            model = body.get("model") if isinstance(body, dict) else None
+            yield custom_id, model if isinstance(model, str) else None, _digest(method, url, body)
+
+    def add_results(self, rank: int, path: str | PathLike[str]) -> int:
+        """Record the lines of one output or error file; returns how many were read.
+
+        The lines are read from ``path`` again when rows are made: keep the file until :meth:`close`.
+        """
+        fd = os.open(path, os.O_RDONLY)
+        self.files.append(fd)
+        file = len(self.files) - 1
+        count = 0
+        with self.db:
+            self.db.execute("DELETE FROM arriving")
+            with open(fd, "rb", closefd=False) as handle:
+                for chunk in _chunks(self._results(handle)):
+                    self.db.executemany("INSERT INTO arriving (custom_id, offset, length) VALUES (?, ?, ?)", chunk)
+                    count += len(chunk)
+            # A later line for the same request in the same batch replaces an earlier one.
+            matched = self.db.execute(
+                "INSERT INTO results (idx, rank, file, offset, length) "
+                "SELECT p.idx, ?, ?, a.offset, a.length FROM arriving a JOIN positions p ON p.custom_id = a.custom_id "
+                "WHERE true ORDER BY a.seq "
+                "ON CONFLICT (idx, rank) DO UPDATE SET file = excluded.file, offset = excluded.offset, "
+                "length = excluded.length",
+                (rank, file),
+            ).rowcount
+            if matched != count:
+                self.db.execute(
+                    "INSERT INTO strays (custom_id) SELECT custom_id FROM arriving a "
+                    "WHERE NOT EXISTS (SELECT 1 FROM positions p WHERE p.custom_id = a.custom_id)"
+                )
+            self.db.execute("DELETE FROM arriving")
+        return count
+
+    def _results(self, handle: Iterable[bytes]) -> Iterator[tuple[str, int, int]]:
+        """(custom_id, offset, length) of each line that names a request."""
+        offset = 0
+        for line in handle:
+            start, offset = offset, offset + len(line)
+            if not line.strip():
+                continue
+            try:
+                custom_id = _read_result(line).custom_id
+            except msgspec.DecodeError:
+                try:
+                    custom_id = decode(line)["custom_id"]
                 except (ValueError, TypeError, KeyError):
                     self.unreadable_result_lines += 1
                     continue
                 if not isinstance(custom_id, str):
                     self.unreadable_result_lines += 1
                     continue
-                count += 1
-                yield custom_id, rank, bytes(line)
-
-        with self.db:
-            self.db.executemany(
-                "INSERT INTO results (custom_id, rank, line) VALUES (?, ?, ?) "
-                "ON CONFLICT (custom_id, rank) DO UPDATE SET line = excluded.line",
-                records(),
-            )
-        return count
+            yield custom_id, start, len(line)
 
     def unmatched_results(self) -> int:
         """Result lines whose ``custom_id`` no input file holds (they have no position, so no row)."""
-        query = "SELECT COUNT(DISTINCT custom_id) FROM results WHERE custom_id NOT IN (SELECT custom_id FROM positions)"
+        query = "SELECT COUNT(DISTINCT custom_id) FROM strays WHERE custom_id NOT IN (SELECT custom_id FROM positions)"
         return int(self.db.execute(query).fetchone()[0])
 
     def rows(self) -> Generator[JoinedRow, None, None]:
         """Every input request with the result line of the last batch whose input held it (if that batch has
         one), in input order, one at a time."""
-        cursor = self.db.execute(
-            "SELECT p.idx - 1, p.custom_id, p.last_rank, p.model, r.rank, r.line FROM positions p "
-            "LEFT JOIN results r ON r.custom_id = p.custom_id AND r.rank = p.last_rank ORDER BY p.idx"
+        return self._joined(
+            "SELECT p.idx - 1, p.custom_id, p.last_rank, p.model, r.rank, r.file, r.offset, r.length "
+            "FROM positions p LEFT JOIN results r ON r.idx = p.idx AND r.rank = p.last_rank ORDER BY p.idx",
+            (),
         )
-        try:
-            for index, custom_id, last_rank, model, result_rank, line in cursor:
-                yield JoinedRow(index, custom_id, last_rank, model, result_rank, line)
-        finally:
-            cursor.close()
 
     def batch_rows(self, rank: int, final: bool = False) -> Generator[JoinedRow, None, None]:
         """Every request the input of batch ``rank`` held, in input order (positions over all the inputs, as
@@ -229,14 +301,30 @@ class ResultJoin:
         if not self.per_batch:
             raise RuntimeError("batch_rows needs a ResultJoin made with per_batch=True")
         of = "p.last_rank" if final else "m.rank"
-        cursor = self.db.execute(
-            f"SELECT p.idx - 1, p.custom_id, {of}, p.model, r.rank, r.line FROM members m "
+        return self._joined(
+            f"SELECT p.idx - 1, p.custom_id, {of}, p.model, r.rank, r.file, r.offset, r.length FROM members m "
             "JOIN positions p ON p.idx = m.idx "
-            f"LEFT JOIN results r ON r.custom_id = p.custom_id AND r.rank = {of} WHERE m.rank = ? ORDER BY m.idx",
+            f"LEFT JOIN results r ON r.idx = p.idx AND r.rank = {of} WHERE m.rank = ? ORDER BY m.idx",
             (rank,),
         )
+
+    def _joined(self, query: str, parameters: tuple[int, ...]) -> Generator[JoinedRow, None, None]:
+        cursor = self.db.execute(query, parameters)
+        files, pread = self.files, os.pread
         try:
-            for index, custom_id, batch_rank, model, result_rank, line in cursor:
-                yield JoinedRow(index, custom_id, batch_rank, model, result_rank, line)
+            for index, custom_id, rank, model, result_rank, file, offset, length in cursor:
+                line = None if file is None else pread(files[file], length, offset)
+                yield JoinedRow(index, custom_id, rank, model, result_rank, line)
         finally:
             cursor.close()
+
+
+def _chunks(records: Iterator[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+    chunk: list[tuple[Any, ...]] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

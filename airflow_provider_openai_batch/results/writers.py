@@ -8,7 +8,6 @@ previous file whole.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import uuid
@@ -17,6 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from airflow_provider_openai_batch.results.codec import encode
 from airflow_provider_openai_batch.results.rows import COLUMNS
 
 FORMATS = ("jsonl", "parquet")
@@ -107,7 +107,7 @@ class JsonlWriter:
         self.handle = handle
 
     def write(self, row: dict[str, Any]) -> None:
-        self.handle.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
+        self.handle.write(encode(row) + b"\n")
 
     def close(self) -> None:
         self.handle.flush()
@@ -132,7 +132,7 @@ class ParquetWriter:
     def write(self, row: dict[str, Any]) -> None:
         for name in self._json_columns:
             value = row[name]
-            text = None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            text = None if value is None else encode(value).decode("utf-8")
             self._bytes += len(text) if text else 0
             self._columns[name].append(text)
         for name, kind in COLUMNS:

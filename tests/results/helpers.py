@@ -29,6 +29,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
+def lines_file(path: Path, lines: list[bytes]) -> Path:
+    """``lines`` written to ``path``, one a line: a result file as the join reads it."""
+    path.write_bytes(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines))
+    return path
+
+
 def file_lines(hook: OpenAIBatchHook, file_id: str, tmp: Path) -> list[dict[str, Any]]:
     local = tmp / f"{file_id}.jsonl"
     hook.download_file(file_id, local)

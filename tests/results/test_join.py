@@ -7,6 +7,7 @@ import json
 import pytest
 
 from airflow_provider_openai_batch.results.join import RequestConflict, ResultJoin, request_digest
+from tests.results.helpers import lines_file
 
 
 def line(custom_id: str, text: str = "hi", url: str = "/v1/chat/completions") -> bytes:
@@ -44,9 +45,9 @@ def test_one_file_holding_a_custom_id_twice_with_different_requests(join):
     assert (caught.value.custom_id, caught.value.earlier_rank, caught.value.rank) == ("a", 0, 0)
 
 
-def test_the_line_of_an_older_round_does_not_stand_in_for_the_last_round_that_held_the_request(join):
+def test_the_line_of_an_older_round_does_not_stand_in_for_the_last_round_that_held_the_request(join, tmp_path):
     join.add_inputs(0, [line("a"), line("b")])
-    join.add_results(0, [b'{"custom_id": "a"}\n', b'{"custom_id": "b"}\n'])
+    join.add_results(0, lines_file(tmp_path / "0.jsonl", [b'{"custom_id": "a"}\n', b'{"custom_id": "b"}\n']))
     join.add_inputs(1, [line("b")])  # round 2 held "b" but wrote no line for it
     rows = {r.custom_id: r for r in join.rows()}
     assert (rows["a"].result_rank, rows["a"].line) == (0, b'{"custom_id": "a"}\n')

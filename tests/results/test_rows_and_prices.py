@@ -22,7 +22,7 @@ from airflow_provider_openai_batch.results.prices import (
     check_price_table,
 )
 from airflow_provider_openai_batch.results.rows import classify_line, classify_missing, output_text, usage_tokens
-from tests.results.helpers import read_jsonl
+from tests.results.helpers import lines_file, read_jsonl
 
 
 @pytest.mark.parametrize(
@@ -147,8 +147,9 @@ def test_the_join_keeps_first_positions_and_the_latest_result(tmp_path):
     lines = [json.dumps({"custom_id": c, "body": {"model": "m"}}).encode() for c in ("a", "b", "c")]
     assert join.add_inputs(0, [*lines, b"not json"]) == 3
     assert join.add_inputs(1, [lines[2], json.dumps({"custom_id": "d"}).encode()]) == 2  # a round repeats the line
-    join.add_results(0, [json.dumps({"custom_id": "c", "v": 0}).encode(), json.dumps({"custom_id": "z"}).encode()])
-    join.add_results(1, [json.dumps({"custom_id": "c", "v": 1}).encode()])
+    results = [json.dumps({"custom_id": "c", "v": 0}).encode(), json.dumps({"custom_id": "z"}).encode()]
+    join.add_results(0, lines_file(tmp_path / "0.jsonl", results))
+    join.add_results(1, lines_file(tmp_path / "1.jsonl", [json.dumps({"custom_id": "c", "v": 1}).encode()]))
     rows = list(join.rows())
     join.close()
     assert [(r.index, r.custom_id, r.last_rank) for r in rows] == [(0, "a", 0), (1, "b", 0), (2, "c", 1), (3, "d", 1)]
