@@ -139,8 +139,8 @@ class _Tally:
         # Priced by the model the API reports in the body (a dated snapshot), else by the one the input asked for.
         body = row["response"]
         ran = body.get("model") if isinstance(body, dict) else None
-        tokens = (row["input_tokens"], row["output_tokens"], row["total_tokens"])
-        self.cost.add(ran if isinstance(ran, str) else None, *tokens, requested=model)
+        tokens_in, tokens_out, total = row["input_tokens"], row["output_tokens"], row["total_tokens"]
+        self.cost.add(ran if isinstance(ran, str) else None, tokens_in, tokens_out, total, model)
 
     def figures(self) -> dict[str, Any]:
         """The figures a manifest reports for these rows."""
@@ -272,14 +272,14 @@ def _rows(rows: Iterator[JoinedRow], batches: list[Batch]) -> Iterator[tuple[dic
     """Each joined row as an export row, with the model its input asked for: by the result line of the batch it
     is for or, without one, by how that batch ended."""
     errors = [_batch_error(batch) for batch in batches]
-    for joined in rows:
-        if joined.line is not None and joined.result_rank is not None:
-            batch = batches[joined.result_rank]
-            row = row_from_line(joined.custom_id, joined.index, decode(joined.line), batch.id, batch.endpoint)
+    for index, custom_id, last_rank, model, result_rank, line in rows:
+        if line is not None and result_rank is not None:
+            batch = batches[result_rank]
+            row = row_from_line(custom_id, index, decode(line), batch.id, batch.endpoint)
         else:
-            batch = batches[joined.last_rank]
-            row = row_without_line(joined.custom_id, joined.index, batch.id, batch.status, errors[joined.last_rank])
-        yield row, joined.model
+            batch = batches[last_rank]
+            row = row_without_line(custom_id, index, batch.id, batch.status, errors[last_rank])
+        yield row, model
 
 
 def _batch_error(batch: Batch) -> tuple[str | None, str] | None:
