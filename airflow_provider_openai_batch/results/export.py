@@ -272,14 +272,14 @@ def _rows(rows: Iterator[JoinedRow], batches: list[Batch]) -> Iterator[tuple[dic
     """Each joined row as an export row, with the model its input asked for: by the result line of the batch it
     is for or, without one, by how that batch ended."""
     errors = [_batch_error(batch) for batch in batches]
-    for index, custom_id, last_rank, model, result_rank, line in rows:
-        if line is not None and result_rank is not None:
-            batch = batches[result_rank]
-            row = row_from_line(custom_id, index, decode(line), batch.id, batch.endpoint)
+    for joined in rows:
+        if joined.line is not None and joined.result_rank is not None:
+            batch = batches[joined.result_rank]
+            row = row_from_line(joined.custom_id, joined.index, decode(joined.line), batch.id, batch.endpoint)
         else:
-            batch = batches[last_rank]
-            row = row_without_line(custom_id, index, batch.id, batch.status, errors[last_rank])
-        yield row, model
+            batch = batches[joined.last_rank]
+            row = row_without_line(joined.custom_id, joined.index, batch.id, batch.status, errors[joined.last_rank])
+        yield row, joined.model
 
 
 def _batch_error(batch: Batch) -> tuple[str | None, str] | None:

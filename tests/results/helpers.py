@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from airflow_provider_openai_batch.exceptions import NotFoundError
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.models import Batch
 
@@ -47,3 +49,25 @@ class FakeOutletEvents(dict):
     def __missing__(self, asset):
         self[asset] = SimpleNamespace(extra={})
         return self[asset]
+
+
+class FakeHook:
+    """Just what the export calls: batches by id and file contents by id."""
+
+    log = logging.getLogger("tests.results.fake_hook")
+
+    def __init__(self, batches: list[dict], files: dict[str, bytes]) -> None:
+        self.batches = {b["id"]: Batch.model_validate(b) for b in batches}
+        self.files = files
+
+    def retrieve_batch(self, batch_id: str) -> Batch:
+        return self.batches[batch_id]
+
+    def download_file(self, file_id: str, destination: Path) -> None:
+        if file_id not in self.files:
+            raise NotFoundError(f"no file {file_id}", status_code=404)
+        Path(destination).write_bytes(self.files[file_id])
+
+
+def jsonl_bytes(*items: dict) -> bytes:
+    return b"".join(json.dumps(i).encode() + b"\n" for i in items)

@@ -52,3 +52,22 @@ def test_the_line_of_an_older_round_does_not_stand_in_for_the_last_round_that_he
     rows = {r.custom_id: r for r in join.rows()}
     assert (rows["a"].result_rank, rows["a"].line) == (0, b'{"custom_id": "a"}\n')
     assert (rows["b"].last_rank, rows["b"].result_rank, rows["b"].line) == (1, None, None)
+
+
+def test_in_one_file_the_custom_id_named_first_is_reported_and_nothing_of_the_file_is_kept(join):
+    join.add_inputs(0, [line("kept")])
+    # y's two requests are closer together, but x was named first.
+    with pytest.raises(RequestConflict) as caught:
+        join.add_inputs(1, [line("x"), line("y"), line("y", "other"), line("x", "other")])
+    assert (caught.value.custom_id, caught.value.earlier_rank, caught.value.rank) == ("x", 1, 1)
+    assert [(r.index, r.custom_id, r.last_rank) for r in join.rows()] == [(0, "kept", 0)]
+    join.add_inputs(1, [line("x"), line("y")])  # the positions it would have taken are still free
+    assert [(r.index, r.custom_id) for r in join.rows()] == [(0, "kept"), (1, "x"), (2, "y")]
+
+
+def test_a_known_custom_id_sent_again_with_another_request_names_the_last_batch_that_held_it(join):
+    join.add_inputs(0, [line("a"), line("b")])
+    join.add_inputs(1, [line("a")])
+    with pytest.raises(RequestConflict) as caught:
+        join.add_inputs(2, [line("b"), line("a"), line("a", "changed")])
+    assert (caught.value.custom_id, caught.value.earlier_rank, caught.value.rank) == ("a", 1, 2)

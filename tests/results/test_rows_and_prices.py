@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
-from pathlib import Path
 
 import pytest
 
-from airflow_provider_openai_batch.exceptions import NotFoundError
-from airflow_provider_openai_batch.models import Batch
 from airflow_provider_openai_batch.results.export import export, parse_batch_ids, parse_delete_files
 from airflow_provider_openai_batch.results.join import ResultJoin
 from airflow_provider_openai_batch.results.prices import (
@@ -22,7 +18,7 @@ from airflow_provider_openai_batch.results.prices import (
     check_price_table,
 )
 from airflow_provider_openai_batch.results.rows import classify_line, classify_missing, output_text, usage_tokens
-from tests.results.helpers import lines_file, read_jsonl
+from tests.results.helpers import FakeHook, jsonl_bytes, lines_file, read_jsonl
 
 
 @pytest.mark.parametrize(
@@ -158,34 +154,12 @@ def test_the_join_keeps_first_positions_and_the_latest_result(tmp_path):
     assert join.unreadable_input_lines == 1
 
 
-class FakeHook:
-    """Just what the export calls: batches by id and file contents by id."""
-
-    log = logging.getLogger("tests.results.fake_hook")
-
-    def __init__(self, batches: list[dict], files: dict[str, bytes]) -> None:
-        self.batches = {b["id"]: Batch.model_validate(b) for b in batches}
-        self.files = files
-
-    def retrieve_batch(self, batch_id: str) -> Batch:
-        return self.batches[batch_id]
-
-    def download_file(self, file_id: str, destination: Path) -> None:
-        if file_id not in self.files:
-            raise NotFoundError(f"no file {file_id}", status_code=404)
-        Path(destination).write_bytes(self.files[file_id])
-
-
-def _jsonl(*items: dict) -> bytes:
-    return b"".join(json.dumps(i).encode() + b"\n" for i in items)
-
-
 @pytest.mark.parametrize(("batch_status", "expected"), [("completed", "missing"), ("expired", "expired")])
 def test_a_request_no_file_mentions_is_missing_or_takes_its_batch_ending(tmp_path, batch_status, expected):
     ok = {"custom_id": "a", "response": {"status_code": 200, "body": {"usage": {"prompt_tokens": 1}}}, "error": None}
     hook = FakeHook(
         [{"id": "batch_1", "status": batch_status, "input_file_id": "in", "output_file_id": "out"}],
-        {"in": _jsonl({"custom_id": "a", "body": {}}, {"custom_id": "b", "body": {}}), "out": _jsonl(ok)},
+        {"in": jsonl_bytes({"custom_id": "a", "body": {}}, {"custom_id": "b", "body": {}}), "out": jsonl_bytes(ok)},
     )
     manifest = export(hook, "batch_1", tmp_path / "out.jsonl")  # type: ignore[arg-type]
     rows = read_jsonl(tmp_path / "out.jsonl")
