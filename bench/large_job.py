@@ -10,7 +10,8 @@ Measures, on one machine:
   which then waits until every batch passed ``validating`` before it returns);
 - **the emulator's time** to run all the batches to ``completed`` (goal: a few minutes on 2 cores);
 - **export rows/s** of the merged results (``OpenAIBatchHook.export_results`` over every shard, in input
-  order, one file), with its own peak RSS growth.
+  order, one file; JSONL and Parquet), with its own peak RSS growth, each beside a naive in-memory join of the
+  same files in the same run (``results_export.compare``: ``--repeat`` rounds, fresh interpreters).
 
 The emulator runs as a separate process (its files live in its memory, not ours).
 
@@ -29,6 +30,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from results_export import compare, print_table  # beside this script
 
 from airflow_provider_openai_batch.emulator.testing import run_emulator_process
 
@@ -99,21 +102,6 @@ print(json.dumps({"ids": ids, "seconds": times["created"], "returned": returned,
 """
 )
 
-EXPORT = (
-    CHILD_PRELUDE
-    + r"""
-from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
-import airflow_provider_openai_batch.results.export
-hook = OpenAIBatchHook()
-hook.list_batches(limit=1)
-peak = Peak()
-started = time.perf_counter()
-manifest = hook.export_results(%(ids)r, %(destination)r)
-seconds = time.perf_counter() - started
-print(json.dumps({"rows": manifest["rows"], "seconds": seconds, "growth": peak.stop(), "counts": manifest["counts"]}))
-"""
-)
-
 
 def write_input(path: Path, requests: int) -> int:
     with open(path, "w", encoding="utf-8") as out:
@@ -166,6 +154,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--per-batch", type=int, default=50_000)
     parser.add_argument("--phase-seconds", type=float, default=2.0)
+    parser.add_argument("--formats", nargs="+", default=["jsonl", "parquet"])
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of naive join + exports (0: none)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="large-job-bench-") as tmp:
         path = Path(tmp) / "input.jsonl"
@@ -184,24 +174,20 @@ def main() -> None:
                 finals = [hook.wait_for_batch(batch_id, 1.0, 3600) for batch_id in ids]
             run_seconds = time.perf_counter() - started + args.phase_seconds  # the wait began after the creates
             statuses = sorted({b.status for b in finals})
-            exported = child(EXPORT % {"conn": conn, "ids": ids, "destination": str(Path(tmp) / "results.jsonl")})
             stats = emulator.stats()
+            compared = compare(emulator, ids, Path(tmp), args.formats, args.repeat) if args.repeat else []
     print(
         "| requests | input MB | batches | split s | upload s | split+upload MB/s | raw loopback MB/s |"
         " every shard created (s) | peak RSS growth (MB) | emulator run (s) | statuses |"
-        " export rows/s | export RSS growth (MB) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print(
         f"| {args.requests:,} | {mb:.0f} | {len(ids)} | {submit['split']:.1f} | {submit['upload']:.1f} |"
         f" {mb / (submit['split'] + submit['upload']):.0f} | {raw:,.0f} | {submit['seconds']:.1f} |"
         f" {submit['growth'] / 1e6:.1f} | {run_seconds:.0f} | {', '.join(statuses)} |"
-        f" {exported['rows'] / exported['seconds']:,.0f} | {exported['growth'] / 1e6:.1f} |"
     )
-    print(
-        f"rows exported: {exported['rows']:,} {exported['counts']}; emulator: batches_created="
-        f"{stats['batches_created']}, requests_completed={stats['requests_completed']:,}"
-    )
+    print(f"emulator: batches_created={stats['batches_created']}, requests_completed={stats['requests_completed']:,}\n")
+    print_table(compared)
 
 
 if __name__ == "__main__":

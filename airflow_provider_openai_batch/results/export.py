@@ -2,8 +2,9 @@
 
 :func:`export` is what :meth:`OpenAIBatchHook.export_results` and
 :class:`~airflow_provider_openai_batch.operators.results.BatchResultsOperator` run. Memory does not grow with
-the number of requests or the size of the answers: files are downloaded to a temporary directory, spilled to
-SQLite (:mod:`.join`) and streamed out row by row (:mod:`.writers`).
+the number of requests or the size of the answers: files are downloaded to a temporary directory, joined
+there (:mod:`.join`: positions in SQLite, result lines read where they lie) and streamed out row by row
+(:mod:`.writers`).
 """
 
 from __future__ import annotations
