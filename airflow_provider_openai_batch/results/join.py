@@ -29,9 +29,6 @@ from airflow_provider_openai_batch.results.codec import canonical, decode, decod
 
 #: SQLite page cache, in KiB: enough to keep the indexes hot, small next to the 100 MB budget.
 CACHE_KIB = 16 * 1024
-#: Lines handed to SQLite per ``executemany``: large enough that the per-call cost vanishes, small enough
-#: that a chunk is a few MB at most.
-CHUNK = 5_000
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass takes four times as long to make, once per row
@@ -163,12 +160,13 @@ class ResultJoin:
         :raises RequestConflict: when a ``custom_id`` already recorded (or repeated in this file) comes with a
             different request; nothing of this file is recorded then.
         """
-        count = 0
         with self.db:
             self.db.execute("DELETE FROM incoming")
-            for chunk in _chunks(self._requests(lines)):
-                self.db.executemany("INSERT INTO incoming (custom_id, model, digest) VALUES (?, ?, ?)", chunk)
-                count += len(chunk)
+            self.db.executemany(
+                "INSERT INTO incoming (custom_id, model, digest) VALUES (?, ?, ?)", self._requests(lines)
+            )
+            # seq counts from 1 again in the emptied table (a new rowid is the largest plus one).
+            count = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM incoming").fetchone()[0]
             before = self.db.execute("SELECT COALESCE(MAX(idx), 0) FROM positions").fetchone()[0]
             # Known requests first, by line: a different request under a custom_id an earlier batch held.
             clash = self.db.execute(
@@ -235,13 +233,13 @@ class ResultJoin:
         fd = os.open(path, os.O_RDONLY)
         self.files.append(fd)
         file = len(self.files) - 1
-        count = 0
         with self.db:
             self.db.execute("DELETE FROM arriving")
             with open(fd, "rb", closefd=False) as handle:
-                for chunk in _chunks(self._results(handle)):
-                    self.db.executemany("INSERT INTO arriving (custom_id, offset, length) VALUES (?, ?, ?)", chunk)
-                    count += len(chunk)
+                self.db.executemany(
+                    "INSERT INTO arriving (custom_id, offset, length) VALUES (?, ?, ?)", self._results(handle)
+                )
+            count = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM arriving").fetchone()[0]
             # A later line for the same request in the same batch replaces an earlier one.
             matched = self.db.execute(
                 "INSERT INTO results (idx, rank, file, offset, length) "
@@ -319,14 +317,3 @@ class ResultJoin:
                 yield JoinedRow(index, custom_id, rank, model, result_rank, line)
         finally:
             cursor.close()
-
-
-def _chunks(records: Iterator[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
-    chunk: list[tuple[Any, ...]] = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) >= CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
