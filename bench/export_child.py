@@ -3,9 +3,9 @@
 
 The argument is a JSON object: ``mode`` (``naive``, ``jsonl`` or ``parquet``), ``conn`` (the connection as
 ``AIRFLOW_CONN_OPENAI_DEFAULT``), ``ids`` (batch ids), ``destination`` and ``work_dir``. It prints one JSON
-line: ``rows``, ``seconds``, ``growth`` (peak RSS over the RSS just before the timed part, sampled from
-``/proc/self/status`` every 5 ms; ``ru_maxrss`` would include whatever the interpreter did before) and, for
-an export, its manifest's ``counts``.
+line: ``rows``, ``seconds``, ``cpu`` (this process's CPU seconds: less moved by other work on the machine),
+``growth`` (peak RSS over the RSS just before the timed part, sampled from ``/proc/self/status`` every 5 ms;
+``ru_maxrss`` would include whatever the interpreter did before) and, for an export, its manifest's ``counts``.
 
 The naive join is what anyone would write first: download every file, decode each line with msgspec, keep
 every result line decoded in a dict by ``custom_id``, then write one line per input line in input order (the
@@ -95,16 +95,16 @@ def main() -> None:
     hook = OpenAIBatchHook()
     hook.retrieve_batch(args["ids"][0])  # connection read and session open before the baseline
     peak = Peak()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     counts = None
     if args["mode"] == "naive":
         rows = naive_join(hook, args["ids"], Path(args["destination"]), args["work_dir"])
     else:
         manifest = hook.export_results(args["ids"], args["destination"], format=args["mode"], work_dir=args["work_dir"])
         rows, counts = manifest["rows"], manifest["counts"]
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     growth = peak.stop()
-    print(json.dumps({"rows": rows, "seconds": seconds, "growth": growth, "counts": counts}))
+    print(json.dumps({"rows": rows, "seconds": seconds, "cpu": cpu, "growth": growth, "counts": counts}))
 
 
 if __name__ == "__main__":

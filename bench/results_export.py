@@ -109,6 +109,8 @@ def compare(
                     "rows": r["rows"],
                     "seconds": r["seconds"],
                     "ratio": r["seconds"] / naive["seconds"],
+                    "cpu": r["cpu"],
+                    "cpu_ratio": r["cpu"] / naive["cpu"],
                     "growth_mb": r["growth"] / 1e6,
                     "file_mb": destination.stat().st_size / 1e6,
                 }
@@ -118,13 +120,16 @@ def compare(
 
 
 def print_table(measured: list[dict[str, object]]) -> None:
-    print("| run | what | rows | seconds | rows/s | time / naive join | peak RSS growth (MB) | file (MB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| run | what | rows | seconds | rows/s | time / naive join | CPU s | CPU / naive join |"
+        " peak RSS growth (MB) | file (MB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for m in measured:
         what = "naive in-memory join" if m["mode"] == "naive" else f"export, {m['mode']}"
         print(
             f"| {m['run']} | {what} | {m['rows']:,} | {m['seconds']:.2f} | {m['rows'] / m['seconds']:,.0f} | "
-            f"{m['ratio']:.2f} | {m['growth_mb']:.1f} | {m['file_mb']:.0f} |",
+            f"{m['ratio']:.2f} | {m['cpu']:.2f} | {m['cpu_ratio']:.2f} | {m['growth_mb']:.1f} | {m['file_mb']:.0f} |",
             flush=True,
         )
 
