@@ -65,7 +65,7 @@ def test_the_package_has_no_import_cycle():
         path.append(node)
         for target in sorted(graph[node]):
             if seen.get(target) == 1:
-                cycles.append(path[path.index(target) :] + [target])
+                cycles.append([*path[path.index(target) :], target])
             elif target not in seen:
                 visit(target)
         path.pop()
