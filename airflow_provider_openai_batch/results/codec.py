@@ -2,49 +2,56 @@
 
 An export decodes every result line and encodes every row, which the standard ``json`` module does at a few
 times msgspec's cost. The two differ at the edges: msgspec refuses a few lines ``json`` reads (``NaN``, a
-byte-order mark, lone surrogates), writes ``NaN`` as ``null``, and writes a float below 1e-4 or from 1e16 up
-in its own form (``json`` writes ``1e-05`` and ``1e+16``). So :func:`decode` falls back to ``json`` for the
-lines msgspec refuses, and :func:`encode` to ``json`` for the values it would write differently: what a
-reader of the export sees does not depend on which library did the work.
+byte-order mark, lone surrogates), and writes a float below 1e-4 or from 1e16 up in its own form (``json``
+writes ``1e-05`` and ``1e+16``). So :func:`decode` falls back to ``json`` for the lines msgspec refuses and
+reads such floats as :class:`JsonFloat`, which :func:`encode` writes as ``json`` does: what a reader of the
+export sees does not depend on which library did the work. A float made by other code is written in
+msgspec's form, the same number (read it with :func:`decode`, or make it a :class:`JsonFloat`, to keep
+``json``'s bytes).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from typing import Any
 
 import msgspec
 
 
-class NonFinite(float):
-    """``NaN`` or an infinity, read by the ``json`` fallback: msgspec would write it as ``null``, so the value
-    that holds one is encoded by ``json``."""
-
-
-def _refuse(value: Any) -> Any:
-    raise TypeError(f"{type(value).__name__} is left to json")
+class JsonFloat(float):
+    """A float that ``json`` writes in another form than msgspec (an exponent, ``NaN``, ``Infinity``);
+    :func:`encode` writes it as ``json`` does."""
 
 
 def _float(text: str) -> float:
     value = float(text)
-    return value if math.isfinite(value) else NonFinite(value)
+    # json (float.__repr__) writes 0 and 1e-4 <= |x| < 1e16 in fixed point, exactly as msgspec does.
+    return value if value == 0 or 1e-4 <= abs(value) < 1e16 else JsonFloat(value)
 
 
-_decode = msgspec.json.Decoder().decode
-_encode = msgspec.json.Encoder(enc_hook=_refuse).encode
-_encode_sorted = msgspec.json.Encoder(enc_hook=_refuse, order="sorted").encode
+_NON_FINITE = {"nan": b"NaN", "inf": b"Infinity", "-inf": b"-Infinity"}
 
-#: Where msgspec writes an exponent (``json`` writes every exponent with two digits at least, and a sign).
-_EXPONENT = re.compile(rb"e[-+0-9]")
-#: What precedes a number's exponent: its mantissa, after the ``:``, ``,``, ``[`` or ``-`` a number follows in
-#: compact JSON (inside a string the same bytes only cost a needless fallback, never a miss).
-_MANTISSA = re.compile(rb"[:,\[-][0-9]+(?:\.[0-9]+)?\Z")
+
+def _as_json(value: Any) -> msgspec.Raw:
+    if isinstance(value, JsonFloat):
+        text = float.__repr__(value)
+        return msgspec.Raw(_NON_FINITE.get(text) or text.encode("ascii"))
+    raise TypeError(f"{type(value).__name__} is left to json")
+
+
+_decode = msgspec.json.Decoder(float_hook=_float).decode
+_encode = msgspec.json.Encoder(enc_hook=_as_json).encode
+_encode_sorted = msgspec.json.Encoder(enc_hook=_as_json, order="sorted").encode
+
+
+def decoder(type: Any) -> Any:
+    """A msgspec decode function for ``type`` that reads floats as :func:`decode` does."""
+    return msgspec.json.Decoder(type, float_hook=_float).decode
 
 
 def decode(line: bytes) -> Any:
-    """``json.loads(line)``: the same value, or the same error (from ``json``)."""
+    """``json.loads(line)``: the same value, or the same error (from ``json``), with the floats ``json`` writes
+    in another form than msgspec as :class:`JsonFloat`."""
     try:
         return _decode(line)
     except msgspec.DecodeError:
@@ -52,25 +59,12 @@ def decode(line: bytes) -> Any:
 
 
 def encode(value: Any) -> bytes:
-    """``json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")``, byte for byte (a ``NaN``
-    or infinity not read by :func:`decode` is written ``null``, as JSON has no such number)."""
+    """``json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")``, byte for byte for any
+    value :func:`decode` made."""
     try:
-        text = _encode(value)
-    except (TypeError, ValueError):  # NonFinite, a lone surrogate, a type msgspec does not know
-        return _json_bytes(value)
-    return _json_bytes(value) if _writes_a_float_differently(text) else text
-
-
-def _writes_a_float_differently(text: bytes) -> bool:
-    """Whether msgspec's ``text`` holds a float ``json`` writes otherwise: below 1e-4, where ``json`` writes an
-    exponent and msgspec often fixed point (``0.00003``), or any exponent (``1e-7``, ``1e16``)."""
-    if b"0.0000" in text:
-        return True
-    for found in _EXPONENT.finditer(text):
-        end = found.start()
-        if _MANTISSA.search(text, max(0, end - 32), end):  # a mantissa is at most 17 digits, a dot and a sign
-            return True
-    return False
+        return _encode(value)
+    except (TypeError, ValueError):  # a lone surrogate, a type msgspec does not know: json says what it makes of it
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def canonical(value: Any) -> bytes:
@@ -80,7 +74,3 @@ def canonical(value: Any) -> bytes:
         return _encode_sorted(value)
     except (TypeError, ValueError):
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

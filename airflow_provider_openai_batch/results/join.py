@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from airflow_provider_openai_batch.results.codec import canonical, decode
+from airflow_provider_openai_batch.results.codec import canonical, decode, decoder
 
 #: SQLite page cache, in KiB: enough to keep the indexes hot, small next to the 100 MB budget.
 CACHE_KIB = 16 * 1024
@@ -81,8 +81,8 @@ class _Result(msgspec.Struct):
     custom_id: str
 
 
-_read_request = msgspec.json.Decoder(_Request).decode
-_read_result = msgspec.json.Decoder(_Result).decode
+_read_request = decoder(_Request)
+_read_result = decoder(_Result)
 
 
 def request_digest(item: dict) -> bytes:

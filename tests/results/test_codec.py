@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from airflow_provider_openai_batch.results.codec import canonical, decode, encode
+from airflow_provider_openai_batch.results.codec import JsonFloat, canonical, decode, encode
 
 
 def json_bytes(value: object) -> bytes:
@@ -32,9 +32,15 @@ def test_every_float_decodes_and_encodes_to_the_bytes_json_writes():
     decoded = decode(line)
     assert decoded == json.loads(line)
     assert encode(decoded) == line
-    for value in filter(math.isfinite, values):  # one at a time, as any code may make them: none hides another
+    for value in decoded["values"]:  # one at a time too: a float written json's way hides no other
         for holder in ({"v": value}, [1, "x", [value]], {"a": "1e5, 0.00001", "b": value}):
             assert encode(holder) == json_bytes(holder), value
+
+
+def test_a_float_made_elsewhere_is_the_same_number_and_json_s_bytes_once_marked():
+    for value in (1.5e-05, -2.5e-07, 1e16, 1.2345678901234567e19, 0.5):
+        assert json.loads(encode({"v": value})) == {"v": value}
+        assert encode({"v": JsonFloat(value)}) == json_bytes({"v": value})
 
 
 @pytest.mark.parametrize(
