@@ -234,9 +234,8 @@ def _conflict_error(clash: RequestConflict, batches: list[Batch]) -> ResultsExpo
 def _load_batch(
     hook: OpenAIBatchHook, join: ResultJoin, rank: int, batch: Batch, tmp: Path, batches: list[Batch]
 ) -> None:
-    """Spill one batch's input positions, then index its output and error lines, downloading each file to disk
-    first (streamed and retried by the hook); the input file is removed once read, the result files stay in
-    ``tmp`` for the rows."""
+    """Index one batch's input lines, then its output and error lines, downloading each file to ``tmp`` first
+    (streamed and retried by the hook), where the join reads them again until the export ends."""
     assert batch.input_file_id is not None  # checked by _finished_batch
     files = [("input", batch.input_file_id), ("output", batch.output_file_id), ("error", batch.error_file_id)]
     for kind, file_id in files:
@@ -252,21 +251,12 @@ def _load_batch(
                 f"needs it for the {why}"
             ) from None
         if kind != "input":
-            join.add_results(rank, local)  # read in place, again when the rows are written
+            join.add_results(rank, local)
             continue
         try:
-            join.add_inputs(rank, _lines(local))
+            join.add_inputs(rank, local)
         except RequestConflict as clash:
             raise _conflict_error(clash, batches) from None
-        finally:
-            local.unlink(missing_ok=True)
-
-
-def _lines(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        for line in handle:
-            if line.strip():
-                yield line
 
 
 def _rows(rows: Iterator[JoinedRow], batches: list[Batch]) -> Iterator[tuple[dict[str, Any], str | None]]:

@@ -1,16 +1,15 @@
 """The constant-memory join of input files and result files.
 
 Result lines arrive in no order, and a job can hold a million requests with large answers, so neither the
-input positions nor the results are held in memory. Input positions go to a SQLite file (stdlib
-``sqlite3``); a result line stays where it was downloaded, and SQLite records only where it is (file,
-offset, length) under the position of its request, so rows come back out in input order by one ordered scan
-and one read per line. SQLite's page cache is the only thing that grows, and it is capped
-(:data:`CACHE_KIB`).
+input positions nor the results are held in memory. Every line stays in the file it was downloaded to, and a
+SQLite file (stdlib ``sqlite3``) records where (file, offset, length): each request's position, and each
+result under the position of its request, so rows come back out in input order by one ordered scan and one
+read per line. SQLite's page cache is the only thing that grows, and it is capped (:data:`CACHE_KIB`).
 
-Rounds and shards are told apart by content: each input line's request (method, url, body) is recorded as a
-digest per ``custom_id``. A later batch that holds a known ``custom_id`` with the same request is a round of
-it; one with a different request is not, and :meth:`ResultJoin.add_inputs` raises :class:`RequestConflict`
-rather than let one answer silently replace another.
+Rounds and shards are told apart by content: a later batch that holds a known ``custom_id`` with the same
+request (method, url, body; the lines are compared when a ``custom_id`` comes again, not before) is a round
+of it; one with a different request is not, and :meth:`ResultJoin.add_inputs` raises
+:class:`RequestConflict` rather than let one answer silently replace another.
 """
 
 from __future__ import annotations
@@ -68,13 +67,15 @@ class RequestConflict(Exception):
         self.rank = rank
 
 
+class _Body(msgspec.Struct):
+    model: Any = None
+
+
 class _Request(msgspec.Struct):
-    """The fields of an input line the join reads (the rest of the line is skipped, not built)."""
+    """What the join reads of an input line (the rest of the line is skipped, not built)."""
 
     custom_id: str
-    method: Any = None
-    url: Any = None
-    body: Any = None
+    body: _Body | None = None
 
 
 class _Result(msgspec.Struct):
@@ -88,11 +89,7 @@ _read_result = decoder(_Result)
 def request_digest(item: dict) -> bytes:
     """SHA-256 of the request an input line makes: its method, url and body, keys sorted (so the same request
     written with its keys in another order has the same digest)."""
-    return _digest(item.get("method"), item.get("url"), item.get("body"))
-
-
-def _digest(method: Any, url: Any, body: Any) -> bytes:
-    return hashlib.sha256(canonical([method, url, body])).digest()
+    return hashlib.sha256(canonical([item.get("method"), item.get("url"), item.get("body")])).digest()
 
 
 class ResultJoin:
@@ -120,12 +117,14 @@ class ResultJoin:
         # are dense and in order of first insertion; an upsert of a known custom_id does not take one.
         self.db.execute(
             "CREATE TABLE positions (idx INTEGER PRIMARY KEY, custom_id TEXT NOT NULL UNIQUE, "
-            "last_rank INTEGER NOT NULL, model TEXT, digest BLOB NOT NULL)"
+            "last_rank INTEGER NOT NULL, model TEXT, file INTEGER NOT NULL, offset INTEGER NOT NULL, "
+            "length INTEGER NOT NULL)"
         )
         # One file's lines, in order, before they are checked against the positions and merged in: appended
         # without an index, then joined in one statement each.
         self.db.execute(
-            "CREATE TABLE incoming (seq INTEGER PRIMARY KEY, custom_id TEXT NOT NULL, model TEXT, digest BLOB NOT NULL)"
+            "CREATE TABLE incoming (seq INTEGER PRIMARY KEY, custom_id TEXT NOT NULL, model TEXT, "
+            "offset INTEGER NOT NULL, length INTEGER NOT NULL)"
         )
         self.db.execute(
             "CREATE TABLE arriving (seq INTEGER PRIMARY KEY, custom_id TEXT NOT NULL, offset INTEGER NOT NULL, "
@@ -154,46 +153,54 @@ class ResultJoin:
             os.close(fd)
         self.files.clear()
 
-    def add_inputs(self, rank: int, lines: Iterable[bytes]) -> int:
+    def add_inputs(self, rank: int, path: str | PathLike[str]) -> int:
         """Record the requests of one batch's input file; returns how many lines were read.
+
+        The lines are read from ``path`` again when a later batch names one of its requests: keep the file
+        until :meth:`close`.
 
         :raises RequestConflict: when a ``custom_id`` already recorded (or repeated in this file) comes with a
             different request; nothing of this file is recorded then.
         """
+        file = self._open(path)
         with self.db:
             self.db.execute("DELETE FROM incoming")
-            self.db.executemany(
-                "INSERT INTO incoming (custom_id, model, digest) VALUES (?, ?, ?)", self._requests(lines)
-            )
+            with open(self.files[file], "rb", closefd=False) as handle:
+                self.db.executemany(
+                    "INSERT INTO incoming (custom_id, model, offset, length) VALUES (?, ?, ?, ?)",
+                    self._requests(handle),
+                )
             # seq counts from 1 again in the emptied table (a new rowid is the largest plus one).
             count = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM incoming").fetchone()[0]
             before = self.db.execute("SELECT COALESCE(MAX(idx), 0) FROM positions").fetchone()[0]
             # Known requests first, by line: a different request under a custom_id an earlier batch held.
-            clash = self.db.execute(
-                "SELECT i.custom_id, p.last_rank FROM incoming i JOIN positions p ON p.custom_id = i.custom_id "
-                "WHERE p.digest != i.digest ORDER BY i.seq LIMIT 1"
-            ).fetchone()
+            clash = self._first_clash(
+                "SELECT i.custom_id, p.last_rank, p.file, p.offset, p.length, ?, i.offset, i.length FROM incoming i "
+                "JOIN positions p ON p.custom_id = i.custom_id ORDER BY i.seq",
+                (file,),
+            )
             if clash is not None:
                 raise RequestConflict(clash[0], int(clash[1]), rank)
             # "WHERE true" keeps SQLite from reading ON CONFLICT as part of the SELECT's join.
             self.db.execute(
-                "INSERT INTO positions (custom_id, last_rank, model, digest) "
-                "SELECT custom_id, ?, model, digest FROM incoming WHERE true ORDER BY seq "
+                "INSERT INTO positions (custom_id, last_rank, model, file, offset, length) "
+                "SELECT custom_id, ?, model, ?, offset, length FROM incoming WHERE true ORDER BY seq "
                 "ON CONFLICT (custom_id) DO UPDATE SET last_rank = excluded.last_rank, model = excluded.model",
-                (rank,),
+                (rank, file),
             )
             if self.db.execute("SELECT COALESCE(MAX(idx), 0) FROM positions").fetchone()[0] - before != count:
                 # Fewer new positions than lines: some lines name known requests (checked above) or repeat one
-                # new to this file. A new position holds the digest of its first line, so a later line with
-                # another request differs from it; the first such custom_id in order of first appearance is
-                # the one an earlier line of the file names first.
-                clash = self.db.execute(
-                    "SELECT p.custom_id FROM incoming i JOIN positions p ON p.custom_id = i.custom_id "
-                    "WHERE p.idx > ? AND p.digest != i.digest ORDER BY p.idx LIMIT 1",
-                    (before,),
-                ).fetchone()
+                # new to this file. A new position keeps its first line, so each later line of it is compared
+                # with that one; the first custom_id in order of first appearance whose lines differ is the one
+                # an earlier line of the file names first.
+                clash = self._first_clash(
+                    "SELECT p.custom_id, ?, p.file, p.offset, p.length, p.file, i.offset, i.length FROM incoming i "
+                    "JOIN positions p ON p.custom_id = i.custom_id WHERE p.idx > ? AND i.offset != p.offset "
+                    "ORDER BY p.idx, i.seq",
+                    (rank, before),
+                )
                 if clash is not None:
-                    raise RequestConflict(clash[0], rank, rank)
+                    raise RequestConflict(clash[0], int(clash[1]), rank)
             if self.per_batch:
                 self.db.execute(
                     "INSERT OR IGNORE INTO members (rank, idx) "
@@ -203,12 +210,16 @@ class ResultJoin:
             self.db.execute("DELETE FROM incoming")
         return count
 
-    def _requests(self, lines: Iterable[bytes]) -> Iterator[tuple[str, str | None, bytes]]:
-        """(custom_id, model, digest) of each line that is a request."""
-        for line in lines:
+    def _requests(self, handle: Iterable[bytes]) -> Iterator[tuple[str, str | None, int, int]]:
+        """(custom_id, model, offset, length) of each line that is a request."""
+        offset = 0
+        for line in handle:
+            start, offset = offset, offset + len(line)
+            if not line.strip():
+                continue
             try:
                 request = _read_request(line)
-                custom_id, method, url, body = request.custom_id, request.method, request.url, request.body
+                custom_id, model = request.custom_id, None if request.body is None else request.body.model
             except msgspec.DecodeError:
                 # Not the shape above (or JSON msgspec refuses): read it as json would, to tell what it is.
                 try:
@@ -221,21 +232,37 @@ class ResultJoin:
                 if not isinstance(custom_id, str):
                     self.unreadable_input_lines += 1
                     continue
-                method, url, body = item.get("method"), item.get("url"), item.get("body")
-            model = body.get("model") if isinstance(body, dict) else None
-            yield custom_id, model if isinstance(model, str) else None, _digest(method, url, body)
+                body = item.get("body")
+                model = body.get("model") if isinstance(body, dict) else None
+            yield custom_id, model if isinstance(model, str) else None, start, len(line)
+
+    def _first_clash(self, query: str, parameters: tuple[int, ...]) -> tuple[str, int] | None:
+        """(custom_id, rank) of the first pair of input lines ``query`` gives (custom_id, rank, then file,
+        offset and length of each line) that make different requests: not the same bytes (a round copies its
+        lines), nor the same :func:`request_digest`."""
+        cursor = self.db.execute(query, parameters)
+        try:
+            for custom_id, rank, *places in cursor:
+                one, two = (os.pread(self.files[f], n, at).strip() for f, at, n in (places[:3], places[3:]))
+                if one != two and request_digest(decode(one)) != request_digest(decode(two)):
+                    return custom_id, rank
+        finally:
+            cursor.close()  # before a RequestConflict rolls the file back
+        return None
+
+    def _open(self, path: str | PathLike[str]) -> int:
+        self.files.append(os.open(path, os.O_RDONLY))
+        return len(self.files) - 1
 
     def add_results(self, rank: int, path: str | PathLike[str]) -> int:
         """Record the lines of one output or error file; returns how many were read.
 
         The lines are read from ``path`` again when rows are made: keep the file until :meth:`close`.
         """
-        fd = os.open(path, os.O_RDONLY)
-        self.files.append(fd)
-        file = len(self.files) - 1
+        file = self._open(path)
         with self.db:
             self.db.execute("DELETE FROM arriving")
-            with open(fd, "rb", closefd=False) as handle:
+            with open(self.files[file], "rb", closefd=False) as handle:
                 self.db.executemany(
                     "INSERT INTO arriving (custom_id, offset, length) VALUES (?, ?, ?)", self._results(handle)
                 )

@@ -32,7 +32,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def lines_file(path: Path, lines: list[bytes]) -> Path:
-    """``lines`` written to ``path``, one a line: a result file as the join reads it."""
+    """``lines`` written to ``path``, one a line: a file as the join reads it (``path`` may be a directory: the
+    file is then a new one in it)."""
+    if path.is_dir():
+        path = path / f"lines-{len(list(path.iterdir()))}.jsonl"
     path.write_bytes(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines))
     return path
 

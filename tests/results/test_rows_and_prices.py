@@ -141,8 +141,9 @@ def test_delete_files_choices():
 def test_the_join_keeps_first_positions_and_the_latest_result(tmp_path):
     join = ResultJoin(tmp_path / "j.sqlite")
     lines = [json.dumps({"custom_id": c, "body": {"model": "m"}}).encode() for c in ("a", "b", "c")]
-    assert join.add_inputs(0, [*lines, b"not json"]) == 3
-    assert join.add_inputs(1, [lines[2], json.dumps({"custom_id": "d"}).encode()]) == 2  # a round repeats the line
+    assert join.add_inputs(0, lines_file(tmp_path, [*lines, b"not json"])) == 3
+    second = [lines[2], json.dumps({"custom_id": "d"}).encode()]
+    assert join.add_inputs(1, lines_file(tmp_path, second)) == 2  # a round repeats the line
     results = [json.dumps({"custom_id": "c", "v": 0}).encode(), json.dumps({"custom_id": "z"}).encode()]
     join.add_results(0, lines_file(tmp_path / "0.jsonl", results))
     join.add_results(1, lines_file(tmp_path / "1.jsonl", [json.dumps({"custom_id": "c", "v": 1}).encode()]))
