@@ -212,29 +212,18 @@ class ResultJoin:
 
     def _requests(self, handle: Iterable[bytes]) -> Iterator[tuple[str, str | None, int, int]]:
         """(custom_id, model, offset, length) of each line that is a request."""
-        offset = 0
-        for line in handle:
-            start, offset = offset, offset + len(line)
-            if not line.strip():
-                continue
+        for offset, line in _lines(handle):
             try:
                 request = _read_request(line)
                 custom_id, model = request.custom_id, None if request.body is None else request.body.model
             except msgspec.DecodeError:
-                # Not the shape above (or JSON msgspec refuses): read it as json would, to tell what it is.
-                try:
-                    item = decode(line)
-                    custom_id = item["custom_id"]
-                except (ValueError, TypeError, KeyError):
-                    # Only a batch that failed validation has such lines; they are no request.
+                item = _named(line)
+                if item is None:  # only a batch that failed validation has such lines; they are no request
                     self.unreadable_input_lines += 1
                     continue
-                if not isinstance(custom_id, str):
-                    self.unreadable_input_lines += 1
-                    continue
-                body = item.get("body")
+                custom_id, body = item["custom_id"], item.get("body")
                 model = body.get("model") if isinstance(body, dict) else None
-            yield custom_id, model if isinstance(model, str) else None, start, len(line)
+            yield custom_id, model if isinstance(model, str) else None, offset, len(line)
 
     def _first_clash(self, query: str, parameters: tuple[int, ...]) -> tuple[str, int] | None:
         """(custom_id, rank) of the first pair of input lines ``query`` gives (custom_id, rank, then file,
@@ -286,23 +275,16 @@ class ResultJoin:
 
     def _results(self, handle: Iterable[bytes]) -> Iterator[tuple[str, int, int]]:
         """(custom_id, offset, length) of each line that names a request."""
-        offset = 0
-        for line in handle:
-            start, offset = offset, offset + len(line)
-            if not line.strip():
-                continue
+        for offset, line in _lines(handle):
             try:
                 custom_id = _read_result(line).custom_id
             except msgspec.DecodeError:
-                try:
-                    custom_id = decode(line)["custom_id"]
-                except (ValueError, TypeError, KeyError):
+                item = _named(line)
+                if item is None:
                     self.unreadable_result_lines += 1
                     continue
-                if not isinstance(custom_id, str):
-                    self.unreadable_result_lines += 1
-                    continue
-            yield custom_id, start, len(line)
+                custom_id = item["custom_id"]
+            yield custom_id, offset, len(line)
 
     def unmatched_results(self) -> int:
         """Result lines whose ``custom_id`` no input file holds (they have no position, so no row)."""
@@ -344,3 +326,22 @@ class ResultJoin:
                 yield JoinedRow(index, custom_id, rank, model, result_rank, line)
         finally:
             cursor.close()
+
+
+def _lines(handle: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Each line that is not blank, with its offset in the file."""
+    offset = 0
+    for line in handle:
+        if line.strip():
+            yield offset, line
+        offset += len(line)
+
+
+def _named(line: bytes) -> dict | None:
+    """A line the msgspec structs refused, read as json would (a line only json reads, or another shape): the
+    object, when it is one with a string ``custom_id``."""
+    try:
+        item = decode(line)
+    except ValueError:
+        return None
+    return item if isinstance(item, dict) and isinstance(item.get("custom_id"), str) else None
