@@ -93,7 +93,7 @@ def request_digest(item: dict) -> bytes:
 
 
 class ResultJoin:
-    """Positions and results of several batches, spilled to a SQLite file at ``path``.
+    """Positions and results of several batches, indexed in a SQLite file at ``path`` (the lines stay in theirs).
 
     Add the batches in the order given (rank 0, 1, ...): each batch's input, then its results. A request's
     position is that of its first appearance, so shards concatenate and a later round (a subset of the
