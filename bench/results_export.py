@@ -1,12 +1,12 @@
-"""Memory and speed of ``OpenAIBatchHook.export_results`` on a large batch (default 50,000 requests with
-answers padded to 4 KB each).
+"""Speed and memory of ``OpenAIBatchHook.export_results`` against a naive in-memory join of the same files
+(default: one completed batch of 50,000 chat requests; ``--answer-bytes`` pads every answer).
 
-The emulator runs as a separate process (its files live in its memory, not ours), with each chat answer
-padded by ``--answer-bytes`` so the output file is large. The batch is created once; each export then runs
-in a fresh interpreter that samples its own ``VmRSS`` from /proc/self/status every 5 ms (``ru_maxrss`` would
-include whatever the interpreter did before the export). Growth is the peak over the RSS just before the
-export started.
+The emulator runs as a separate process (its files live in its memory, not ours). The batch is created once;
+then, ``--repeat`` times, the naive join (``export_child.py`` says what it does) and the export in each
+format run one after the other, each in a fresh interpreter that samples its own ``VmRSS``; each export's
+time is divided by the naive join's of the same round.
 
+    .venv/bin/python bench/results_export.py --requests 50000
     .venv/bin/python bench/results_export.py --requests 50000 --answer-bytes 4096
 """
 
@@ -34,40 +34,6 @@ def padded(endpoint, model, body, seed):
 results._fake_body = padded
 from airflow_provider_openai_batch.emulator.__main__ import main
 sys.exit(main(sys.argv[1:]))
-"""
-
-CHILD = r"""
-import json, os, sys, threading, time
-os.environ["AIRFLOW_CONN_OPENAI_DEFAULT"] = %(conn)r
-from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
-import airflow_provider_openai_batch.results.export
-try:
-    import pyarrow.parquet
-except ImportError:
-    pass
-
-def rss():
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
-
-hook = OpenAIBatchHook()
-hook.retrieve_batch(%(batch_id)r)  # connection read and session open before the baseline
-baseline = peak = rss()
-done = threading.Event()
-def sample():
-    global peak
-    while not done.is_set():
-        peak = max(peak, rss())
-        time.sleep(0.005)
-sampler = threading.Thread(target=sample, daemon=True)
-sampler.start()
-started = time.perf_counter()
-manifest = hook.export_results(%(batch_id)r, %(destination)r, format=%(format)r)
-seconds = time.perf_counter() - started
-done.set(); sampler.join()
-peak = max(peak, rss())
-print(json.dumps({"rows": manifest["rows"], "seconds": seconds, "baseline": baseline, "peak": peak,
-                  "counts": manifest["counts"]}))
 """
 
 
@@ -106,23 +72,74 @@ def make_batch(emulator: EmulatorProcess, requests: int, workdir: Path) -> str:
     return batch.id
 
 
-def run_export(emulator: EmulatorProcess, batch_id: str, destination: Path, fmt: str) -> dict:
-    code = CHILD % {
+def run_child(emulator: EmulatorProcess, mode: str, ids: list[str], destination: Path, work_dir: Path) -> dict:
+    """One export (or the naive join) in a fresh interpreter: ``export_child.py``."""
+    args = {
+        "mode": mode,
         "conn": emulator.connection_json({"timeout": 300}),
-        "batch_id": batch_id,
+        "ids": ids,
         "destination": str(destination),
-        "format": fmt,
+        "work_dir": str(work_dir),
     }
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    child = Path(__file__).with_name("export_child.py")
+    result = subprocess.run(
+        [sys.executable, str(child), json.dumps(args)], capture_output=True, text=True, cwd=Path(__file__).parents[1]
+    )
+    if result.returncode != 0:
+        raise SystemExit(result.stderr[-3000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def compare(
+    emulator: EmulatorProcess, ids: list[str], tmp: Path, formats: list[str], repeat: int
+) -> list[dict[str, object]]:
+    """``repeat`` rounds of the naive join and then each format's export, over the same batches, each in a
+    fresh interpreter; every export is set against the naive join of its own round."""
+    measured: list[dict[str, object]] = []
+    for run in range(1, repeat + 1):
+        naive = None
+        for mode in ["naive", *formats]:
+            destination = tmp / f"out-{mode}.{'parquet' if mode == 'parquet' else 'jsonl'}"
+            r = run_child(emulator, mode, ids, destination, tmp)
+            naive = naive or r
+            measured.append(
+                {
+                    "mode": mode,
+                    "run": run,
+                    "rows": r["rows"],
+                    "seconds": r["seconds"],
+                    "ratio": r["seconds"] / naive["seconds"],
+                    "cpu": r["cpu"],
+                    "cpu_ratio": r["cpu"] / naive["cpu"],
+                    "growth_mb": r["growth"] / 1e6,
+                    "file_mb": destination.stat().st_size / 1e6,
+                }
+            )
+            destination.unlink()
+    return measured
+
+
+def print_table(measured: list[dict[str, object]]) -> None:
+    print(
+        "| run | what | rows | seconds | rows/s | time / naive join | CPU s | CPU / naive join |"
+        " peak RSS growth (MB) | file (MB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for m in measured:
+        what = "naive in-memory join" if m["mode"] == "naive" else f"export, {m['mode']}"
+        print(
+            f"| {m['run']} | {what} | {m['rows']:,} | {m['seconds']:.2f} | {m['rows'] / m['seconds']:,.0f} | "
+            f"{m['ratio']:.2f} | {m['cpu']:.2f} | {m['cpu_ratio']:.2f} | {m['growth_mb']:.1f} | {m['file_mb']:.0f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=50_000)
-    parser.add_argument("--answer-bytes", type=int, default=4096)
+    parser.add_argument("--answer-bytes", type=int, default=0)
     parser.add_argument("--formats", nargs="+", default=["jsonl", "parquet"])
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-results-") as tmp:
@@ -131,19 +148,7 @@ def main() -> None:
         try:
             batch_id = make_batch(emulator, args.requests, Path(tmp))
             print(f"\n{args.requests:,} requests, answers padded by {args.answer_bytes:,} bytes\n")
-            print("| format | rows | seconds | rows/s | RSS before (MB) | peak RSS growth (MB) | file (MB) |")
-            print("|---|---|---|---|---|---|---|")
-            for fmt in args.formats:
-                for _ in range(args.repeat):
-                    destination = Path(tmp) / f"out.{fmt}"
-                    r = run_export(emulator, batch_id, destination, fmt)
-                    size = destination.stat().st_size / 1e6
-                    growth = (r["peak"] - r["baseline"]) / 1e6
-                    print(
-                        f"| {fmt} | {r['rows']:,} | {r['seconds']:.1f} | {r['rows'] / r['seconds']:,.0f} | "
-                        f"{r['baseline'] / 1e6:.0f} | {growth:.1f} | {size:.0f} |",
-                        flush=True,
-                    )
+            print_table(compare(emulator, [batch_id], Path(tmp), args.formats, args.repeat))
         finally:
             emulator.stop()
 

@@ -2,13 +2,13 @@
 
 :func:`export` is what :meth:`OpenAIBatchHook.export_results` and
 :class:`~airflow_provider_openai_batch.operators.results.BatchResultsOperator` run. Memory does not grow with
-the number of requests or the size of the answers: files are downloaded to a temporary directory, spilled to
-SQLite (:mod:`.join`) and streamed out row by row (:mod:`.writers`).
+the number of requests or the size of the answers: files are downloaded to a temporary directory, joined
+there (:mod:`.join`: positions in SQLite, result lines read where they lie) and streamed out row by row
+(:mod:`.writers`).
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections import Counter
 from collections.abc import Generator, Iterator, Mapping
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_openai_batch.exceptions import NotFoundError, OpenAIBatchError
 from airflow_provider_openai_batch.locations import destination_location, location_uri
+from airflow_provider_openai_batch.results.codec import decode
 from airflow_provider_openai_batch.results.join import JoinedRow, RequestConflict, ResultJoin
 from airflow_provider_openai_batch.results.options import FILE_KINDS, parse_batch_ids, parse_delete_files
 from airflow_provider_openai_batch.results.prices import CostEstimate, check_price_table
@@ -146,8 +147,8 @@ class _Tally:
         # Priced by the model the API reports in the body (a dated snapshot), else by the one the input asked for.
         body = row["response"]
         ran = body.get("model") if isinstance(body, dict) else None
-        tokens = (row["input_tokens"], row["output_tokens"], row["total_tokens"])
-        self.cost.add(ran if isinstance(ran, str) else None, *tokens, requested=model)
+        tokens_in, tokens_out, total = row["input_tokens"], row["output_tokens"], row["total_tokens"]
+        self.cost.add(ran if isinstance(ran, str) else None, tokens_in, tokens_out, total, model)
 
     def figures(self) -> dict[str, Any]:
         """The figures a manifest reports for these rows."""
@@ -245,8 +246,8 @@ def _conflict_error(clash: RequestConflict, batches: list[Batch]) -> ResultsExpo
 def _load_batch(
     hook: OpenAIBatchHook, join: ResultJoin, rank: int, batch: Batch, tmp: Path, batches: list[Batch]
 ) -> None:
-    """Spill one batch's input positions, then its output and error lines, downloading each file to disk
-    first (streamed and retried by the hook) and removing it once read."""
+    """Index one batch's input lines, then its output and error lines, downloading each file to ``tmp`` first
+    (streamed and retried by the hook), where the join reads them again until the export ends."""
     assert batch.input_file_id is not None  # checked by _finished_batch
     files = [("input", batch.input_file_id), ("output", batch.output_file_id), ("error", batch.error_file_id)]
     for kind, file_id in files:
@@ -261,23 +262,13 @@ def _load_batch(
                 f"the {kind} file {file_id} of batch {batch.id} is gone (deleted, or past its expiry): the export "
                 f"needs it for the {why}"
             ) from None
+        if kind != "input":
+            join.add_results(rank, local)
+            continue
         try:
-            if kind == "input":
-                try:
-                    join.add_inputs(rank, _lines(local))
-                except RequestConflict as clash:
-                    raise _conflict_error(clash, batches) from None
-            else:
-                join.add_results(rank, _lines(local))
-        finally:
-            local.unlink(missing_ok=True)
-
-
-def _lines(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        for line in handle:
-            if line.strip():
-                yield line
+            join.add_inputs(rank, local)
+        except RequestConflict as clash:
+            raise _conflict_error(clash, batches) from None
 
 
 def _rows(
@@ -289,8 +280,7 @@ def _rows(
     for joined in rows:
         if joined.line is not None and joined.result_rank is not None:
             batch = batches[joined.result_rank]
-            line = json.loads(joined.line)
-            row = row_from_line(joined.custom_id, joined.index, line, batch.id, batch.endpoint, shape)
+            row = row_from_line(joined.custom_id, joined.index, decode(joined.line), batch.id, batch.endpoint, shape)
         else:
             batch = batches[joined.last_rank]
             error = errors[joined.last_rank]

@@ -143,9 +143,11 @@ class CostEstimate:
         self.total_tokens += total if total is not None else tokens_in + tokens_out
         if not tokens_in and not tokens_out:
             return
-        key = next((name for name in (model, requested) if name and self.match(name)), None)
-        if key is None:
+        table = self._prices
+        prices = table.get(model) if model else None  # match(): the exact name only, never a prefix
+        if prices is None:
+            prices = table.get(requested) if requested else None
+        if prices is None:
             self.unpriced.add(model or requested or "unknown")
             return
-        prices = self._prices[key]
         self.cost_usd += (tokens_in * prices.get("input", 0.0) + tokens_out * prices.get("output", 0.0)) / 1e6

@@ -235,7 +235,8 @@ def _vector(value: Any) -> list[float]:
     if isinstance(value, str):
         raw = base64.b64decode(value)
         return list(struct.unpack(f"<{len(raw) // 4}f", raw[: len(raw) // 4 * 4]))
-    return [float(x) for x in value] if isinstance(value, list) else []
+    # A float decoded by results/codec.py keeps what tells the writer to spell it as json does: keep it as it is.
+    return [x if isinstance(x, float) else float(x) for x in value] if isinstance(value, list) else []
 
 
 def row_without_line(

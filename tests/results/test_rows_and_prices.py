@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
-from pathlib import Path
 
 import pytest
 
-from airflow_provider_openai_batch.exceptions import NotFoundError
-from airflow_provider_openai_batch.models import Batch
 from airflow_provider_openai_batch.results.export import export, parse_batch_ids, parse_delete_files
 from airflow_provider_openai_batch.results.join import ResultJoin
 from airflow_provider_openai_batch.results.prices import (
@@ -22,7 +18,7 @@ from airflow_provider_openai_batch.results.prices import (
     check_price_table,
 )
 from airflow_provider_openai_batch.results.rows import classify_line, classify_missing, output_text, usage_tokens
-from tests.results.helpers import read_jsonl
+from tests.results.helpers import FakeHook, jsonl_bytes, lines_file, read_jsonl
 
 
 @pytest.mark.parametrize(
@@ -145,10 +141,12 @@ def test_delete_files_choices():
 def test_the_join_keeps_first_positions_and_the_latest_result(tmp_path):
     join = ResultJoin(tmp_path / "j.sqlite")
     lines = [json.dumps({"custom_id": c, "body": {"model": "m"}}).encode() for c in ("a", "b", "c")]
-    assert join.add_inputs(0, [*lines, b"not json"]) == 3
-    assert join.add_inputs(1, [lines[2], json.dumps({"custom_id": "d"}).encode()]) == 2  # a round repeats the line
-    join.add_results(0, [json.dumps({"custom_id": "c", "v": 0}).encode(), json.dumps({"custom_id": "z"}).encode()])
-    join.add_results(1, [json.dumps({"custom_id": "c", "v": 1}).encode()])
+    assert join.add_inputs(0, lines_file(tmp_path, [*lines, b"not json"])) == 3
+    second = [lines[2], json.dumps({"custom_id": "d"}).encode()]
+    assert join.add_inputs(1, lines_file(tmp_path, second)) == 2  # a round repeats the line
+    results = [json.dumps({"custom_id": "c", "v": 0}).encode(), json.dumps({"custom_id": "z"}).encode()]
+    join.add_results(0, lines_file(tmp_path / "0.jsonl", results))
+    join.add_results(1, lines_file(tmp_path / "1.jsonl", [json.dumps({"custom_id": "c", "v": 1}).encode()]))
     rows = list(join.rows())
     join.close()
     assert [(r.index, r.custom_id, r.last_rank) for r in rows] == [(0, "a", 0), (1, "b", 0), (2, "c", 1), (3, "d", 1)]
@@ -157,34 +155,12 @@ def test_the_join_keeps_first_positions_and_the_latest_result(tmp_path):
     assert join.unreadable_input_lines == 1
 
 
-class FakeHook:
-    """Just what the export calls: batches by id and file contents by id."""
-
-    log = logging.getLogger("tests.results.fake_hook")
-
-    def __init__(self, batches: list[dict], files: dict[str, bytes]) -> None:
-        self.batches = {b["id"]: Batch.model_validate(b) for b in batches}
-        self.files = files
-
-    def retrieve_batch(self, batch_id: str) -> Batch:
-        return self.batches[batch_id]
-
-    def download_file(self, file_id: str, destination: Path) -> None:
-        if file_id not in self.files:
-            raise NotFoundError(f"no file {file_id}", status_code=404)
-        Path(destination).write_bytes(self.files[file_id])
-
-
-def _jsonl(*items: dict) -> bytes:
-    return b"".join(json.dumps(i).encode() + b"\n" for i in items)
-
-
 @pytest.mark.parametrize(("batch_status", "expected"), [("completed", "missing"), ("expired", "expired")])
 def test_a_request_no_file_mentions_is_missing_or_takes_its_batch_ending(tmp_path, batch_status, expected):
     ok = {"custom_id": "a", "response": {"status_code": 200, "body": {"usage": {"prompt_tokens": 1}}}, "error": None}
     hook = FakeHook(
         [{"id": "batch_1", "status": batch_status, "input_file_id": "in", "output_file_id": "out"}],
-        {"in": _jsonl({"custom_id": "a", "body": {}}, {"custom_id": "b", "body": {}}), "out": _jsonl(ok)},
+        {"in": jsonl_bytes({"custom_id": "a", "body": {}}, {"custom_id": "b", "body": {}}), "out": jsonl_bytes(ok)},
     )
     manifest = export(hook, "batch_1", tmp_path / "out.jsonl")  # type: ignore[arg-type]
     rows = read_jsonl(tmp_path / "out.jsonl")
