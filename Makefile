@@ -11,10 +11,11 @@ EXTRAS ?= test,lint,parquet,azure,openlineage
 
 .PHONY: setup bytecode test lint demo clean airflow e2e cluster-setup cluster soak
 
-$(STAMP): pyproject.toml Makefile
+# The emulator is a distribution of its own (emulator/); the provider's test extra needs it, installed from here.
+$(STAMP): pyproject.toml emulator/pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(UV) pip install --quiet --python $(PY) -e '.[$(EXTRAS)]'
+	$(UV) pip install --quiet --python $(PY) -e ./emulator -e '.[$(EXTRAS)]'
 	$(MAKE) --no-print-directory bytecode
 	touch $(STAMP)
 
@@ -30,8 +31,8 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check airflow_provider_openai_batch tests example_dags bench
-	$(VENV)/bin/ruff format --check airflow_provider_openai_batch tests example_dags bench
+	$(VENV)/bin/ruff check airflow_provider_openai_batch emulator tests example_dags bench
+	$(VENV)/bin/ruff format --check airflow_provider_openai_batch emulator tests example_dags bench
 	$(VENV)/bin/mypy
 
 clean:
@@ -44,7 +45,7 @@ airflow: setup
 	bash scripts/airflow.sh
 
 e2e: setup
-	$(UV) pip install --quiet --python $(PY) -e '.[$(EXTRAS),e2e]'
+	$(UV) pip install --quiet --python $(PY) -e ./emulator -e '.[$(EXTRAS),e2e]'
 	$(MAKE) --no-print-directory bytecode
 	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	OPENAI_BATCH_E2E=1 $(PY) -m pytest -m e2e tests/e2e -v
@@ -52,7 +53,7 @@ e2e: setup
 # make cluster / make soak: PostgreSQL + Redis (Debian packages) + Celery executor, two workers, two triggerers.
 # The cluster extra adds the Celery provider and the PostgreSQL driver to .venv.
 cluster-setup: setup
-	$(UV) pip install --quiet --python $(PY) -e '.[$(EXTRAS),cluster]'
+	$(UV) pip install --quiet --python $(PY) -e ./emulator -e '.[$(EXTRAS),cluster]'
 	$(MAKE) --no-print-directory bytecode
 
 cluster: cluster-setup

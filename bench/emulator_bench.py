@@ -18,8 +18,7 @@ import time
 
 import aiohttp
 import requests
-
-from airflow_provider_openai_batch.emulator.testing import EmulatorProcess, run_emulator_process
+from openai_batch_emulator.testing import EmulatorProcess, run_emulator_process
 
 HEADERS = {"Authorization": "Bearer bench-key"}
 

@@ -34,9 +34,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from openai_batch_emulator.testing import run_emulator_process
 from results_export import compare, print_table  # beside this script
 
-from airflow_provider_openai_batch.emulator.testing import run_emulator_process
+from airflow_provider_openai_batch.testing import connection_json
 
 CHILD_PRELUDE = r"""
 import json, os, sys, threading, time
@@ -235,7 +236,7 @@ def main() -> None:
         mb = size / (1024 * 1024)
         raw = loopback_mb_per_s()
         with run_emulator_process(phase_seconds=args.phase_seconds) as emulator:
-            conn = emulator.connection_json()
+            conn = connection_json(emulator)
             proxy = None
             if args.upload_mb_per_s:
                 host, port = urlsplit(emulator.base_url).hostname, urlsplit(emulator.base_url).port

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from openai_batch_emulator.testing import run_emulator_process
 
-from airflow_provider_openai_batch.emulator.testing import run_emulator_process
+from airflow_provider_openai_batch.testing import connection_json
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -164,7 +165,7 @@ def main() -> None:
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=900)
     subprocess.run([AIRFLOW, "dags", "reserialize"], env=env, check=True, capture_output=True, timeout=900)
     with run_emulator_process(latency_ms=args.api_seconds * 1000) as emulator:
-        env["AIRFLOW_CONN_OPENAI_DEFAULT"] = emulator.connection_json()
+        env["AIRFLOW_CONN_OPENAI_DEFAULT"] = connection_json(emulator)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = home / "api-server.log"

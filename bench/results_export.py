@@ -19,12 +19,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from airflow_provider_openai_batch.emulator.testing import EmulatorProcess
+from openai_batch_emulator.testing import EmulatorProcess
+
+from airflow_provider_openai_batch.testing import connection_json
 
 # Run in the emulator process: pad every chat answer, then start the emulator as its command line says.
 PADDED_EMULATOR = r"""
 import sys
-from airflow_provider_openai_batch.emulator import results
+from openai_batch_emulator import results
 real = results._fake_body
 def padded(endpoint, model, body, seed):
     response, tokens = real(endpoint, model, body, seed)
@@ -32,7 +34,7 @@ def padded(endpoint, model, body, seed):
         choice["message"]["content"] += " " + "x" * %(answer_bytes)d
     return response, tokens
 results._fake_body = padded
-from airflow_provider_openai_batch.emulator.__main__ import main
+from openai_batch_emulator.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -45,14 +47,14 @@ class PaddedEmulator(EmulatorProcess):
         self.answer_bytes = answer_bytes
 
     def command(self) -> list[str]:
-        # Replace "-m airflow_provider_openai_batch.emulator" with the padding wrapper; keep the flags.
+        # Replace "-m openai_batch_emulator" with the padding wrapper; keep the flags.
         return [sys.executable, "-c", PADDED_EMULATOR % {"answer_bytes": self.answer_bytes}, *super().command()[3:]]
 
 
 def make_batch(emulator: EmulatorProcess, requests: int, workdir: Path) -> str:
     import os
 
-    os.environ["AIRFLOW_CONN_OPENAI_DEFAULT"] = emulator.connection_json({"timeout": 300})
+    os.environ["AIRFLOW_CONN_OPENAI_DEFAULT"] = connection_json(emulator, {"timeout": 300})
     from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 
     source = workdir / "input.jsonl"
@@ -76,7 +78,7 @@ def run_child(emulator: EmulatorProcess, mode: str, ids: list[str], destination:
     """One export (or the naive join) in a fresh interpreter: ``export_child.py``."""
     args = {
         "mode": mode,
-        "conn": emulator.connection_json({"timeout": 300}),
+        "conn": connection_json(emulator, {"timeout": 300}),
         "ids": ids,
         "destination": str(destination),
         "work_dir": str(work_dir),

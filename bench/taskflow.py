@@ -22,8 +22,9 @@ import tempfile
 from pathlib import Path
 
 from large_job import CHILD_PRELUDE, child
+from openai_batch_emulator.testing import run_emulator_process
 
-from airflow_provider_openai_batch.emulator.testing import run_emulator_process
+from airflow_provider_openai_batch.testing import connection_json
 
 TASK = (
     CHILD_PRELUDE
@@ -76,7 +77,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="taskflow-bench-") as tmp:
             destination = str(Path(tmp) / "answers.jsonl")
             with run_emulator_process(phase_seconds=args.phase_seconds) as emulator:
-                code = TASK % {"conn": emulator.connection_json(), "prompts": args.prompts, "destination": destination}
+                code = TASK % {"conn": connection_json(emulator), "prompts": args.prompts, "destination": destination}
                 result = child(code)
         counts = result["counts"]
         print(

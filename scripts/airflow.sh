@@ -44,7 +44,7 @@ if port_busy "$AIRFLOW_PORT"; then
   echo "Port $AIRFLOW_PORT on $HOST is already in use: stop what runs there or set AIRFLOW_PORT." >&2
   exit 1
 fi
-EMULATOR_PORT=${EMULATOR_PORT:-$($PY -c "from airflow_provider_openai_batch.emulator.server import free_port; print(free_port())")}
+EMULATOR_PORT=${EMULATOR_PORT:-$($PY -c "from openai_batch_emulator.server import free_port; print(free_port())")}
 
 # --- Airflow configuration: everything through the environment, inherited by every component
 unset AIRFLOW_CONN_OPENAI_DEFAULT # would take precedence over the emulator connection stored below
@@ -127,7 +127,7 @@ start() { # start NAME COMMAND...: a background child in a session of its own, o
 }
 
 # --- the emulator, first: it starts in a second
-start emulator "$PY" -m airflow_provider_openai_batch.emulator --host "$HOST" --port "$EMULATOR_PORT" \
+start emulator "$PY" -m openai_batch_emulator --host "$HOST" --port "$EMULATOR_PORT" \
   --phase-seconds "${EMULATOR_PHASE_SECONDS:-2}"
 
 echo "Preparing the Airflow database in $AIRFLOW_HOME ..."

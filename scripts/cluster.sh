@@ -252,7 +252,7 @@ wait_for Redis 30 port_busy "$REDIS_PORT"
 
 # --- the emulator (state kept under CLUSTER_HOME, so its restart loses nothing either)
 # shellcheck disable=SC2086
-start emulator "$PY" -m airflow_provider_openai_batch.emulator --host "$HOST" --port "$EMULATOR_PORT" \
+start emulator "$PY" -m openai_batch_emulator --host "$HOST" --port "$EMULATOR_PORT" \
   --phase-seconds "${EMULATOR_PHASE_SECONDS:-2}" --data-dir "$CLUSTER_HOME/emulator" ${CLUSTER_EMULATOR_ARGS:-}
 
 echo "Preparing the Airflow database ..."

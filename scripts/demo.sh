@@ -17,8 +17,8 @@ if [[ -n "${OPENAI_API_KEY:-}" ]]; then
   export AIRFLOW_CONN_OPENAI_DEFAULT="{\"conn_type\": \"openai_batch\", \"password\": \"${OPENAI_API_KEY}\"}"
   export OPENAI_BATCH_POLL_INTERVAL=${OPENAI_BATCH_POLL_INTERVAL:-60}
 else
-  port=$($PY -c "from airflow_provider_openai_batch.emulator.server import free_port; print(free_port())")
-  $PY -m airflow_provider_openai_batch.emulator --port "$port" --phase-seconds "${DEMO_PHASE_SECONDS:-2}" \
+  port=$($PY -c "from openai_batch_emulator.server import free_port; print(free_port())")
+  $PY -m openai_batch_emulator --port "$port" --phase-seconds "${DEMO_PHASE_SECONDS:-2}" \
     >"$AIRFLOW_HOME/emulator.log" 2>&1 &
   emulator=$!
   trap 'kill $emulator 2>/dev/null || true; wait $emulator 2>/dev/null || true' EXIT

@@ -11,7 +11,7 @@ import time
 import pytest
 
 pytest_plugins = [
-    "airflow_provider_openai_batch.emulator.pytest_plugin",
+    "airflow_provider_openai_batch.pytest_plugin",
     "tests.airflow_api",  # airflow_db, tokens
     "tests.azure.token_server",  # token_server
 ]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_openai_batch.testing import connection_json
 from tests.helpers import datasets, lineage_env, lineage_events
 
 ROOT = Path(__file__).parents[1]
@@ -24,7 +25,7 @@ def dags_test(tmp_path: Path, emulator, dag_id: str, env: dict[str, str] | None 
         "AIRFLOW_HOME": str(tmp_path),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
-        "AIRFLOW_CONN_OPENAI_DEFAULT": emulator.connection_json(),
+        "AIRFLOW_CONN_OPENAI_DEFAULT": connection_json(emulator),
         "OPENAI_BATCH_POLL_INTERVAL": "0.5",
         **(env or {}),
     }
@@ -87,7 +88,7 @@ def test_operator_modules_do_not_import_heavy_modules():
 def test_airflow_dags_test_runs_the_example_end_to_end(tmp_path, flavor):
     """The same, unchanged example DAG against the emulator playing OpenAI and playing Azure OpenAI (an
     ``api_type: azure`` connection to ``/openai/v1`` with an ``api-key``)."""
-    from airflow_provider_openai_batch.emulator.testing import run_emulator_process
+    from openai_batch_emulator.testing import run_emulator_process
 
     with run_emulator_process(phase_seconds=0.5, flavor=flavor) as emulator:
         log = dags_test(tmp_path, emulator, "openai_batch_example", lineage_env(tmp_path / "lineage.jsonl"))
@@ -140,7 +141,7 @@ def test_airflow_dags_test_runs_the_large_job_example(tmp_path):
     and the export of the task's return value is one file of 25 rows in input order. ``airflow dags test`` hands
     a resumed task only the trigger's event: the job record carries the rest. The full 120,000 is run by
     ``bench/large_job.py --dag`` (figures in bench/README.md)."""
-    from airflow_provider_openai_batch.emulator.testing import run_emulator_process
+    from openai_batch_emulator.testing import run_emulator_process
 
     with run_emulator_process(phase_seconds=0.5, transient_failure_attempts=1) as emulator:
         env = {
@@ -148,7 +149,7 @@ def test_airflow_dags_test_runs_the_large_job_example(tmp_path):
             "AIRFLOW_HOME": str(tmp_path),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
-            "AIRFLOW_CONN_OPENAI_DEFAULT": emulator.connection_json(),
+            "AIRFLOW_CONN_OPENAI_DEFAULT": connection_json(emulator),
             "OPENAI_BATCH_POLL_INTERVAL": "0.5",
             "OPENAI_BATCH_EXAMPLE_REQUESTS": "25",
             "OPENAI_BATCH_MAX_REQUESTS_PER_BATCH": "10",
@@ -178,7 +179,7 @@ def test_airflow_dags_test_runs_the_taskflow_example_and_emits_its_lineage(tmp_p
     """``@task.openai_batch`` end to end: prompts in, the job deferred to the triggerer and resumed, validated
     rows landed, a downstream task reading two of them back; and the OpenLineage events the real provider
     wrote with its file transport: the uploaded input in, the rows' file out, the job's figures."""
-    from airflow_provider_openai_batch.emulator.testing import run_emulator_process
+    from openai_batch_emulator.testing import run_emulator_process
 
     with run_emulator_process(phase_seconds=0.5) as emulator:
         log = dags_test(tmp_path, emulator, "openai_batch_taskflow", lineage_env(tmp_path / "lineage.jsonl"))

@@ -75,3 +75,30 @@ def test_the_package_has_no_import_cycle():
         if node not in seen:
             visit(node)
     assert cycles == []
+
+
+def test_the_provider_wheel_carries_no_emulator():
+    """The emulator is a distribution of its own (emulator/): the provider's wheel packages only the provider,
+    which imports nothing of it outside its opt-in test helpers, and has no console script of its own."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    assert project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == [NAME]
+    assert "scripts" not in project["project"]
+    assert not (PACKAGE / "emulator").exists()
+    emulator = tomllib.loads((PACKAGE.parent / "emulator" / "pyproject.toml").read_text())
+    assert emulator["project"]["name"] == "openai-batch-emulator"
+    assert emulator["project"]["scripts"] == {"openai-batch-emulator": "openai_batch_emulator.__main__:main"}
+    importers = sorted(
+        name
+        for name, path in modules().items()
+        if any(
+            (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("openai_batch_emulator"))
+            or (isinstance(node, ast.Import) and any(a.name.startswith("openai_batch_emulator") for a in node.names))
+            for node in ast.walk(ast.parse(path.read_text()))
+        )
+    )
+    assert importers == []  # the pytest plugin names the emulator's plugin for pytest to load, it imports nothing

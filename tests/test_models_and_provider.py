@@ -8,13 +8,15 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import jsonschema
+import openai_batch_emulator
 
 from airflow_provider_openai_batch import statuses
 from airflow_provider_openai_batch.get_provider_info import get_provider_info
 from airflow_provider_openai_batch.models import Batch, ResultRecord
 from airflow_provider_openai_batch.statuses import TERMINAL, BatchStatus
 
-SPEC = json.loads((Path(__file__).parent / "openai_spec" / "openai-batch-files.v1.json").read_text())
+# The official spec, vendored once: in the emulator's package.
+SPEC = json.loads((Path(openai_batch_emulator.__file__).parent / "contract" / "openai-batch-files.v1.json").read_text())
 
 
 def test_spec_example_batch_with_nulls_parses():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_provider_openai_batch.testing import connection_json
+
 #: Azure's GA API version of the classic paths (Microsoft's documentation).
 API_VERSION = "2024-10-21"
 
@@ -21,6 +23,6 @@ def azure_connection(request, azure_emulator, monkeypatch: pytest.MonkeyPatch):
     """``openai_default`` as an Azure connection, once for each path shape: ``/openai/v1`` and the classic
     ``/openai/...?api-version=``. ``azure_connection.shape`` says which."""
     version = API_VERSION if request.param == "classic" else None
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", azure_emulator.connection_json(api_version=version))
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", connection_json(azure_emulator, api_version=version))
     azure_emulator.shape = request.param
     return azure_emulator

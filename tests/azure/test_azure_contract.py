@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import openai_batch_emulator.contract as contract_package
 import pytest
 import requests
 
-import airflow_provider_openai_batch.emulator.contract as contract_package
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.models import Batch, BatchPage, FileObject
 

@@ -15,6 +15,7 @@ from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
 from airflow_provider_openai_batch.operators.results import BatchResultsOperator
 from airflow_provider_openai_batch.sensors.batch import BatchSensor
+from airflow_provider_openai_batch.testing import connection_json
 from tests.helpers import ctx, prompts, run
 
 
@@ -128,7 +129,7 @@ def test_an_openai_compatible_server_takes_any_endpoint_path_and_the_usual_beare
     """``api_type: openai_compatible``: OpenAI's wire format at the server's own base URL, any endpoint path the
     server serves (here the emulator playing OpenAI), the Bearer key, OpenAI's line limit."""
     monkeypatch.setenv(
-        "AIRFLOW_CONN_OPENAI_DEFAULT", openai_batch_emulator.connection_json({"api_type": "openai_compatible"})
+        "AIRFLOW_CONN_OPENAI_DEFAULT", connection_json(openai_batch_emulator, {"api_type": "openai_compatible"})
     )
     create = CreateBatchOperator(
         task_id="create", requests=prompts(2), wait_for_completion=True, deferrable=False, poll_interval=0.05

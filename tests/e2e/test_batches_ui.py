@@ -45,7 +45,7 @@ def _page_frame(page: Any) -> Any:
 
 
 def _emulator(airflow: Airflow) -> Any:
-    from airflow_provider_openai_batch.emulator.testing import EmulatorHandle
+    from openai_batch_emulator.testing import EmulatorHandle
 
     return EmulatorHandle(airflow.emulator_url, api_key=FAKE_KEY)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from openai_batch_emulator.__main__ import parse_args
 
 from airflow_provider_openai_batch.backends import rules_for
-from airflow_provider_openai_batch.emulator.__main__ import parse_args
 from airflow_provider_openai_batch.exceptions import BatchValidationError
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.jobs.store import STATE_KEY

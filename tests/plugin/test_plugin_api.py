@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 
+from airflow_provider_openai_batch.testing import connection_json
 from tests.helpers import ENDPOINT
 
 ROUTES = [
@@ -71,8 +72,8 @@ def emulator(openai_batch_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Any
     """The emulator, slow enough that batches stay running, behind ``openai_default`` with a canary key."""
     openai_batch_emulator.configure(phase_seconds=600, api_key=KEY)
     monkeypatch.setattr(openai_batch_emulator, "api_key", KEY)
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", openai_batch_emulator.connection_json())
-    conn = json.loads(openai_batch_emulator.connection_json())
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", connection_json(openai_batch_emulator))
+    conn = json.loads(connection_json(openai_batch_emulator))
     assert conn["password"] == KEY
     return openai_batch_emulator
 

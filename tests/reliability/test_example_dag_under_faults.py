@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from airflow_provider_openai_batch.emulator.testing import run_emulator_process
+from openai_batch_emulator.testing import run_emulator_process
 
 ROOT = Path(__file__).parents[2]
 CANARY = f"canary-{secrets.token_hex(12)}"  # made up per run: never a real-looking key in the repo

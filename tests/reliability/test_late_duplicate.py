@@ -5,6 +5,7 @@ one idempotency key. The hook must end with exactly one live batch for the key, 
 from __future__ import annotations
 
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
+from airflow_provider_openai_batch.testing import connection_json
 from tests.helpers import BOTH_FLAVORS, endpoint_of
 
 KEY = "late-twin-key"
@@ -14,7 +15,7 @@ KEY = "late-twin-key"
 def test_a_create_processed_after_its_timeout_leaves_one_live_batch(openai_batch_emulator, monkeypatch):
     emulator = openai_batch_emulator
     endpoint = endpoint_of(emulator)
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", emulator.connection_json({"timeout": 0.5, "max_retries": 3}))
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", connection_json(emulator, {"timeout": 0.5, "max_retries": 3}))
     # A long cancelling phase keeps a cancelled twin visibly "cancelling" rather than racing to "cancelled".
     emulator.configure(phase_seconds=30, slow_seconds=2.5)
     with OpenAIBatchHook(reconcile_seconds=10) as hook:
@@ -42,7 +43,7 @@ def test_creates_that_all_timed_out_but_were_carried_out_leave_one_live_batch(op
     that landed, and the others are cancelled; nothing is left running twice."""
     emulator = openai_batch_emulator
     endpoint = endpoint_of(emulator)
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", emulator.connection_json({"timeout": 0.5, "max_retries": 2}))
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", connection_json(emulator, {"timeout": 0.5, "max_retries": 2}))
     emulator.configure(phase_seconds=30, slow_seconds=1.5)
     with OpenAIBatchHook(reconcile_seconds=12) as hook:
         line = f'{{"custom_id": "a", "method": "POST", "url": "{endpoint}", "body": {{"model": "m"}}}}\n'

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from openai_batch_emulator.testing import run_emulator_process
 
 from airflow_provider_openai_batch import api
-from airflow_provider_openai_batch.emulator.testing import run_emulator_process
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.jobs.keys import attempt_key, job_key
 from airflow_provider_openai_batch.operators.batch import (
@@ -23,6 +23,7 @@ from airflow_provider_openai_batch.operators.batch import (
     check_input_file,
     write_requests_jsonl,
 )
+from airflow_provider_openai_batch.testing import connection_json
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 from tests.helpers import BOTH_FLAVORS, ENDPOINT, FakeTI, ctx, events, make_batch, prompts
 
@@ -94,7 +95,7 @@ def test_a_restarted_triggerer_resumes_and_emits_exactly_one_event(openai_batch_
 @BOTH_FLAVORS
 def test_an_emulator_restart_with_data_dir_mid_wait_loses_nothing(tmp_path, monkeypatch, flavor):
     with run_emulator_process(data_dir=tmp_path / "state", phase_seconds=1.0, flavor=flavor) as emulator:
-        monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", emulator.connection_json())
+        monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", connection_json(emulator))
         hook = OpenAIBatchHook()
         # The emulator fails a request by its model, and an Azure file may name one deployment only: there
         # every request succeeds.
@@ -125,7 +126,7 @@ def test_fifty_mapped_tasks_at_once_make_fifty_batches_and_keep_every_xcom(
     # Ambiguous faults too: some POSTs are processed, then their answer fails, and the hook must find the
     # batch by its key among the 49 others created at the same moment. A 5 s request timeout keeps the watch
     # for late twins after each ambiguous create at its 10 s minimum (at the default 60 s it is 120 s).
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", openai_batch_connection.connection_json({"timeout": 5}))
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", connection_json(openai_batch_connection, {"timeout": 5}))
     openai_batch_connection.configure(
         fault_rate=0.2, fault_kinds=["429", "500", "503", "drop"], fault_after_processing=True
     )

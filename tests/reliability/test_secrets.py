@@ -18,6 +18,7 @@ from airflow_provider_openai_batch.exceptions import OpenAIBatchError
 from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient
 from airflow_provider_openai_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_openai_batch.operators.batch import CreateBatchOperator
+from airflow_provider_openai_batch.testing import connection_json
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 from tests.helpers import BOTH_FLAVORS, ctx, prompts
 
@@ -36,7 +37,7 @@ def texts_of(err: BaseException) -> list[str]:
 def canary_connection(openai_batch_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     openai_batch_emulator.configure(api_key=CANARY)
     # The flavor's connection (on Azure: api_type azure, the key in an api-key header), with the canary key.
-    conn = {**json.loads(openai_batch_emulator.connection_json({"max_retries": 1})), "password": CANARY}
+    conn = {**json.loads(connection_json(openai_batch_emulator, {"max_retries": 1})), "password": CANARY}
     monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps(conn))
     return openai_batch_emulator
 

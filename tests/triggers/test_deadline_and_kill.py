@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 
+from airflow_provider_openai_batch.testing import connection_json
 from airflow_provider_openai_batch.triggers import batch as trigger_module
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 from tests.helpers import make_batch, run
@@ -18,7 +19,7 @@ from tests.helpers import make_batch, run
 def outage(handle: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     """A batch, then an API that answers every request with a 503, without retries inside a poll."""
     batch_id = make_batch(handle)
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", handle.connection_json({"max_retries": 0}))
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", connection_json(handle, {"max_retries": 0}))
     handle.configure(fault_rate=1.0, fault_kinds=["503"])
     return batch_id
 
@@ -49,7 +50,7 @@ def test_a_long_back_off_does_not_sleep_past_the_deadline(openai_batch_connectio
 
 def test_retries_inside_a_poll_stop_at_the_deadline(openai_batch_connection, monkeypatch):
     batch_id = make_batch(openai_batch_connection)
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", openai_batch_connection.connection_json({"max_retries": 20}))
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", connection_json(openai_batch_connection, {"max_retries": 20}))
     openai_batch_connection.configure(fault_rate=1.0, fault_kinds=["429"], retry_after=30)  # 20 x 30 s of retries
     monkeypatch.setattr(trigger_module, "LAST_LOOK_SECONDS", 0.5)
     started = time.monotonic()
@@ -61,7 +62,7 @@ def test_retries_inside_a_poll_stop_at_the_deadline(openai_batch_connection, mon
 def test_a_batch_seen_before_the_outage_is_reported_at_the_deadline(openai_batch_connection, monkeypatch):
     openai_batch_connection.configure(phase_seconds=30)
     batch_id = make_batch(openai_batch_connection)
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", openai_batch_connection.connection_json({"max_retries": 0}))
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", connection_json(openai_batch_connection, {"max_retries": 0}))
     monkeypatch.setattr(trigger_module, "LAST_LOOK_SECONDS", 0.5)
 
     async def scenario() -> dict:

@@ -15,6 +15,7 @@ import pytest
 
 from airflow_provider_openai_batch.hooks import async_client
 from airflow_provider_openai_batch.hooks.async_client import SessionLease, connection_settings, shared_session
+from airflow_provider_openai_batch.testing import connection_json
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 from tests.helpers import events, make_batch
 
@@ -143,7 +144,7 @@ def test_no_trigger_reads_its_connection_before_its_first_delay(openai_batch_con
 
 
 def test_a_connection_look_up_is_reused_briefly_and_a_failure_never(openai_batch_connection, lookups, monkeypatch):
-    good = openai_batch_connection.connection_json()
+    good = connection_json(openai_batch_connection)
 
     async def scenario() -> None:
         monkeypatch.delenv("AIRFLOW_CONN_OPENAI_DEFAULT")

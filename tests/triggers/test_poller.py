@@ -13,6 +13,7 @@ import pytest
 
 from airflow_provider_openai_batch.exceptions import NotFoundError
 from airflow_provider_openai_batch.hooks.async_client import AsyncBatchClient, close_shared_session
+from airflow_provider_openai_batch.testing import connection_json
 from airflow_provider_openai_batch.triggers import poller as poller_module
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 from airflow_provider_openai_batch.triggers.poller import BatchPoller, shared_poller
@@ -136,7 +137,7 @@ def test_an_error_reaches_only_the_wait_it_concerns(openai_batch_connection, cli
 
 
 def test_a_failed_list_call_falls_back_to_retrieves(openai_batch_connection, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", openai_batch_connection.connection_json({"max_retries": 0}))
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", connection_json(openai_batch_connection, {"max_retries": 0}))
     openai_batch_connection.configure(phase_seconds=300)
     alive = [make_batch(openai_batch_connection, lines=1) for _ in range(3)]
 

@@ -9,6 +9,7 @@ import time
 import pytest
 import requests
 
+from airflow_provider_openai_batch.testing import connection_json
 from airflow_provider_openai_batch.triggers.batch import BatchTrigger
 from tests.helpers import events, make_batch, run
 
@@ -57,7 +58,7 @@ def test_transient_faults_are_survived(openai_batch_connection, monkeypatch):
     # One retry inside a poll (max_retries=1), so two faults in a row fail a poll and the trigger's own
     # back-off takes over: both layers are exercised, each at most once in a row, so the random back-off
     # stays under a second per fault and a slow machine only makes the run slower, never different.
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", openai_batch_connection.connection_json({"max_retries": 1}))
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", connection_json(openai_batch_connection, {"max_retries": 1}))
     openai_batch_connection.configure(phase_seconds=30, retry_after=0.05)  # ends when the test says so
     batch_id = make_batch(openai_batch_connection)
     script = ["500", "", "503", "drop", "", "429", "", "502", "502", ""]
@@ -76,7 +77,7 @@ def test_transient_faults_are_survived(openai_batch_connection, monkeypatch):
 
 
 def test_persistent_failure_ends_with_an_error_event(openai_batch_connection, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", openai_batch_connection.connection_json({"max_retries": 0}))
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", connection_json(openai_batch_connection, {"max_retries": 0}))
     batch_id = make_batch(openai_batch_connection)
     openai_batch_connection.configure(fault_rate=1.0, fault_kinds=["503"])
     payload = run(BatchTrigger(batch_id, poll_interval=0.01, max_consecutive_errors=3))
