@@ -49,7 +49,7 @@ def test_example_dags_import_without_errors():
         "openai_batch_cancel",
         "openai_batch_mapped",
         "openai_batch_results_consumer",
-        "openai_batch_large_job",  # issue 11
+        "openai_batch_large_job",
         "openai_batch_taskflow",
     }
     assert set(bag.dags["openai_batch_example"].task_ids) == {

@@ -100,7 +100,7 @@ def test_provider_info_validates_against_airflows_schema():
         "project",
         "timeout",
         "max_retries",
-        # issue 12: the back end, and Azure's API version and Entra ID settings
+        # the back end, and Azure's API version and Entra ID settings
         "api_type",
         "api_version",
         "auth_type",

@@ -12,6 +12,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from airflow_provider_openai_batch.exceptions import BatchValidationError
 from airflow_provider_openai_batch.jobs.inputs import (
     check_input_expiry,
     new_record,
@@ -153,6 +154,16 @@ def _split(task: Any, tmp: str, hook: OpenAIBatchHook, uploads: bool) -> Any:
             label=label,
             on_shard=early.submit if early is not None else None,
         )
+    except BatchValidationError as err:
+        deleted = early.discard() if early is not None else 0
+        if not deleted:
+            raise
+        # Say what happened to the files of the shards cut (and uploaded) before the bad line was reached.
+        message = str(err).replace(
+            "nothing was uploaded or billed",
+            f"nothing was billed, and the {deleted} file(s) uploaded while the input was cut were deleted",
+        )
+        raise BatchValidationError(message, err.problems) from None
     except BaseException:
         if early is not None:
             early.discard()

@@ -53,18 +53,22 @@ class ShardUploads:
         finally:
             self.close()
 
-    def discard(self) -> None:
-        """The split failed: cancel what has not started, wait for the rest, and delete every file uploaded."""
+    def discard(self) -> int:
+        """The split failed: cancel what has not started, wait for the rest, and delete every file uploaded;
+        returns how many were deleted."""
         for future in self.futures.values():
             future.cancel()
+        deleted = 0
         for future in self.futures.values():
             if future.cancelled() or future.exception() is not None:
                 continue
             try:
                 self.hook.delete_file(future.result())
+                deleted += 1
             except Exception as err:  # the refusal is what the user must see; a leftover file is only logged
                 self.hook.log.warning("Could not delete the file uploaded for a refused input: %s", err)
         self.close()
+        return deleted
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -50,7 +50,11 @@ def test_a_bad_line_after_shards_were_uploaded_leaves_no_file(openai_batch_conne
     uploaded_before_the_end = wait_for_an_upload_before_the_last_shard(monkeypatch)
     requests = prompts(10)
     requests[8]["method"] = "GET"  # in shard 5 of 5: shards 1-4 were cut, checked and uploaded by then
-    with pytest.raises(BatchValidationError, match=r"requests line 9: method must be 'POST'"):
+    with pytest.raises(
+        BatchValidationError,
+        match=r"nothing was billed, and the \d file\(s\) uploaded while the input was cut were deleted:[\s\S]*"
+        r"requests line 9: method must be 'POST'",
+    ):
         CreateBatchOperator(task_id="create", requests=requests, max_requests_per_batch=2).execute(ctx())
     stats = openai_batch_connection.stats()
     assert uploaded_before_the_end == [True] and stats["files_created"] >= 1

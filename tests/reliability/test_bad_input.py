@@ -267,8 +267,8 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         r"line 6: each line must be a JSON object",
     ),
     (
-        # 50,001 lines now make a job of two batches (issue 11); a bad line in the second shard still stops
-        # everything before a byte is uploaded, and is named by its line in the input.
+        # 50,001 lines make a job of two batches; a bad line in the second shard still stops everything
+        # before a batch is created, leaves no file behind, and is named by its line in the input.
         "50,001 lines, the last one bad",
         create_from_file([*good_lines(50_000), line(50_001, method="PUT")]),
         BatchValidationError,
@@ -287,7 +287,7 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         lambda e: create(
             e,
             endpoint="/v1/embeddings",
-            # Two requests of 25,000 and 25,001 inputs now split into two batches (issue 11); one request of
+            # Two requests of 25,000 and 25,001 inputs now split into two batches; one request of
             # 50,001 inputs cannot be split.
             requests=[{"model": "m", "input": ["text"] * 50_001}],
         ),
@@ -298,7 +298,7 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         "over 200 MB",
         lambda e: create(e, input_file=sparse_file(e.tmp / "huge.jsonl", 200 * 1024 * 1024 + 1)),
         BatchValidationError,
-        # A file over 200 MB is now split (issue 11); one line over 200 MB cannot be, and is read in pieces.
+        # A file over 200 MB is now split; one line over 200 MB cannot be, and is read in pieces.
         r"input_file line 1: the line is 209715201 bytes; a batch input file holds at most 209715200 bytes "
         r"\(200 MB\), so no split can make it fit",
     ),
@@ -403,7 +403,7 @@ CASES: list[tuple[str, Callable[[Env], Any], type[Exception], str]] = [
         r"batch_id must be a non-empty string such as 'batch_abc123', got None",
     ),
     (
-        # A list of batch ids is now accepted (issue 11: the shards of a job); an empty one is not.
+        # A list of batch ids is now accepted (the shards of a job); an empty one is not.
         "sensor batch_id an empty list",
         lambda e: BatchSensor(task_id="s", batch_id=[]).execute(ctx()),
         ValueError,
