@@ -3,10 +3,13 @@
 Opt-in, so they never load into other projects' test runs: enable them in a ``conftest.py`` with
 ``pytest_plugins = ["openai_batch_emulator.pytest_plugin"]``, then::
 
-    def test_my_dag(openai_batch_connection, openai_batch_emulator):
+    def test_my_client(openai_batch_emulator):
         openai_batch_emulator.configure(fault_rate=0.2)     # 20% transient faults
-        ...                                                 # run code that uses conn id "openai_default"
+        client = MyClient(base_url=openai_batch_emulator.base_url, api_key=openai_batch_emulator.api_key)
+        ...                                                 # code that creates one batch through the client
         assert openai_batch_emulator.stats()["batches_created"] == 1
+
+(The Airflow connection pointed at it is the provider's fixture, not this package's.)
 
 ``openai_batch_emulator`` is one server per test session (in a background thread, on a free loopback
 port), reset before each test with fast phases (0.1 s), no faults, ``seed=0`` and an empty ``fault_script``,
