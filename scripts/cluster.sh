@@ -48,6 +48,9 @@ EMULATOR_PORT=${CLUSTER_EMULATOR_PORT:-$((BASE + 3))}
 LOG_BASE=${CLUSTER_LOG_PORT_BASE:-$((BASE + 4))}
 URL="http://$HOST:$API_PORT"
 PIDDIR=$CLUSTER_HOME/pids
+LOG_DIR=$CLUSTER_HOME
+# shellcheck source=scripts/local_airflow.sh
+source "$ROOT/scripts/local_airflow.sh"
 
 mkdir -p "$CLUSTER_HOME"
 # One cluster per CLUSTER_HOME: the lock is inherited by every component, so it is free again only when the
@@ -98,7 +101,6 @@ fi
 # shellcheck disable=SC1090
 source "$SECRETS"
 
-port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 for port in "$API_PORT" "$PG_PORT" "$REDIS_PORT" "$EMULATOR_PORT" $(seq "$LOG_BASE" $((LOG_BASE + 3))); do
   if port_busy "$port"; then
     echo "Port $port on $HOST is already in use: stop what runs there or set CLUSTER_PORT_BASE (see $0)." >&2
@@ -106,15 +108,13 @@ for port in "$API_PORT" "$PG_PORT" "$REDIS_PORT" "$EMULATOR_PORT" $(seq "$LOG_BA
   fi
 done
 
-# Every process started from here carries this tag, so the final sweep finds them all by pid, including task
-# processes that Airflow moves into process groups of their own and a PostgreSQL started again.
-TAG="$$-$(date +%s%N)"
-export OPENAI_BATCH_CLUSTER_TAG=$TAG
+# The final sweep finds every process of this run by this tag, a PostgreSQL started again included.
+tag_run OPENAI_BATCH_CLUSTER_TAG
 
 # --- Airflow configuration: everything through the environment, inherited by every component
-unset AIRFLOW_CONN_OPENAI_DEFAULT # would take precedence over the connection stored below
 export AIRFLOW_HOME=$CLUSTER_HOME/airflow
 mkdir -p "$AIRFLOW_HOME"
+airflow_env "$API_PORT"
 DB_URL="postgresql+psycopg2://airflow:$PG_PASSWORD@$HOST:$PG_PORT/airflow"
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$DB_URL
 export AIRFLOW__CORE__EXECUTOR=CeleryExecutor
@@ -123,53 +123,25 @@ export AIRFLOW__CELERY__RESULT_BACKEND="db+postgresql+psycopg2://airflow:$PG_PAS
 export AIRFLOW__CELERY__WORKER_CONCURRENCY=${CLUSTER_WORKER_CONCURRENCY:-8}
 export AIRFLOW__CORE__FERNET_KEY=$FERNET_KEY
 export AIRFLOW__API_AUTH__JWT_SECRET=$JWT_SECRET
-export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__DAGS_FOLDER=${CLUSTER_DAGS_FOLDER:-$ROOT/example_dags}
 export AIRFLOW__CORE__PARALLELISM=${AIRFLOW__CORE__PARALLELISM:-32}
 export AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=${AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG:-32}
-export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
-export AIRFLOW__CORE__TEST_CONNECTION=Enabled
-export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
-export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=False
-export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$AIRFLOW_HOME/simple_auth_manager_passwords.json
-export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=$URL/execution/
-export AIRFLOW__API__HOST=$HOST
-export AIRFLOW__API__PORT=$API_PORT
 export AIRFLOW__API__WORKERS=${AIRFLOW__API__WORKERS:-2}
-export AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES=1
-export AIRFLOW__LOGGING__LOGGING_LEVEL=${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}
 export OPENAI_BATCH_POLL_INTERVAL=${OPENAI_BATCH_POLL_INTERVAL:-5}
 printf '{"admin": "%s"}\n' "${AIRFLOW_ADMIN_PASSWORD:-admin}" >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
 
-declare -A PIDS=() COMMANDS=()
-tagged_pids() { # pids of every live process carrying our tag (grep carries it too, and is gone by then)
-  local f pid
-  for f in $(grep -lsz -- "^OPENAI_BATCH_CLUSTER_TAG=$TAG\$" /proc/[0-9]*/environ 2>/dev/null); do
-    pid=${f#/proc/}
-    pid=${pid%/environ}
-    [[ $pid == "$$" ]] || echo "$pid"
-  done
-}
-
-STOPPING=0
 stop_all() {
-  [[ $STOPPING == 1 ]] && return
-  STOPPING=1
-  trap '' INT TERM
-  echo
   echo "Stopping the cluster ..."
-  local name pid left
+  local name left pid airflow=()
   # Airflow first, the database and the broker last, so that the components shut down cleanly.
   for name in "${!PIDS[@]}"; do
-    [[ $name == postgres || $name == redis ]] && continue
-    pid=${PIDS[$name]}
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    [[ $name == postgres || $name == redis ]] || airflow+=("$name")
   done
+  terminate "${airflow[@]}"
   for _ in $(seq 150); do # up to 15 s for a graceful shutdown
     left=0
-    for name in "${!PIDS[@]}"; do
-      [[ $name == postgres || $name == redis ]] && continue
+    for name in "${airflow[@]}"; do
       kill -0 "${PIDS[$name]}" 2>/dev/null && left=1
     done
     [[ $left == 0 ]] && break
@@ -179,54 +151,10 @@ stop_all() {
     pid=${PIDS[$name]:-}
     [[ -n $pid ]] && { kill -INT "$pid" 2>/dev/null || true; } # PostgreSQL's fast shutdown
   done
-  for _ in $(seq 30); do
-    left=$(tagged_pids)
-    [[ -z $left ]] && break
-    sleep 0.5
-  done
-  left=$(tagged_pids)
-  if [[ -n $left ]]; then
-    echo "Killing leftover processes: $(echo $left)"
-    # shellcheck disable=SC2086
-    kill -KILL $left 2>/dev/null || true
-  fi
-  wait 2>/dev/null || true
+  sweep 15
   rm -f "$PIDDIR"/*.pid "$CLUSTER_HOME/ready"
-  echo "Stopped."
 }
-on_signal() {
-  stop_all
-  exit 130
-}
-trap on_signal INT TERM
-trap stop_all EXIT
-
-start() { # start NAME COMMAND...: a background child in a session of its own, output appended to NAME.log
-  local name=$1
-  shift
-  COMMANDS[$name]=$(printf '%q ' "$@")
-  setsid "$@" >>"$CLUSTER_HOME/$name.log" 2>&1 </dev/null &
-  PIDS[$name]=$!
-  echo "$!" >"$PIDDIR/$name.pid"
-}
-restart() { # start NAME again with the command it was first started with
-  local name=$1
-  eval "set -- ${COMMANDS[$name]}"
-  start "$name" "$@"
-}
-
-wait_for() { # wait_for WHAT SECONDS COMMAND...: until COMMAND succeeds
-  local what=$1 seconds=$2
-  shift 2
-  local deadline=$((SECONDS + seconds))
-  until "$@" >/dev/null 2>&1; do
-    if ((SECONDS > deadline)); then
-      echo "$what did not come up within ${seconds}s; logs in $CLUSTER_HOME" >&2
-      exit 1
-    fi
-    sleep 0.2
-  done
-}
+stop_on_exit stop_all
 
 # --- PostgreSQL: its own data directory and port; password authentication on 127.0.0.1 only
 postgres_dirs # PGDATA, PGSOCK: where PG_USER can reach them, whatever the checkout's permissions
@@ -256,15 +184,11 @@ start emulator "$PY" -m openai_batch_emulator --host "$HOST" --port "$EMULATOR_P
   --phase-seconds "${EMULATOR_PHASE_SECONDS:-2}" --data-dir "$CLUSTER_HOME/emulator" ${CLUSTER_EMULATOR_ARGS:-}
 
 echo "Preparing the Airflow database ..."
-if ! airflow db migrate >"$CLUSTER_HOME/db-migrate.log" 2>&1; then
-  tail -n 40 "$CLUSTER_HOME/db-migrate.log" >&2
-  echo "airflow db migrate failed; full log: $CLUSTER_HOME/db-migrate.log" >&2
-  exit 1
-fi
+migrate_db
 wait_for "The emulator" 60 curl -sf "http://$HOST:$EMULATOR_PORT/_emulator/health"
 
 # The connection in the metadata DB (so the UI lists it and every worker and triggerer reads it there).
-"$PY" scripts/store_connection.py "http://$HOST:$EMULATOR_PORT/v1" "The local OpenAI Batch emulator (make cluster)" >"$CLUSTER_HOME/connection.log" 2>&1
+store_connection "$EMULATOR_PORT" "The local OpenAI Batch emulator (make cluster)"
 
 echo "Starting api-server, scheduler, dag-processor, 2 triggerers and 2 Celery workers (logs: $CLUSTER_HOME/*.log) ..."
 start api-server airflow api-server
@@ -280,12 +204,6 @@ start worker1 env AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=$LOG_BASE \
 start worker2 env AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=$((LOG_BASE + 1)) \
   airflow celery worker --celery-hostname "worker2@%h" --concurrency "$AIRFLOW__CELERY__WORKER_CONCURRENCY"
 
-healthy() { # every part of /api/v2/monitor/health says "healthy" (metadatabase, scheduler, triggerer, ...)
-  local health
-  health=$(curl -sf "$URL/api/v2/monitor/health" 2>/dev/null) || return 1
-  "$PY" -c 'import json, sys; sys.exit(any(v.get("status") != "healthy" for v in json.loads(sys.argv[1]).values()))' \
-    "$health" 2>/dev/null
-}
 READY=0
 DOWN=" "
 watch() { # start a component again when it exits, unless it is held (CLUSTER_HOME/hold/<name>: make soak's kills)

@@ -25,6 +25,8 @@ ROOT = Path(__file__).parents[1]
 def test_the_scripts_parse():
     subprocess.run(["bash", "-n", str(ROOT / "scripts" / "cluster.sh")], check=True)
     subprocess.run(["bash", "-n", str(ROOT / "scripts" / "cluster_postgres.sh")], check=True)
+    subprocess.run(["bash", "-n", str(ROOT / "scripts" / "local_airflow.sh")], check=True)
+    subprocess.run(["bash", "-n", str(ROOT / "scripts" / "airflow.sh")], check=True)
     subprocess.run([sys.executable, "-m", "py_compile", str(ROOT / "scripts" / "soak.py")], check=True)
 
 
