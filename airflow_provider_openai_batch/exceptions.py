@@ -124,11 +124,31 @@ class APITimeoutError(APIConnectionError):
 
 
 class BatchValidationError(OpenAIBatchError, ValueError):
-    """A batch input file (JSONL) breaks the Batch API's rules; ``problems`` lists them by line number."""
+    """A batch input file (JSONL) breaks the Batch API's rules; ``problems`` lists them by line number.
 
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+    :param message: What is wrong and how to fix it.
+    :param problems: Every problem found, each naming its file and line.
+    :param source: The input the problems are in, as :meth:`of_input` names it.
+    """
+
+    #: What a refused input costs when nothing of it reached the API.
+    NOTHING_SENT = "nothing was uploaded or billed"
+
+    def __init__(self, message: str, problems: list[str] | None = None, source: str | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
+        self.source = source
+
+    @classmethod
+    def of_input(cls, source: str, problems: list[Any], outcome: str = NOTHING_SENT) -> BatchValidationError:
+        """The refusal of a whole input: how many problems, what became of the input, the first 20 problems."""
+        listed = "\n".join(f"  - {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        return cls(
+            f"The batch input ({source}) has {len(problems)} problem(s); {outcome}:\n{listed}{more}",
+            [str(p) for p in problems],
+            source,
+        )
 
 
 class ResultsParseError(OpenAIBatchError):

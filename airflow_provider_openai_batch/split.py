@@ -175,13 +175,7 @@ def split_input(
     if not split.done and not problems:
         problems.append("the file contains no requests" if len(sources) == 1 else "the input contains no requests")
     if problems:
-        listed = "\n".join(f"  - {p}" for p in problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise BatchValidationError(
-            f"The batch input ({label or ', '.join(names)}) has {len(problems)} problem(s); nothing was uploaded or "
-            f"billed:\n{listed}{more}",
-            problems,
-        )
+        raise BatchValidationError.of_input(label or ", ".join(names), problems)
     return SplitResult(split.done, split.whole.hexdigest(), sum(s.requests for s in split.done))
 
 

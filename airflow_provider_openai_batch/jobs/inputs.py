@@ -179,10 +179,5 @@ def check_input_file(source: Any, endpoint: str, name: str = "input_file", rules
         with source.open("rb") if is_object_storage else open(source, "rb") as stream:
             problems = check_stream(stream, endpoint, rules=rules, digest=digest)
     if problems:
-        listed = "\n".join(f"  - {p}" for p in problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise BatchValidationError(
-            f"The batch input ({name}) has {len(problems)} problem(s); nothing was uploaded or billed:\n{listed}{more}",
-            [str(p) for p in problems],
-        )
+        raise BatchValidationError.of_input(name, problems)
     return digest.hexdigest()

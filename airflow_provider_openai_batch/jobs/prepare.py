@@ -156,14 +156,11 @@ def _split(task: Any, tmp: str, hook: OpenAIBatchHook, uploads: bool) -> Any:
         )
     except BatchValidationError as err:
         deleted = early.discard() if early is not None else 0
-        if not deleted:
+        if not deleted or err.source is None:
             raise
         # Say what happened to the files of the shards cut (and uploaded) before the bad line was reached.
-        message = str(err).replace(
-            "nothing was uploaded or billed",
-            f"nothing was billed, and the {deleted} file(s) uploaded while the input was cut were deleted",
-        )
-        raise BatchValidationError(message, err.problems) from None
+        outcome = f"nothing was billed, and the {deleted} file(s) uploaded while the input was cut were deleted"
+        raise BatchValidationError.of_input(err.source, err.problems, outcome) from None
     except BaseException:
         if early is not None:
             early.discard()
